@@ -1,0 +1,37 @@
+# Every target bootstraps what it needs on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo local bench lint package soak clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=85 tests
+
+demo: install
+	$(PY) -m throttler demo
+
+local: install
+	$(PY) -m throttler local
+
+bench: install
+	$(PY) -m throttler bench
+
+lint: install
+	$(PY) -m ruff check throttler handlers tests
+	$(PY) -m mypy
+
+package: install
+	bash scripts/package.sh
+
+clean:
+	rm -rf $(VENV) .serverless node_modules .cache

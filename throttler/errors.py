@@ -1,0 +1,37 @@
+"""The error tree: callers branch on the type, never on message text."""
+
+
+class ThrottlerError(Exception):
+    """Base of every error this library raises on purpose."""
+
+
+class ConfigError(ThrottlerError):
+    """Settings or quota configuration that cannot be used."""
+
+
+class InvalidJob(ThrottlerError):
+    """A message that can never succeed as sent: not JSON, wrong envelope, unknown task, bad host."""
+
+
+class TaskError(ThrottlerError):
+    """Raised by a task to report how its call failed."""
+
+
+class RetryableTaskError(TaskError):
+    """The call failed in a way that may pass on a later attempt (5xx, 408, timeouts)."""
+
+
+class PermanentTaskError(TaskError):
+    """The call failed in a way that another attempt will not fix (4xx other than 408 and 429)."""
+
+
+class ThrottledTaskError(TaskError):
+    """The API said 'too many requests' (429); pause everyone, spend no attempt."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreError(ThrottlerError):
+    """The state store failed in a way the caller cannot treat as an expected outcome."""

@@ -1,0 +1,39 @@
+"""What a worker reports for each job, as plain data that crosses the Lambda boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    SUCCEEDED = "succeeded"  # 2xx (or already succeeded before: `duplicate`)
+    THROTTLED = "throttled"  # 429: pause everyone, spend no attempt
+    RETRYABLE = "retryable"  # 408, 5xx, timeouts, connection errors: try again later
+    PERMANENT = "permanent"  # other 4xx: dead-letter now
+    INVALID = "invalid"  # the message can never run: dead-letter now, no call was made
+    SKIPPED = "skipped"  # not attempted (an earlier job of its group stopped, a 429, or too late)
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    outcome: Outcome
+    reason: str = ""
+    status: int | None = None
+    retry_after_s: float | None = None
+    rate_remaining: int | None = None
+    rate_reset_at: float | None = None
+    sent_at: float | None = None
+    duration_s: float | None = None
+    duplicate: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        return {k: v for k, v in data.items() if v is not None and v != "" and v is not False}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
+        return cls(**{**data, "outcome": Outcome(data["outcome"])})

@@ -1,0 +1,67 @@
+"""Settings: one validated model read once from the environment; names match serverless.yml."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from throttler.errors import ConfigError
+
+REQUIRED = ("THROTTLER_STAGE", "JOBS_QUEUE_URL", "DLQ_URL", "STATE_TABLE", "WORKER_FUNCTION", "ALLOWED_HOSTS")
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str
+    jobs_queue_url: str
+    dlq_url: str
+    state_table: str
+    worker_function: str
+    allowed_hosts: tuple[str, ...]
+    default_quotas: str = ""
+    max_attempts: int = 3
+    max_message_bytes: int = 256 * 1024
+    run_budget_s: float = 57.0
+    batch_horizon_s: float = 1.0
+    worker_timeout_s: float = 40.0
+    retry_base_s: float = 10.0
+    retry_max_s: float = 900.0
+    done_ttl_s: float = 7 * 86400
+    tasks_module: str = ""
+    secret_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        missing = [name for name in REQUIRED if not env.get(name)]
+        if missing:
+            raise ConfigError(f"missing environment variables: {', '.join(missing)}")
+        try:
+            secret_headers = json.loads(env.get("SECRET_HEADERS") or "{}")
+            if not isinstance(secret_headers, dict):
+                raise ValueError("SECRET_HEADERS must be a JSON object")
+            settings = cls(
+                stage=env["THROTTLER_STAGE"],
+                jobs_queue_url=env["JOBS_QUEUE_URL"],
+                dlq_url=env["DLQ_URL"],
+                state_table=env["STATE_TABLE"],
+                worker_function=env["WORKER_FUNCTION"],
+                allowed_hosts=tuple(h.strip() for h in env["ALLOWED_HOSTS"].split(",") if h.strip()),
+                default_quotas=env.get("DEFAULT_QUOTAS", ""),
+                max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
+                max_message_bytes=int(env.get("MAX_MESSAGE_BYTES", str(256 * 1024))),
+                run_budget_s=float(env.get("RUN_BUDGET_S", "57")),
+                batch_horizon_s=float(env.get("BATCH_HORIZON_S", "1")),
+                worker_timeout_s=float(env.get("WORKER_TIMEOUT_S", "40")),
+                retry_base_s=float(env.get("RETRY_BASE_S", "10")),
+                retry_max_s=float(env.get("RETRY_MAX_S", "900")),
+                tasks_module=env.get("TASKS_MODULE", ""),
+                secret_headers={str(k): str(v) for k, v in secret_headers.items()},
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting: {exc}") from exc
+        if settings.max_attempts < 1 or settings.batch_horizon_s <= 0 or settings.max_message_bytes < 1:
+            raise ConfigError("MAX_ATTEMPTS, BATCH_HORIZON_S and MAX_MESSAGE_BYTES must be positive")
+        return settings

@@ -1,0 +1,202 @@
+"""The worker: runs a batch of jobs at their reserved send times, in order within each group.
+
+A batch holds chains (one per group, in queue order) whose jobs each carry a slot
+`[not_before, not_after]`. A job is sent inside its slot or not at all (SKIPPED, to be rescheduled):
+sending later could bunch calls past what the reservation allowed. A group's chain stops at its first
+job that does not succeed; a 429 stops every chain. Successes are recorded before the worker returns,
+so a job is never called again, even if the throttler dies before deleting its message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from throttler.clock import Clock
+from throttler.envelope import DEFAULT_MAX_MESSAGE_BYTES, Job, parse_job
+from throttler.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from throttler.outcome import JobResult, Outcome
+from throttler.store import StateStore
+from throttler.tasks.registry import TaskContext, TaskRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class InlineExecutor:
+    """Runs each call at once, in the caller's thread: virtual-time tests and benchmarks."""
+
+    def submit(self, fn: Callable[[], JobResult]) -> Future[JobResult]:
+        future: Future[JobResult] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self) -> None:
+        return None
+
+
+@dataclass
+class WorkerConfig:
+    allowed_hosts: tuple[str, ...]
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    done_ttl_s: float = 7 * 86400
+    max_parallel: int = 32
+
+
+class WorkerService:
+    def __init__(
+        self,
+        *,
+        config: WorkerConfig,
+        store: StateStore,
+        clock: Clock,
+        registry: TaskRegistry,
+        session: requests.Session | None = None,
+        secret_headers: Callable[[], dict[str, str]] = dict,
+        executor_factory: Callable[[int], Any] | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.registry = registry
+        self.session = session or requests.Session()
+        self.secret_headers = secret_headers
+        self.executor_factory = executor_factory or (lambda n: ThreadPoolExecutor(max_workers=n))
+
+    def run_batch(self, request: dict[str, Any]) -> dict[str, Any]:
+        jobs: list[dict[str, Any]] = list(request.get("jobs", []))
+        results: dict[str, JobResult] = {}
+        already = self.store.done_ids(j["id"] for j in jobs) if jobs else set()
+        groups = {j["group"] for j in jobs}
+        executor = self.executor_factory(max(1, min(self.config.max_parallel, len(groups))))
+        running: dict[str, tuple[str, Future[JobResult]]] = {}
+        stopped: dict[str, str] = {}  # group -> why its chain stopped
+        stop_all = ""
+        try:
+            for spec in sorted(jobs, key=lambda j: j["not_before"]):
+                job_id, group = spec["id"], spec["group"]
+                stop_all = stop_all or self._settle(running, results, stopped)
+                if stop_all:
+                    results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all)
+                    continue
+                if group in stopped:
+                    results[job_id] = JobResult(job_id, Outcome.SKIPPED, stopped[group])
+                    continue
+                if job_id in already:
+                    results[job_id] = JobResult(job_id, Outcome.SUCCEEDED, "already succeeded", duplicate=True)
+                    continue
+                self.clock.sleep(spec["not_before"] - self.clock.now())
+                previous = running.get(group)
+                if previous is not None and not previous[1].done():
+                    try:  # the previous job of this group must finish first; wait inside the slot only
+                        previous[1].result(timeout=max(0.0, spec["not_after"] - self.clock.now()))
+                    except Exception:  # noqa: BLE001,S110 - its outcome is collected by _settle
+                        pass
+                    stop_all = stop_all or self._settle(running, results, stopped)
+                    if group in stopped or stop_all:
+                        results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all or stopped[group])
+                        continue
+                if (group in running and not running[group][1].done()) or self.clock.now() > spec["not_after"]:
+                    results[job_id] = JobResult(job_id, Outcome.SKIPPED, "missed its slot")
+                    stopped[group] = "an earlier job of the group missed its slot"
+                    continue
+                running[group] = (job_id, executor.submit(lambda spec=spec: self._run_one(spec)))
+            for _, future in running.values():
+                try:
+                    future.result()
+                except Exception:  # noqa: BLE001,S110 - _run_one never raises; defensive
+                    pass
+            self._settle(running, results, stopped)
+        finally:
+            executor.shutdown()
+        succeeded = [r.job_id for r in results.values() if r.outcome is Outcome.SUCCEEDED and not r.duplicate]
+        if succeeded:
+            self.store.mark_done(succeeded, self.clock.now() + self.config.done_ttl_s)
+        return {"results": [results[j["id"]].to_dict() for j in jobs]}
+
+    @staticmethod
+    def _settle(
+        running: dict[str, tuple[str, Future[JobResult]]], results: dict[str, JobResult], stopped: dict[str, str]
+    ) -> str:
+        """Collect finished calls; returns a reason to stop every chain if one was throttled."""
+        stop_all = ""
+        for group, (job_id, future) in list(running.items()):
+            if not future.done():
+                continue
+            del running[group]
+            result = future.result()
+            results[job_id] = result
+            if result.outcome is not Outcome.SUCCEEDED:
+                stopped[group] = f"an earlier job of the group ended {result.outcome.value}"
+            if result.outcome is Outcome.THROTTLED:
+                stop_all = "the API answered 429 to another job of the batch"
+        return stop_all
+
+    def _run_one(self, spec: dict[str, Any]) -> JobResult:
+        job_id = spec["id"]
+        try:
+            job = parse_job(
+                spec["body"],
+                spec["group"],
+                job_id,
+                known_tasks=self.registry.names,
+                allowed_hosts=self.config.allowed_hosts,
+                max_bytes=self.config.max_message_bytes,
+            )
+        except InvalidJob as exc:
+            return JobResult(job_id, Outcome.INVALID, str(exc))
+        return self.run_job(job, not_after=spec["not_after"])
+
+    def run_job(self, job: Job, not_after: float) -> JobResult:
+        fn = self.registry.get(job.task)
+        if fn is None:
+            return JobResult(job.job_id, Outcome.INVALID, f"unknown task {job.task!r}")
+        ctx = TaskContext(
+            job_id=job.job_id,
+            group=job.group,
+            clock=self.clock,
+            session=self.session,
+            allowed_hosts=self.config.allowed_hosts,
+            not_after=not_after,
+            secret_headers=self.secret_headers,
+        )
+        sent_at = self.clock.now()
+        try:
+            out = fn(job.payload, ctx)
+        except ThrottledTaskError as exc:
+            return self._result(job, Outcome.THROTTLED, str(exc), sent_at, retry_after_s=exc.retry_after_s)
+        except PermanentTaskError as exc:
+            return self._result(job, Outcome.PERMANENT, str(exc), sent_at)
+        except RetryableTaskError as exc:
+            return self._result(job, Outcome.RETRYABLE, str(exc), sent_at)
+        except InvalidJob as exc:
+            return self._result(job, Outcome.INVALID, str(exc), sent_at)
+        except Exception as exc:  # noqa: BLE001 - a custom task's bug is a retryable failure, not a crash
+            logger.warning("task raised", extra={"job_id": job.job_id, "task": job.task, "error": type(exc).__name__})
+            return self._result(job, Outcome.RETRYABLE, f"task raised {type(exc).__name__}", sent_at)
+        result = self._result(job, Outcome.SUCCEEDED, "", sent_at)
+        if out is not None:
+            result.status = out.status
+            result.rate_remaining = out.rate_remaining
+            result.rate_reset_at = out.rate_reset_at
+        return result
+
+    def _result(
+        self, job: Job, outcome: Outcome, reason: str, sent_at: float, retry_after_s: float | None = None
+    ) -> JobResult:
+        status = None
+        if reason.startswith("http "):
+            status = int(reason.split()[1])
+        elif outcome is Outcome.THROTTLED:
+            status = 429
+        return JobResult(
+            job.job_id, outcome, reason, status=status, retry_after_s=retry_after_s,
+            sent_at=sent_at, duration_s=self.clock.now() - sent_at,
+        )
