@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -24,6 +25,32 @@ from throttler.store import DynamoStateStore
 from throttler.tasks import default_registry
 from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
 from throttler.worker import WorkerConfig, WorkerService
+
+@dataclass
+class Wiring:
+    """Overrides for the local stack and tests: an in-process invoker, a virtual clock, moto clients."""
+
+    clock: Clock | None = None
+    get_client: Callable[[str], Any] | None = None
+    invoker_factory: Callable[[Settings], Invoker] | None = None
+    session: requests.Session | None = None
+    executor_factory: Callable[[int], Any] | None = None
+
+
+_wiring = Wiring()
+_worker_cache: dict[Settings, WorkerService] = {}
+
+
+def configure(wiring: Wiring | None = None) -> None:
+    """Replace the wiring (None restores AWS defaults) and forget cached services."""
+    global _wiring
+    _wiring = wiring or Wiring()
+    _worker_cache.clear()
+
+
+def wiring() -> Wiring:
+    return _wiring
+
 
 BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=70)
 
@@ -58,19 +85,30 @@ def secret_headers_getter(settings: Settings) -> Callable[[], dict[str, str]]:
     return fetch
 
 
-def build_store(settings: Settings, get_client: Callable[[str], Any] = client) -> DynamoStateStore:
-    return DynamoStateStore(get_client("dynamodb"), settings.state_table)
+def _clients(get_client: Callable[[str], Any] | None) -> Callable[[str], Any]:
+    return get_client or _wiring.get_client or client
 
 
-def build_queue(settings: Settings, get_client: Callable[[str], Any] = client) -> JobQueue:
-    return JobQueue(get_client("sqs"), settings.jobs_queue_url, settings.dlq_url)
+def build_store(settings: Settings, get_client: Callable[[str], Any] | None = None) -> DynamoStateStore:
+    return DynamoStateStore(_clients(get_client)("dynamodb"), settings.state_table)
+
+
+def build_queue(settings: Settings, get_client: Callable[[str], Any] | None = None) -> JobQueue:
+    return JobQueue(_clients(get_client)("sqs"), settings.jobs_queue_url, settings.dlq_url)
+
+
+def worker_service(settings: Settings) -> WorkerService:
+    """The worker handler's service, built on first use and kept for warm invocations."""
+    if settings not in _worker_cache:
+        _worker_cache[settings] = build_worker(settings)
+    return _worker_cache[settings]
 
 
 def build_worker(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    get_client: Callable[[str], Any] = client,
+    get_client: Callable[[str], Any] | None = None,
     session: requests.Session | None = None,
     executor_factory: Callable[[int], Any] | None = None,
 ) -> WorkerService:
@@ -78,11 +116,11 @@ def build_worker(
     return WorkerService(
         config=WorkerConfig(settings.allowed_hosts, settings.max_message_bytes, settings.done_ttl_s),
         store=build_store(settings, get_client),
-        clock=clock or SystemClock(),
+        clock=clock or _wiring.clock or SystemClock(),
         registry=default_registry,
-        session=session,
+        session=session or _wiring.session,
         secret_headers=secret_headers_getter(settings),
-        executor_factory=executor_factory,
+        executor_factory=executor_factory or _wiring.executor_factory,
     )
 
 
@@ -91,15 +129,18 @@ def build_run(
     *,
     invoker: Invoker | None = None,
     clock: Clock | None = None,
-    get_client: Callable[[str], Any] = client,
+    get_client: Callable[[str], Any] | None = None,
     owner: str | None = None,
 ) -> ThrottlerRun:
+    if invoker is None:
+        factory = _wiring.invoker_factory
+        invoker = factory(settings) if factory else LambdaInvoker(_clients(get_client)("lambda"), settings.worker_function)
     return ThrottlerRun(
         settings=settings,
         store=build_store(settings, get_client),
         queue=build_queue(settings, get_client),
-        invoker=invoker or LambdaInvoker(get_client("lambda"), settings.worker_function),
-        clock=clock or SystemClock(),
+        invoker=invoker,
+        clock=clock or _wiring.clock or SystemClock(),
         known_tasks=load_tasks(settings),
         owner=owner,
     )

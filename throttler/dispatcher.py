@@ -21,7 +21,7 @@ from throttler.envelope import Job, parse_job
 from throttler.errors import ConfigError, InvalidJob
 from throttler.invoker import Invoker, WorkerFailed, WorkerNotRun
 from throttler.outcome import JobResult, Outcome
-from throttler.pacing import Pacer, Usage
+from throttler.pacing import Pacer, Usage, usage_by_tier
 from throttler.queue import DeadLetter, JobQueue, QueuedMessage
 from throttler.quotas import QuotaConfig, defaults_item, parse_quota_item
 from throttler.settings import Settings
@@ -519,16 +519,8 @@ class ThrottlerRun:
         self.store.release_lease(self.summary.owner)
 
     def _report_use(self, now: float) -> None:
-        if self.config is None:
-            return
-        for tier in self.config.tiers:
-            ledger = self.usage.ensure(tier.window_s, tier.aligned)
-            if tier.aligned:
-                used = ledger.count_at(ledger.index(now))
-            else:
-                lower = now - tier.window_s
-                used = sum(c for i, c in ledger.entries if (i + 1) * ledger.bucket_s > lower and i * ledger.bucket_s <= now)
-            self.summary.use[tier.name] = {"used": used, "limit": tier.limit}
+        if self.config is not None:
+            self.summary.use = usage_by_tier(self.config, self.usage, now)
 
 
 def _comparable(item: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from collections.abc import Callable
+
 from throttler.errors import RetryableTaskError
-from throttler.worker import WorkerService
 
 
 class WorkerNotRun(Exception):
@@ -60,8 +61,10 @@ class LambdaInvoker:
 
 
 class InProcessInvoker:
-    def __init__(self, worker: WorkerService, threaded: bool = False, max_in_flight: int = 8):
-        self._worker = worker
+    """`target` is the worker: `WorkerService.run_batch`, or the worker handler with a context."""
+
+    def __init__(self, target: Callable[[dict[str, Any]], dict[str, Any]], threaded: bool = False, max_in_flight: int = 8):
+        self._target = target
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="worker") if threaded else None
 
     def submit(self, request: dict[str, Any]) -> Future[dict[str, Any]]:
@@ -76,7 +79,7 @@ class InProcessInvoker:
 
     def _invoke(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self._worker.run_batch(json.loads(json.dumps(request)))
+            response = self._target(json.loads(json.dumps(request)))
         except (WorkerNotRun, WorkerFailed):
             raise
         except RetryableTaskError as exc:  # pragma: no cover - tasks' errors are results, not raises

@@ -235,3 +235,17 @@ class Pacer:
             else:
                 return t
         return t
+
+
+def usage_by_tier(config: QuotaConfig, usage: Usage, now: float) -> dict[str, dict[str, int]]:
+    """Calls counted in each tier's current window (sliding: the last window_s; aligned: this period)."""
+    report: dict[str, dict[str, int]] = {}
+    for tier in config.tiers:
+        ledger = usage.ensure(tier.window_s, tier.aligned)
+        if tier.aligned:
+            used = ledger.count_at(ledger.index(now))
+        else:
+            lower = now - tier.window_s
+            used = sum(c for i, c in ledger.entries if (i + 1) * ledger.bucket_s > lower and i * ledger.bucket_s <= now)
+        report[tier.name] = {"used": used, "limit": tier.limit}
+    return report
