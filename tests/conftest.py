@@ -131,6 +131,8 @@ class Stage:
                 found[m["MessageId"]] = m
         for m in found.values():
             self.sqs.change_message_visibility(QueueUrl=self.env["DLQ_URL"], ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        if found:
+            self.advance(0.001)  # under frozen time a message released "now" is visible only after now
         return list(found.values())
 
 

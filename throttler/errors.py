@@ -14,7 +14,11 @@ class InvalidJob(ThrottlerError):
 
 
 class TaskError(ThrottlerError):
-    """Raised by a task to report how its call failed."""
+    """Raised by a task to report how its call failed (with the HTTP status, when there was one)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class RetryableTaskError(TaskError):
@@ -28,8 +32,8 @@ class PermanentTaskError(TaskError):
 class ThrottledTaskError(TaskError):
     """The API said 'too many requests' (429); pause everyone, spend no attempt."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = 429):
+        super().__init__(message, status)
         self.retry_after_s = retry_after_s
 
 

@@ -20,6 +20,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,6 +56,7 @@ class FakeApi:
     _periods: dict[tuple[float, int], int] = field(default_factory=lambda: defaultdict(int))
     _seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _last_seq: dict[str, int] = field(default_factory=dict)
+    on_call: Callable[[Call], None] | None = None  # tests: act when the API sees a call
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, method: str, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -74,6 +76,8 @@ class FakeApi:
             self.calls.append(Call(now, method, parts.path, key, group, seq, status))
             if key is not None:
                 self._seen[key] += 1
+        if self.on_call is not None:
+            self.on_call(self.calls[-1])
         body = json.dumps({"status": status}).encode()
         return status, {"Content-Type": "application/json", **extra}, body
 

@@ -171,17 +171,17 @@ class WorkerService:
         try:
             out = fn(job.payload, ctx)
         except ThrottledTaskError as exc:
-            return self._result(job, Outcome.THROTTLED, str(exc), sent_at, retry_after_s=exc.retry_after_s)
+            return self._result(job, Outcome.THROTTLED, exc, sent_at, retry_after_s=exc.retry_after_s)
         except PermanentTaskError as exc:
-            return self._result(job, Outcome.PERMANENT, str(exc), sent_at)
+            return self._result(job, Outcome.PERMANENT, exc, sent_at)
         except RetryableTaskError as exc:
-            return self._result(job, Outcome.RETRYABLE, str(exc), sent_at)
+            return self._result(job, Outcome.RETRYABLE, exc, sent_at)
         except InvalidJob as exc:
-            return self._result(job, Outcome.INVALID, str(exc), sent_at)
+            return self._result(job, Outcome.INVALID, exc, sent_at)
         except Exception as exc:  # noqa: BLE001 - a custom task's bug is a retryable failure, not a crash
             logger.warning("task raised", extra={"job_id": job.job_id, "task": job.task, "error": type(exc).__name__})
-            return self._result(job, Outcome.RETRYABLE, f"task raised {type(exc).__name__}", sent_at)
-        result = self._result(job, Outcome.SUCCEEDED, "", sent_at)
+            return self._result(job, Outcome.RETRYABLE, RetryableTaskError(f"task raised {type(exc).__name__}"), sent_at)
+        result = self._result(job, Outcome.SUCCEEDED, None, sent_at)
         if out is not None:
             result.status = out.status
             result.rate_remaining = out.rate_remaining
@@ -189,13 +189,10 @@ class WorkerService:
         return result
 
     def _result(
-        self, job: Job, outcome: Outcome, reason: str, sent_at: float, retry_after_s: float | None = None
+        self, job: Job, outcome: Outcome, error: Exception | None, sent_at: float, retry_after_s: float | None = None
     ) -> JobResult:
-        status = None
-        if reason.startswith("http "):
-            status = int(reason.split()[1])
-        elif outcome is Outcome.THROTTLED:
-            status = 429
+        status = getattr(error, "status", None)
+        reason = str(error) if error is not None else ""
         return JobResult(
             job.job_id, outcome, reason, status=status, retry_after_s=retry_after_s,
             sent_at=sent_at, duration_s=self.clock.now() - sent_at,

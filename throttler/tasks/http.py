@@ -91,8 +91,8 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     if 200 <= status < 300:
         return TaskResult(status, remaining, reset_at)
     if status in RETRYABLE_STATUS or status >= 500:
-        raise RetryableTaskError(f"http {status}")
-    raise PermanentTaskError(f"http {status}")
+        raise RetryableTaskError(f"http {status}", status)
+    raise PermanentTaskError(f"http {status}", status)
 
 
 default_registry.register("http", http_task)
