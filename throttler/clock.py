@@ -48,3 +48,47 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.sleep(seconds)
+
+
+class SteppedClock:
+    """Virtual time shared by several threads (overlap tests): a sleeping thread wakes only when
+    every participant sleeps and its wake-up time is the earliest, so each step runs alone and
+    every timestamp is exact. Each participating thread calls `leave()` when it is done."""
+
+    def __init__(self, start: float, parties: int, on_advance: Callable[[float], None] | None = None):
+        import threading
+
+        self._now = start
+        self._parties = parties
+        self._on_advance = on_advance
+        self._sleepers: dict[int, float] = {}
+        self._cond = threading.Condition()
+
+    def now(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        import threading
+
+        if seconds <= 0:
+            return
+        me = threading.get_ident()
+        with self._cond:
+            self._sleepers[me] = self._now + seconds
+            self._cond.notify_all()
+            while True:
+                wake = self._sleepers[me]
+                earliest = min(self._sleepers.items(), key=lambda kv: (kv[1], kv[0]))
+                if len(self._sleepers) >= self._parties and earliest[0] == me:
+                    del self._sleepers[me]
+                    if wake > self._now:
+                        delta, self._now = wake - self._now, wake
+                        if self._on_advance is not None:
+                            self._on_advance(delta)
+                    return
+                self._cond.wait(timeout=5)
+
+    def leave(self) -> None:
+        with self._cond:
+            self._parties -= 1
+            self._cond.notify_all()

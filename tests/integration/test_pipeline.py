@@ -112,24 +112,29 @@ def test_quota_never_exceeded_with_two_overlapping_runs(stage: Stage) -> None:
         def acquire_lease(self, owner: str, now: float, ttl_s: float) -> bool:
             return True
 
-    lock = threading.Lock()
-    original_sleep = stage.clock.sleep
+    from throttler.clock import SteppedClock
 
-    def locked_sleep(seconds: float) -> None:
-        with lock:
-            original_sleep(seconds)
-
-    stage.clock.sleep = locked_sleep  # type: ignore[method-assign]
+    clock = SteppedClock(stage.clock.now(), parties=2, on_advance=lambda s: stage.frozen.tick(s))
+    stage.clock = clock  # type: ignore[assignment]
+    stage.api.clock = clock
     runs = [stage.make_run(owner=f"run-{i}") for i in range(2)]
     for run in runs:
         run.store = LeaseAlwaysGranted(stage.dynamodb, stage.env["STATE_TABLE"])
-    deadline = stage.clock.now() + 57
-    threads = [threading.Thread(target=run.run, args=(deadline,)) for run in runs]
+    deadline = clock.now() + 57
+
+    def run_then_leave(run) -> None:
+        try:
+            run.run(deadline)
+        finally:
+            clock.leave()
+
+    threads = [threading.Thread(target=run_then_leave, args=(run,)) for run in runs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert all(r.summary.dispatched > 0 for r in runs), [r.summary.to_dict() for r in runs]
+    assert sum(r.summary.reservation_conflicts for r in runs) > 0  # they really raced
     assert stage.api.violations == 0
     assert stage.api.max_in_window(1) <= 4
     assert stage.api.max_in_window(60) <= 60
