@@ -79,7 +79,7 @@ def secret_headers_getter(settings: Settings) -> Callable[[], dict[str, str]]:
 
         return {
             header: str(parameters.get_parameter(name, decrypt=True, max_age=300))
-            for header, name in settings.secret_headers.items()
+            for header, name in settings.secret_headers
         }
 
     return fetch

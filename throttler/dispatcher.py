@@ -112,6 +112,7 @@ class ThrottlerRun:
         self.consecutive_429 = 0
         self.plan_starved = False
         self.receive_after = -math.inf
+        self.worker_failures = 0
 
     # ----------------------------------------------------------------- the loop
     def run(self, deadline: float) -> RunSummary:
@@ -404,15 +405,19 @@ class ThrottlerRun:
         try:
             response = flight.future.result()
             results = {r["job_id"]: JobResult.from_dict(r) for r in response["results"]}
+            self.worker_failures = 0
         except WorkerNotRun as exc:
             logger.warning("worker not run", extra={"error": str(exc)})
             results = {j: JobResult(j, Outcome.SKIPPED, "worker not run") for j in flight.jobs}
+            self._back_off_after_worker_failure(now)
         except (WorkerFailed, Exception) as exc:  # noqa: BLE001 - any failure: calls may have been made
             logger.error("worker failed", extra={"error": str(exc)})
+            # A job whose slot had come may have been called: that was an attempt. Later ones were not.
             results = {
                 j: JobResult(j, Outcome.RETRYABLE if slot <= now else Outcome.SKIPPED, f"worker failed: {exc}")
                 for j, (_, slot) in flight.jobs.items()
             }
+            self._back_off_after_worker_failure(now)
         by_group: dict[str, list[tuple[Held, JobResult]]] = {}
         for job_id, (held, _slot) in flight.jobs.items():
             result = results.get(job_id) or JobResult(job_id, Outcome.SKIPPED, "no result")
@@ -420,6 +425,12 @@ class ThrottlerRun:
         for group, items in by_group.items():
             self.busy_groups.discard(group)
             self._settle_group(group, items, now)
+
+    def _back_off_after_worker_failure(self, now: float) -> None:
+        """Give a throttled or failing worker room: 1, 2, 4 ... 30 s before the next batch."""
+        self.worker_failures += 1
+        self.next_plan_at = max(self.next_plan_at, now + min(30.0, 2.0 ** (self.worker_failures - 1)))
+        self.plan_starved = False
 
     def _settle_group(self, group: str, items: list[tuple[Held, JobResult]], now: float) -> None:
         back: list[Held] = []  # not attempted: return to the head of the group, in order

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from throttler.errors import ConfigError
 
@@ -30,7 +30,7 @@ class Settings:
     retry_max_s: float = 900.0
     done_ttl_s: float = 7 * 86400
     tasks_module: str = ""
-    secret_headers: Mapping[str, str] = field(default_factory=dict)
+    secret_headers: tuple[tuple[str, str], ...] = ()  # (header, SSM parameter name); hashable
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,7 +58,7 @@ class Settings:
                 retry_base_s=float(env.get("RETRY_BASE_S", "10")),
                 retry_max_s=float(env.get("RETRY_MAX_S", "900")),
                 tasks_module=env.get("TASKS_MODULE", ""),
-                secret_headers={str(k): str(v) for k, v in secret_headers.items()},
+                secret_headers=tuple((str(k), str(v)) for k, v in secret_headers.items()),
             )
         except ValueError as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc
