@@ -246,6 +246,7 @@ class ThrottlerRun:
 
     def _accept(self, messages: list[QueuedMessage], visible_until: float) -> None:
         bad: list[DeadLetter] = []
+        exhausted: list[DeadLetter] = []
         for msg in messages:
             if msg.message_id in self.known_messages:
                 self._refresh_receipt(msg, visible_until)
@@ -264,11 +265,16 @@ class ThrottlerRun:
                 logger.warning("bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)})
                 bad.append(DeadLetter(msg, str(exc), self.store.get_attempts(msg.dedup_id) if msg.receive_count > 1 else 0))
                 continue
+            if msg.receive_count > 1 and (attempts := self.store.get_attempts(job.job_id)) >= self.s.max_attempts:
+                # Its attempts ran out but the run died before dead-lettering it: finish that now, with no
+                # further call (which might even succeed, leaving the job both succeeded and dead-lettered).
+                exhausted.append(DeadLetter(msg, f"attempts exhausted: {attempts} attempts", attempts))
+                continue
             self.known_messages.add(msg.message_id)
             self.held.setdefault(msg.group, deque()).append(Held(msg, job, visible_until))
-        if bad:
-            self.queue.dead_letter(bad)
-            self.summary.dead_lettered += len(bad)
+        if bad or exhausted:
+            self.queue.dead_letter(bad + exhausted)
+            self.summary.dead_lettered += len(bad) + len(exhausted)
             self.summary.invalid += len(bad)
 
     def _refresh_receipt(self, msg: QueuedMessage, visible_until: float) -> None:
@@ -355,8 +361,6 @@ class ThrottlerRun:
 
     def _reserve(self) -> bool:
         """Write the planned slots to the usage item; on a lost race, reload and plan again."""
-        assert self.pacer is not None
-        self.usage.prune(self.clock.now())
         if self.store.save_usage(self.usage_version, self.usage.to_json(), self.usage.last_slot):
             self.usage_version += 1
             self.summary.reservations += 1
@@ -506,8 +510,13 @@ class ThrottlerRun:
                 self.known_messages.discard(held.msg.message_id)
 
     def _release_held(self, visibility_s: float) -> None:
-        for group in list(self.held):
-            self._release_group(group, visibility_s)
+        """Release every held message in as few requests as possible (10 per request, across groups)."""
+        released = [held for queue in self.held.values() for held in queue]
+        self.held.clear()
+        if released:
+            self.queue.change_visibility([(h.msg.receipt, visibility_s) for h in released])
+            for held in released:
+                self.known_messages.discard(held.msg.message_id)
 
     def _flush_deletes(self, now: float, force: bool = False) -> None:
         if self.pending_deletes and (force or len(self.pending_deletes) >= 10 or now - self.last_delete_flush >= DELETE_FLUSH_S):

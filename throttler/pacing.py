@@ -146,10 +146,6 @@ class Usage:
             usage.ledgers[key] = Ledger.from_data(int(key.rstrip("a")), aligned, data)
         return usage
 
-    def prune(self, now: float) -> None:
-        for ledger in self.ledgers.values():
-            ledger.prune(now, margin_s=1.0)
-
 
 class Pacer:
     """Hands out send times ('slots') for calls under one quota configuration."""
@@ -196,10 +192,13 @@ class Pacer:
             key = ledger_key(window_s, False)
             if all(ledger is not self.usage.ledgers[key] for _, ledger in self._tiers):
                 self.usage.ledgers[key].add(slot)
+                self.usage.ledgers[key].prune(slot)
         for tier, ledger in self._tiers:
             ledger.add(slot)
             if tier.aligned and ledger.index(slot + tier.margin_s) != ledger.index(slot):
                 ledger.add(slot + tier.margin_s)  # it may arrive in the next period: count it there too
+            # Every later slot is >= this one, so buckets that left this window are gone for good.
+            ledger.prune(slot, tier.margin_s)
         self.usage.last_slot = slot
         if self.advisory is not None:
             self.advisory.used += 1
