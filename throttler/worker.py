@@ -19,7 +19,7 @@ import requests
 
 from throttler.clock import Clock
 from throttler.envelope import DEFAULT_MAX_MESSAGE_BYTES, Job, parse_job
-from throttler.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from throttler.errors import InvalidJob, PermanentTaskError, RetryableTaskError, StoreError, ThrottledTaskError
 from throttler.outcome import JobResult, Outcome
 from throttler.store import StateStore
 from throttler.tasks.registry import TaskContext, TaskRegistry
@@ -116,9 +116,6 @@ class WorkerService:
             self._settle(running, results, stopped)
         finally:
             executor.shutdown()
-        succeeded = [r.job_id for r in results.values() if r.outcome is Outcome.SUCCEEDED and not r.duplicate]
-        if succeeded:
-            self.store.mark_done(succeeded, self.clock.now() + self.config.done_ttl_s)
         return {"results": [results[j["id"]].to_dict() for j in jobs]}
 
     @staticmethod
@@ -181,12 +178,23 @@ class WorkerService:
         except Exception as exc:  # noqa: BLE001 - a custom task's bug is a retryable failure, not a crash
             logger.warning("task raised", extra={"job_id": job.job_id, "task": job.task, "error": type(exc).__name__})
             return self._result(job, Outcome.RETRYABLE, RetryableTaskError(f"task raised {type(exc).__name__}"), sent_at)
+        self._record_success(job.job_id)
         result = self._result(job, Outcome.SUCCEEDED, None, sent_at)
         if out is not None:
             result.status = out.status
             result.rate_remaining = out.rate_remaining
             result.rate_reset_at = out.rate_reset_at
         return result
+
+    def _record_success(self, job_id: str) -> None:
+        """Record a success at once, not at the end of the batch: if the worker dies later in the batch
+        (timeout, crash), the jobs that already succeeded must not be called again."""
+        try:
+            self.store.mark_done([job_id], self.clock.now() + self.config.done_ttl_s)
+        except StoreError as exc:
+            # The call succeeded: still report it, so the throttler deletes the message. Only a throttler
+            # crash before that delete could then repeat the call (with the same Idempotency-Key).
+            logger.error("success not recorded", extra={"job_id": job_id, "error": str(exc)})
 
     def _result(
         self, job: Job, outcome: Outcome, error: Exception | None, sent_at: float, retry_after_s: float | None = None
