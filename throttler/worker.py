@@ -9,10 +9,11 @@ so a job is never called again, even if the throttler dies before deleting its m
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -40,6 +41,27 @@ class InlineExecutor:
 
     def shutdown(self) -> None:
         return None
+
+
+@dataclass
+class _ApiBudget:
+    """What the newest X-RateLimit-Remaining/Reset said, and how many calls went out since."""
+
+    remaining: int | None = None
+    reset_at: float | None = None
+    observed_sent_at: float = float("-inf")
+    sent: list[float] = field(default_factory=list)  # send times of this batch, ascending
+
+    def observe(self, result: JobResult) -> None:
+        if result.rate_remaining is None or result.sent_at is None or result.sent_at < self.observed_sent_at:
+            return
+        self.remaining, self.reset_at, self.observed_sent_at = result.rate_remaining, result.rate_reset_at, result.sent_at
+
+    def exhausted(self, now: float) -> str:
+        if self.remaining is None or self.reset_at is None or now >= self.reset_at:
+            return ""
+        since = len(self.sent) - bisect.bisect_right(self.sent, self.observed_sent_at)
+        return "the API's rate-limit headers say no calls are left until its reset" if since >= self.remaining else ""
 
 
 @dataclass
@@ -79,10 +101,11 @@ class WorkerService:
         running: dict[str, tuple[str, Future[JobResult]]] = {}
         stopped: dict[str, str] = {}  # group -> why its chain stopped
         stop_all = ""
+        budget = _ApiBudget()
         try:
             for spec in sorted(jobs, key=lambda j: j["not_before"]):
                 job_id, group = spec["id"], spec["group"]
-                stop_all = stop_all or self._settle(running, results, stopped)
+                stop_all = stop_all or self._settle(running, results, stopped, budget) or budget.exhausted(self.clock.now())
                 if stop_all:
                     results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all)
                     continue
@@ -94,12 +117,15 @@ class WorkerService:
                     continue
                 self.clock.sleep(spec["not_before"] - self.clock.now())
                 previous = running.get(group)
-                if previous is not None and not previous[1].done():
-                    try:  # the previous job of this group must finish first; wait inside the slot only
-                        previous[1].result(timeout=max(0.0, spec["not_after"] - self.clock.now()))
-                    except Exception:  # noqa: BLE001,S110 - its outcome is collected by _settle
-                        pass
-                    stop_all = stop_all or self._settle(running, results, stopped)
+                if previous is not None:
+                    if not previous[1].done():
+                        try:  # the previous job of this group must finish first; wait inside the slot only
+                            previous[1].result(timeout=max(0.0, spec["not_after"] - self.clock.now()))
+                        except Exception:  # noqa: BLE001,S110 - its outcome is collected by _settle
+                            pass
+                    # Settle it even if it finished during the sleep above: otherwise its result is lost
+                    # (and a failure would not stop the group) when this job takes its place in `running`.
+                    stop_all = stop_all or self._settle(running, results, stopped, budget)
                     if group in stopped or stop_all:
                         results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all or stopped[group])
                         continue
@@ -107,20 +133,27 @@ class WorkerService:
                     results[job_id] = JobResult(job_id, Outcome.SKIPPED, "missed its slot")
                     stopped[group] = "an earlier job of the group missed its slot"
                     continue
+                budget.sent.append(self.clock.now())
                 running[group] = (job_id, executor.submit(lambda spec=spec: self._run_one(spec)))
             for _, future in running.values():
                 try:
                     future.result()
                 except Exception:  # noqa: BLE001,S110 - _run_one never raises; defensive
                     pass
-            self._settle(running, results, stopped)
+            self._settle(running, results, stopped, budget)
         finally:
             executor.shutdown()
+            # One write for the whole batch, before returning, and even when the batch breaks off:
+            # a job that succeeded must never be called again.
+            self._record_successes(results)
         return {"results": [results[j["id"]].to_dict() for j in jobs]}
 
     @staticmethod
     def _settle(
-        running: dict[str, tuple[str, Future[JobResult]]], results: dict[str, JobResult], stopped: dict[str, str]
+        running: dict[str, tuple[str, Future[JobResult]]],
+        results: dict[str, JobResult],
+        stopped: dict[str, str],
+        budget: _ApiBudget,
     ) -> str:
         """Collect finished calls; returns a reason to stop every chain if one was throttled."""
         stop_all = ""
@@ -130,6 +163,7 @@ class WorkerService:
             del running[group]
             result = future.result()
             results[job_id] = result
+            budget.observe(result)
             if result.outcome is not Outcome.SUCCEEDED:
                 stopped[group] = f"an earlier job of the group ended {result.outcome.value}"
             if result.outcome is Outcome.THROTTLED:
@@ -178,7 +212,6 @@ class WorkerService:
         except Exception as exc:  # noqa: BLE001 - a custom task's bug is a retryable failure, not a crash
             logger.warning("task raised", extra={"job_id": job.job_id, "task": job.task, "error": type(exc).__name__})
             return self._result(job, Outcome.RETRYABLE, RetryableTaskError(f"task raised {type(exc).__name__}"), sent_at)
-        self._record_success(job.job_id)
         result = self._result(job, Outcome.SUCCEEDED, None, sent_at)
         if out is not None:
             result.status = out.status
@@ -186,15 +219,16 @@ class WorkerService:
             result.rate_reset_at = out.rate_reset_at
         return result
 
-    def _record_success(self, job_id: str) -> None:
-        """Record a success at once, not at the end of the batch: if the worker dies later in the batch
-        (timeout, crash), the jobs that already succeeded must not be called again."""
+    def _record_successes(self, results: dict[str, JobResult]) -> None:
+        succeeded = [r.job_id for r in results.values() if r.outcome is Outcome.SUCCEEDED and not r.duplicate]
+        if not succeeded:
+            return
         try:
-            self.store.mark_done([job_id], self.clock.now() + self.config.done_ttl_s)
+            self.store.mark_done(succeeded, self.clock.now() + self.config.done_ttl_s)
         except StoreError as exc:
-            # The call succeeded: still report it, so the throttler deletes the message. Only a throttler
-            # crash before that delete could then repeat the call (with the same Idempotency-Key).
-            logger.error("success not recorded", extra={"job_id": job_id, "error": str(exc)})
+            # The calls succeeded: still report them, so the throttler deletes the messages. Only a
+            # throttler crash before those deletes could then repeat a call (same Idempotency-Key).
+            logger.error("successes not recorded", extra={"jobs": len(succeeded), "error": str(exc)})
 
     def _result(
         self, job: Job, outcome: Outcome, error: Exception | None, sent_at: float, retry_after_s: float | None = None

@@ -227,3 +227,44 @@ def test_bad_messages_dead_lettered_with_reason_while_other_groups_flow(stage: S
     assert all(succeeded[f"good-{i}"] == 1 for i in range(30))
     assert all(succeeded[f"{name}-after"] == 1 for name in bad)
     assert stage.depth() == 0
+
+
+def test_concurrency_limit_caps_groups_in_flight(stage: Stage) -> None:
+    from throttler.invoker import InProcessInvoker
+
+    stage.set_quotas(second=20, minute=600, concurrency=2)
+    stage.enqueue([(http_job("/ok", f"g{i % 6}", i), f"g{i % 6}", f"k-{i}") for i in range(36)])
+    worker = stage.worker()
+    groups_per_batch: list[int] = []
+
+    def watch(request: dict) -> dict:
+        groups_per_batch.append(len({j["group"] for j in request["jobs"]}))
+        return worker.run_batch(request)
+
+    stage.make_run(invoker=InProcessInvoker(watch)).run(stage.clock.now() + 57)
+    assert groups_per_batch and max(groups_per_batch) <= 2
+    assert len(stage.api.successes_by_key()) == 36
+
+
+def test_rate_limit_headers_tighten_pacing_before_a_429(stage: Stage) -> None:
+    # The API says: 1 call left, count resets in 10 s. Nothing more may go before then.
+    stage.enqueue([(http_job("/remaining/1/10", "h", 0), "h", "h-0")]
+                  + [(http_job("/ok", f"o{i % 3}", i), f"o{i % 3}", f"ho-{i}") for i in range(30)])
+    stage.run(30)
+    first = stage.api.calls[0]
+    window = [c for c in stage.api.calls[1:] if c.at < first.at + 10]
+    assert len(window) <= 1
+    assert stage.api.violations == 0 and [c.status for c in stage.api.calls].count(429) == 0
+
+
+def test_pulls_only_what_it_is_about_to_dispatch_and_releases_the_rest(stage: Stage) -> None:
+    stage.set_quotas(second=2)
+    stage.api.tiers = [(1, 2)]
+    stage.enqueue([(http_job("/ok", f"g{i % 20}", i), f"g{i % 20}", f"p-{i}") for i in range(100)])
+    summary = stage.run(10)
+    assert 15 <= summary.succeeded <= 21
+    assert summary.received <= summary.succeeded + 20  # a few seconds ahead, not the whole backlog
+    stage.advance(0.01)
+    attrs = stage.sqs.get_queue_attributes(QueueUrl=stage.env["JOBS_QUEUE_URL"],
+                                           AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessages"]) == 100 - summary.succeeded  # released, none hidden
