@@ -142,7 +142,8 @@ class WorkerService:
                     pass
             self._settle(running, results, stopped, budget)
         finally:
-            executor.shutdown()
+            executor.shutdown()  # waits for calls still running
+            self._settle(running, results, stopped, budget)
             # One write for the whole batch, before returning, and even when the batch breaks off:
             # a job that succeeded must never be called again.
             self._record_successes(results)
