@@ -26,6 +26,9 @@ from throttler.store import StateStore
 from throttler.tasks.registry import TaskContext, TaskRegistry
 
 logger = logging.getLogger(__name__)
+# Success records are written together, at most this long after a success: one request per batch
+# at high rates, one per call at low rates.
+RECORD_EVERY_S = 0.25
 
 
 class InlineExecutor:
@@ -102,10 +105,12 @@ class WorkerService:
         stopped: dict[str, str] = {}  # group -> why its chain stopped
         stop_all = ""
         budget = _ApiBudget()
+        unrecorded: list[JobResult] = []  # successes whose record is not written yet, oldest first
         try:
             for spec in sorted(jobs, key=lambda j: j["not_before"]):
                 job_id, group = spec["id"], spec["group"]
-                stop_all = stop_all or self._settle(running, results, stopped, budget) or budget.exhausted(self.clock.now())
+                stop_all = stop_all or self._settle(running, results, stopped, budget, unrecorded) or budget.exhausted(self.clock.now())
+                self._record_successes(unrecorded, due_only=True)
                 if stop_all:
                     results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all)
                     continue
@@ -125,7 +130,7 @@ class WorkerService:
                             pass
                     # Settle it even if it finished during the sleep above: otherwise its result is lost
                     # (and a failure would not stop the group) when this job takes its place in `running`.
-                    stop_all = stop_all or self._settle(running, results, stopped, budget)
+                    stop_all = stop_all or self._settle(running, results, stopped, budget, unrecorded)
                     if group in stopped or stop_all:
                         results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all or stopped[group])
                         continue
@@ -140,13 +145,13 @@ class WorkerService:
                     future.result()
                 except Exception:  # noqa: BLE001,S110 - _run_one never raises; defensive
                     pass
-            self._settle(running, results, stopped, budget)
+            self._settle(running, results, stopped, budget, unrecorded)
         finally:
             executor.shutdown()  # waits for calls still running
-            self._settle(running, results, stopped, budget)
-            # One write for the whole batch, before returning, and even when the batch breaks off:
-            # a job that succeeded must never be called again.
-            self._record_successes(results)
+            self._settle(running, results, stopped, budget, unrecorded)
+            # Before returning, and even when the batch breaks off: a job that succeeded must never be
+            # called again.
+            self._record_successes(unrecorded)
         return {"results": [results[j["id"]].to_dict() for j in jobs]}
 
     @staticmethod
@@ -155,6 +160,7 @@ class WorkerService:
         results: dict[str, JobResult],
         stopped: dict[str, str],
         budget: _ApiBudget,
+        unrecorded: list[JobResult],
     ) -> str:
         """Collect finished calls; returns a reason to stop every chain if one was throttled."""
         stop_all = ""
@@ -165,6 +171,8 @@ class WorkerService:
             result = future.result()
             results[job_id] = result
             budget.observe(result)
+            if result.outcome is Outcome.SUCCEEDED and not result.duplicate:
+                unrecorded.append(result)
             if result.outcome is not Outcome.SUCCEEDED:
                 stopped[group] = f"an earlier job of the group ended {result.outcome.value}"
             if result.outcome is Outcome.THROTTLED:
@@ -220,16 +228,22 @@ class WorkerService:
             result.rate_reset_at = out.rate_reset_at
         return result
 
-    def _record_successes(self, results: dict[str, JobResult]) -> None:
-        succeeded = [r.job_id for r in results.values() if r.outcome is Outcome.SUCCEEDED and not r.duplicate]
-        if not succeeded:
+    def _record_successes(self, unrecorded: list[JobResult], due_only: bool = False) -> None:
+        """Write the pending success records in one request. With `due_only`, only once the oldest is
+        RECORD_EVERY_S old: a worker killed mid-batch can repeat at most that much."""
+        if not unrecorded:
             return
+        now = self.clock.now()
+        if due_only and now - (unrecorded[0].sent_at or now) < RECORD_EVERY_S:
+            return
+        job_ids = [r.job_id for r in unrecorded]
+        unrecorded.clear()
         try:
-            self.store.mark_done(succeeded, self.clock.now() + self.config.done_ttl_s)
+            self.store.mark_done(job_ids, now + self.config.done_ttl_s)
         except StoreError as exc:
             # The calls succeeded: still report them, so the throttler deletes the messages. Only a
             # throttler crash before those deletes could then repeat a call (same Idempotency-Key).
-            logger.error("successes not recorded", extra={"jobs": len(succeeded), "error": str(exc)})
+            logger.error("successes not recorded", extra={"jobs": len(job_ids), "error": str(exc)})
 
     def _result(
         self, job: Job, outcome: Outcome, error: Exception | None, sent_at: float, retry_after_s: float | None = None
