@@ -171,29 +171,49 @@ def key_prefix(prefix: str) -> Match:
 
 
 class ReservationAudit(Hook):
-    """Nothing reaches the API without a reservation: at each API call, the calls that arrived in its
-    bucket of the 60 s ledger must not outnumber the slots a *successful* usage write had reserved there."""
+    """Nothing reaches the API without a reservation, checked two ways at each API call:
+    - the call leaves inside a slot the throttler handed to the worker for that job
+      ([not_before, not_after] of a dispatched batch), and
+    - the calls that arrived in its bucket of the 60 s ledger do not outnumber the slots a *successful*
+      (conditional) usage write had reserved there by then.
+    Put it after any hook that fails calls before they leave: it must only see calls the API receives."""
 
     def __init__(self, clock: Clock):
         self.clock = clock
         self.ledger = Ledger(AUDIT_LEDGER_S)
         self.reserved: dict[int, int] = {}
         self.arrivals: Counter[int] = Counter()
+        self.slots: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.calls = 0
-        self.unreserved = 0
+        self.outside_slot = 0
+        self.over_reserved = 0
+        self._lock = threading.Lock()
+
+    @property
+    def unreserved(self) -> int:
+        return self.outside_slot + self.over_reserved
 
     def after(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         if op == "store.save_usage" and result is True:
-            for idx, count in json.loads(args[1]).get(str(AUDIT_LEDGER_S), []):
-                self.reserved[idx] = max(self.reserved.get(idx, 0), count)
+            with self._lock:
+                for idx, count in json.loads(args[1]).get(str(AUDIT_LEDGER_S), []):
+                    self.reserved[idx] = max(self.reserved.get(idx, 0), count)
 
     def before(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if op == "api.request":
-            idx = self.ledger.index(self.clock.now())
-            self.arrivals[idx] += 1
-            self.calls += 1
-            if self.arrivals[idx] > self.reserved.get(idx, 0):
-                self.unreserved += 1
+        with self._lock:
+            if op == "invoker.submit":
+                for job in args[0]["jobs"]:
+                    self.slots[job["id"]].append((job["not_before"], job["not_after"]))
+            elif op == "api.request":
+                now = self.clock.now()
+                key = kwargs["headers"].get("Idempotency-Key", "")
+                if not any(start <= now <= end for start, end in self.slots.get(key, [])):
+                    self.outside_slot += 1
+                idx = self.ledger.index(now)
+                self.arrivals[idx] += 1
+                self.calls += 1
+                if self.arrivals[idx] > self.reserved.get(idx, 0):
+                    self.over_reserved += 1
 
 
 class LeaseAudit(Hook):

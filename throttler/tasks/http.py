@@ -66,13 +66,15 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     elif request.data is not None:
         kwargs["data"] = request.data
 
-    def within_slot(state: RetryCallState) -> bool:
-        return ctx.clock.now() > ctx.not_after
+    def past_slot(state: RetryCallState) -> bool:
+        # Judged with the wait before the next try: a retry that would leave after the slot has no
+        # reservation behind it. (tenacity computes `upcoming_sleep` before it asks `stop`.)
+        return ctx.clock.now() + state.upcoming_sleep > ctx.not_after
 
     try:
         for attempt in Retrying(
             retry=retry_if_exception(_never_sent),
-            stop=stop_after_attempt(3) | within_slot,
+            stop=stop_after_attempt(3) | past_slot,
             wait=wait_exponential(multiplier=0.05, max=0.5),
             sleep=ctx.clock.sleep,
             reraise=True,
