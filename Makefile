@@ -14,7 +14,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-test: install
+# osls and serverless-python-requirements, pinned by package-lock.json.
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+# The deploy tests run `make package`'s script, which needs osls (npm) besides the venv.
+test: install $(NODE_STAMP)
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=85 tests
 
 demo: install
@@ -30,7 +36,7 @@ lint: install
 	$(PY) -m ruff check throttler handlers tests
 	$(PY) -m mypy
 
-package: install
+package: install $(NODE_STAMP)
 	bash scripts/package.sh
 
 clean:

@@ -3,6 +3,7 @@
 #
 #   scripts/package.sh                      # dev, staging and prod
 #   scripts/package.sh --stage prod         # one stage (repeat --stage, or give a comma-separated list)
+#   scripts/package.sh --out /tmp/pkg       # artifacts under /tmp/pkg/<stage>/ instead of .cache/package/
 #
 # Needs no AWS credentials and no Docker: osls builds the templates and the code zip locally, and
 # serverless-python-requirements downloads the Lambda platform's wheels (arm64, CPython 3.12) with a local
@@ -18,6 +19,7 @@ CHECKOV_VERSION=3.3.30
 CHECKOV_VENV="$ROOT/.checkov-venv"
 CFN_LINT="$ROOT/.venv/bin/cfn-lint"
 OUT_ROOT="$ROOT/.cache/package"
+LOCK="$ROOT/.cache/package.lock"
 
 die() { echo "package.sh: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
@@ -27,7 +29,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --stage) [[ $# -ge 2 ]] || die "--stage needs a value"; IFS=',' read -r -a more <<< "$2"; stages+=("${more[@]}"); shift 2 ;;
     --stage=*) IFS=',' read -r -a more <<< "${1#--stage=}"; stages+=("${more[@]}"); shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --out) [[ $# -ge 2 ]] || die "--out needs a directory"; OUT_ROOT="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (usage: scripts/package.sh [--stage dev|staging|prod ...])" ;;
   esac
 done
@@ -35,6 +38,14 @@ done
 for stage in "${stages[@]}"; do
   [[ "$stage" =~ ^[a-z][a-z0-9-]*$ ]] || die "invalid stage name: $stage"
 done
+
+# One run at a time in this work tree: osls stages every build in .serverless/ and the plugin shares its cache.
+mkdir -p "$(dirname "$LOCK")"
+exec 9>"$LOCK"
+if ! flock -n 9; then
+  echo "package.sh: another packaging run holds $LOCK; waiting for it" >&2
+  flock 9
+fi
 
 # --- Offline and credential-free: never read a developer's AWS profile, never phone home. ---
 unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_ENDPOINT_URL

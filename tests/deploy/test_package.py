@@ -1,0 +1,88 @@
+"""`make package` offline for every stage, and what the templates promise per stage (SPEC: Resources)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import STAGES, Packaged
+from throttler.stackdef import params
+
+TAG_KEYS = {"service", "stage", "cost-center"}
+
+
+def test_make_package_passes_offline_with_clean_cfn_lint_and_checkov(packaged: Packaged) -> None:
+    assert packaged.returncode == 0
+    for stage in STAGES:
+        if not packaged.reused:
+            assert f"cfn-lint {stage}: clean" in packaged.output
+            assert f"checkov {stage}: passed=" in packaged.output
+        summary = json.loads((packaged.stage_dir(stage) / "checkov.json").read_text())["summary"]
+        assert summary["failed"] == 0 and summary["parsing_errors"] == 0
+        assert summary["passed"] > 30, summary
+
+
+def test_code_zip_holds_handlers_library_and_arm64_requirements_only(packaged: Packaged) -> None:
+    with zipfile.ZipFile(packaged.stage_dir("dev") / "throttler.zip") as zf:
+        names = set(zf.namelist())
+    assert {"handlers/throttler.py", "handlers/worker.py", "throttler/dispatcher.py", "throttler/worker.py"} <= names
+    assert {"throttler/fakeapi.py", "throttler/demo.py", "throttler/bench.py", "throttler/local.py"}.isdisjoint(names)
+    assert not any(n.startswith(("tests/", "node_modules/", ".venv/", "scripts/")) for n in names)
+    tops = {n.split("/", 1)[0] for n in names}
+    assert {"requests", "tenacity", "aws_lambda_powertools", "pydantic", "boto3"} <= tops
+    assert not {"moto", "pytest", "freezegun", "yaml"} & tops  # dev requirements stay out
+    # Compiled wheels are the Lambda platform's (arm64, CPython 3.12), fetched without Docker.
+    assert any(n.startswith("pydantic_core/") and n.endswith("cpython-312-aarch64-linux-gnu.so") for n in names)
+
+
+def _resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_has_its_alarms_thresholds_retention_and_recovery(packaged: Packaged, stage: str) -> None:
+    template = packaged.template(stage)
+    stage_params = params(stage)
+    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    by_metric = {(a["Namespace"], a["MetricName"]): a for a in (r["Properties"] for r in alarms.values())}
+    dlq = by_metric[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
+    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
+    assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    age = by_metric[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
+    assert age["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsQueue", "QueueName"]}
+    assert age["Threshold"] == stage_params["oldestJobAlarmSeconds"]
+    errors = by_metric[("AWS/Lambda", "Errors")]
+    assert errors["Dimensions"][0]["Value"] == {"Ref": "ThrottlerLambdaFunction"}
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Properties"]["AlarmName"].startswith(f"throttler-{stage}-")
+    topic = template["Resources"]["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    assert template["Resources"]["AlarmTopicKey"]["Properties"]["EnableKeyRotation"] is True
+
+    for group in _resources(template, "AWS::Logs::LogGroup").values():
+        assert group["Properties"]["RetentionInDays"] == stage_params["logRetentionDays"]
+    table = template["Resources"]["StateTable"]
+    pitr = table["Properties"]["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"]
+    assert pitr is (stage == "prod")
+    assert table["DeletionPolicy"] == ("Retain" if stage == "prod" else "Delete")
+    rule = next(iter(_resources(template, "AWS::Events::Rule").values()))["Properties"]
+    assert (rule["ScheduleExpression"], rule["State"]) == ("rate(1 minute)", "ENABLED")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_taggable_resource_and_the_stack_carry_service_stage_and_cost(packaged: Packaged, stage: str) -> None:
+    template = packaged.template(stage)
+    expected = {"service": "throttler", "stage": stage, "cost-center": params(stage)["costCenter"]}
+    # Resources whose type has no Tags property get the stack's tags from CloudFormation.
+    untaggable = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::Lambda::Permission"}
+    generated = {"ServerlessDeploymentBucket", "ThrottlerLogGroup", "WorkerLogGroup", "ThrottlerEventsRuleSchedule1"}
+    for logical, resource in template["Resources"].items():
+        if resource["Type"] in untaggable or logical in generated:
+            continue
+        tags = {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
+        assert tags == expected, logical
+    assert packaged.state(stage)["service"]["provider"]["stackTags"] == expected
