@@ -116,7 +116,7 @@ def _deploy(packaged: Packaged, clients: dict[str, Any]) -> tuple[set[str], str,
 @pytest.fixture(scope="module")
 def deployed(packaged: Packaged) -> Iterator[Deployed]:
     with freeze_time(START) as frozen, mock_aws():
-        clients = {name: boto3.client(name, region_name=REGION) for name in CLIENTS}
+        clients = {name: boto3.client(name, region_name=REGION) for name in CLIENTS}  # type: ignore[call-overload]
         skipped, code_key, code_size = _deploy(packaged, clients)
         yield Deployed(frozen, clients, packaged.template(STAGE), skipped, code_key, code_size)
 
