@@ -108,7 +108,7 @@ class ThrottlerRun:
         self.refreshed_at = -math.inf
         self.queue_empty_at: float | None = None
         self.next_plan_at = 0.0
-        self.latency_s = 0.0
+        self.latency_s = 0.2  # a first guess at a call's duration, until results come in
         self.consecutive_429 = 0
         self.plan_starved = False
         self.receive_after = -math.inf
@@ -151,7 +151,8 @@ class ThrottlerRun:
                 if self.queue_empty_at is not None:
                     return  # idle: exit early, so an empty minute costs one short invocation
             if now >= self.next_plan_at and self.held:
-                self._plan(now, deadline)
+                # Settling and receiving above took real time: plan from the clock, not from the turn's start.
+                self._plan(self.clock.now(), deadline)
             now = self.clock.now()  # an inline (virtual-time) batch has moved the clock
             self._flush_deletes(now)
             next_event = min(self.next_plan_at, now + REFRESH_S, deadline)

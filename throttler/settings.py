@@ -23,7 +23,7 @@ class Settings:
     default_quotas: str = ""
     max_attempts: int = 3
     max_message_bytes: int = 256 * 1024
-    run_budget_s: float = 57.0
+    run_budget_s: float = 58.0
     batch_horizon_s: float = 1.0
     worker_timeout_s: float = 40.0
     retry_base_s: float = 10.0
@@ -52,7 +52,7 @@ class Settings:
                 default_quotas=env.get("DEFAULT_QUOTAS", ""),
                 max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
                 max_message_bytes=int(env.get("MAX_MESSAGE_BYTES", str(256 * 1024))),
-                run_budget_s=float(env.get("RUN_BUDGET_S", "57")),
+                run_budget_s=float(env.get("RUN_BUDGET_S", "58")),
                 batch_horizon_s=float(env.get("BATCH_HORIZON_S", "1")),
                 worker_timeout_s=float(env.get("WORKER_TIMEOUT_S", "40")),
                 retry_base_s=float(env.get("RETRY_BASE_S", "10")),
