@@ -10,6 +10,7 @@ so a job is never called again, even if the throttler dies before deleting its m
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -139,7 +140,7 @@ class WorkerService:
                     stopped[group] = "an earlier job of the group missed its slot"
                     continue
                 budget.sent.append(self.clock.now())
-                running[group] = (job_id, executor.submit(lambda spec=spec: self._run_one(spec)))
+                running[group] = (job_id, executor.submit(functools.partial(self._run_one, spec)))
             for _, future in running.values():
                 try:
                     future.result()

@@ -6,7 +6,8 @@ import email.utils
 from typing import Any
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
+from tenacity.stop import stop_base
 
 from throttler.envelope import validate_http_payload
 from throttler.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
@@ -57,6 +58,17 @@ def _never_sent(exc: BaseException) -> bool:
     return False
 
 
+class _PastSlot(stop_base):
+    """Stop retrying when the next try would leave after the job's slot: it would have no reservation.
+    (tenacity computes `upcoming_sleep` before it asks `stop`.)"""
+
+    def __init__(self, ctx: TaskContext):
+        self.ctx = ctx
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.ctx.clock.now() + retry_state.upcoming_sleep > self.ctx.not_after
+
+
 def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     request = validate_http_payload(payload, ctx.allowed_hosts)
     headers = {**request.headers, **ctx.secret_headers(), "Idempotency-Key": ctx.job_id}
@@ -66,15 +78,10 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     elif request.data is not None:
         kwargs["data"] = request.data
 
-    def past_slot(state: RetryCallState) -> bool:
-        # Judged with the wait before the next try: a retry that would leave after the slot has no
-        # reservation behind it. (tenacity computes `upcoming_sleep` before it asks `stop`.)
-        return ctx.clock.now() + state.upcoming_sleep > ctx.not_after
-
     try:
         for attempt in Retrying(
             retry=retry_if_exception(_never_sent),
-            stop=stop_after_attempt(3) | past_slot,
+            stop=stop_any(stop_after_attempt(3), _PastSlot(ctx)),
             wait=wait_exponential(multiplier=0.05, max=0.5),
             sleep=ctx.clock.sleep,
             reraise=True,
