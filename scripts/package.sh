@@ -78,11 +78,11 @@ find_python312() {
     if is_py312 "$candidate"; then command -v "$candidate"; return; fi
   done
   # pyenv's shim only runs a version that is selected: look at the installed versions themselves.
-  if command -v pyenv >/dev/null; then
-    for candidate in "$(pyenv root)"/versions/3.12*/bin/python3.12; do
-      if is_py312 "$candidate"; then echo "$candidate"; return; fi
-    done
-  fi
+  local pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
+  if command -v pyenv >/dev/null; then pyenv_root="$(pyenv root)"; fi
+  for candidate in "$pyenv_root"/versions/3.12*/bin/python3.12; do
+    if is_py312 "$candidate"; then echo "$candidate"; return; fi
+  done
   die "python3.12 not found (the Lambda runtime is python3.12 and its wheels are fetched with it).
   Install it (e.g. 'pyenv install 3.12' or 'apt-get install python3.12 python3.12-venv'),
   or point PYTHON312 at one: PYTHON312=/path/to/python3.12 make package"
