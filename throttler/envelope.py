@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from throttler.errors import InvalidJob
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+_ID = re.compile(r"[\x21-\x7e]+")
 MAX_TIMEOUT_S = 30.0
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
@@ -22,6 +24,15 @@ class Envelope(BaseModel):
     task: str = Field(min_length=1, max_length=128)
     payload: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        # The id travels as the Idempotency-Key header and keys the state table: like a deduplication
+        # id, it is printable ASCII without spaces (a newline or non-latin-1 text cannot be a header).
+        if value is not None and not _ID.fullmatch(value):
+            raise ValueError("id must be printable ASCII without spaces, like a deduplication id")
+        return value
 
 
 class HttpPayload(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,14 @@ from throttler.errors import StoreError
 logger = logging.getLogger(__name__)
 SQS_BATCH = 10
 MAX_VISIBILITY_S = 43_200  # SQS's ceiling: 12 hours
+# Characters SQS refuses in a body or a string attribute (outside XML's Char production).
+_NOT_SQS_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_text(text: str) -> str:
+    """`text` with every character SQS would refuse escaped (`\\x08`): a reason that quotes a bad
+    message (a key name, say) must never make the dead-lettering itself fail."""
+    return _NOT_SQS_TEXT.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ class JobQueue:
                     "MessageGroupId": d.message.group or "ungrouped",
                     "MessageDeduplicationId": hashlib.sha256(f"dlq:{d.message.message_id}".encode()).hexdigest()[:64],
                     "MessageAttributes": {
-                        "error_reason": {"DataType": "String", "StringValue": d.reason[:1000] or "unknown"},
+                        "error_reason": {"DataType": "String", "StringValue": sqs_text(d.reason[:1000]) or "unknown"},
                         "attempts": {"DataType": "Number", "StringValue": str(d.attempts)},
                         "job_id": {"DataType": "String", "StringValue": d.message.dedup_id},
                     },

@@ -192,14 +192,21 @@ class MemoryStateStore(StateStore):
 
 
 def _item_json(item: Mapping[str, Any]) -> str:
+    """An item as JSON, whatever an operator typed into it: numbers, sets, lists and maps at any depth
+    (a hand-edited `updated_at` holding a number set must not crash the run that reads it)."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, Decimal):
             return int(value) if value == value.to_integral_value() else float(value)
         if isinstance(value, (set, frozenset)):
-            return sorted(value)
+            return sorted(plain(v) for v in value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
         return value
 
-    return json.dumps({k: plain(v) for k, v in item.items() if k != "pk"}, sort_keys=True)
+    return json.dumps({k: plain(v) for k, v in item.items() if k != "pk"}, sort_keys=True, default=str)
 
 
 class DynamoStateStore(StateStore):

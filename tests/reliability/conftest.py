@@ -251,6 +251,7 @@ class Rig:
     clock: Clock | None = None
     api: FakeApi | None = None
     invoker_for: Callable[[WorkerService], Any] | None = None  # replaces InProcessInvoker(worker.run_batch)
+    wrap_store: Callable[[Any], Any] | None = None  # wraps the throttler's StateStore (inside the tap)
 
     def worker(self) -> WorkerService:
         stage, hooks = self.stage, self.hooks
@@ -279,7 +280,8 @@ class Rig:
             get_client=clients.__getitem__,
             owner=owner,
         )
-        run.store = Tap(run.store, "store", hooks)  # type: ignore[assignment]
+        store = self.wrap_store(run.store) if self.wrap_store else run.store
+        run.store = Tap(store, "store", hooks)  # type: ignore[assignment]
         run.queue = Tap(run.queue, "queue", hooks)  # type: ignore[assignment]
         return run
 
@@ -456,6 +458,34 @@ def fifo_order_in_moto(monkeypatch: pytest.MonkeyPatch) -> None:
         return original(self, queue_name, *args, **kwargs)
 
     monkeypatch.setattr(SQSBackend, "receive_message", receive_message)
+
+
+@pytest.fixture(autouse=True)
+def fast_moto_sqs_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speed only: moto's SQS reads the time through a chain of datetime calls for every message it
+    looks at (several full passes over the queue per request), and freezegun makes each read walk the
+    stack. Reading the frozen instant straight from freezegun (cached until it moves) gives the same
+    time, hundreds of times faster."""
+    import calendar
+
+    import moto.sqs.models as sqs_models
+    from freezegun import api as freezegun_api
+
+    original = sqs_models.unix_time
+    cache: list[Any] = [None, 0.0]
+
+    def unix_time(dt: Any = None) -> float:
+        if dt is not None:
+            return float(original(dt))
+        if not freezegun_api.freeze_factories:
+            return time.time()
+        frozen = freezegun_api.freeze_factories[-1]()
+        if frozen is not cache[0]:
+            cache[:] = [frozen, calendar.timegm(frozen.timetuple()) + frozen.microsecond / 1e6]
+        return float(cache[1])
+
+    monkeypatch.setattr(sqs_models, "unix_time", unix_time)
+    monkeypatch.setattr(sqs_models, "unix_time_millis", lambda dt=None: unix_time(dt) * 1000.0)
 
 
 @contextmanager
