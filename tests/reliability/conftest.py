@@ -10,6 +10,7 @@ the queues), and the `campaign` fixture collects the figures published in docs/R
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -252,6 +253,7 @@ class Rig:
     api: FakeApi | None = None
     invoker_for: Callable[[WorkerService], Any] | None = None  # replaces InProcessInvoker(worker.run_batch)
     wrap_store: Callable[[Any], Any] | None = None  # wraps the throttler's StateStore (inside the tap)
+    wrap_sqs: Callable[[Any], Any] | None = None  # wraps the SQS client (to fake partial batch failures)
 
     def worker(self) -> WorkerService:
         stage, hooks = self.stage, self.hooks
@@ -269,7 +271,8 @@ class Rig:
 
     def build(self, owner: str | None = None) -> ThrottlerRun:
         stage, hooks = self.stage, self.hooks
-        sqs, ddb = Tap(stage.sqs, "sqs", hooks), Tap(stage.dynamodb, "dynamodb", hooks)
+        raw_sqs = self.wrap_sqs(stage.sqs) if self.wrap_sqs else stage.sqs
+        sqs, ddb = Tap(raw_sqs, "sqs", hooks), Tap(stage.dynamodb, "dynamodb", hooks)
         clients = {"sqs": sqs, "dynamodb": ddb}
         worker = self.worker()
         invoker = self.invoker_for(worker) if self.invoker_for else InProcessInvoker(worker.run_batch)
@@ -347,16 +350,32 @@ class Tally:
 
 
 def dlq_records(stage: Stage) -> list[dict[str, str]]:
-    return [
-        {
-            "job_id": m["MessageAttributes"]["job_id"]["StringValue"],
-            "reason": m["MessageAttributes"]["error_reason"]["StringValue"],
-            "attempts": m["MessageAttributes"]["attempts"]["StringValue"],
-            "group": m["Attributes"]["MessageGroupId"],
-            "body": m["Body"],
-        }
-        for m in stage.dlq_messages()
-    ]
+    """Every message in the DLQ, read by receiving and deleting (so: once, at the end of a test).
+
+    Only a destructive read sees them all: in a FIFO queue, a group's later messages stay hidden while
+    an earlier one is in flight, so a receive loop that leaves messages in place misses any that do
+    not come back in the same batch as the first of their group.
+    """
+    records = []
+    url = stage.env["DLQ_URL"]
+    while True:
+        messages = stage.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
+            MessageAttributeNames=["All"], MessageSystemAttributeNames=["MessageGroupId"],
+        ).get("Messages", [])
+        if not messages:
+            return records
+        for m in messages:
+            records.append({
+                "job_id": m["MessageAttributes"]["job_id"]["StringValue"],
+                "reason": m["MessageAttributes"]["error_reason"]["StringValue"],
+                "attempts": m["MessageAttributes"]["attempts"]["StringValue"],
+                "group": m["Attributes"]["MessageGroupId"],
+                "body": m["Body"],
+            })
+        stage.sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        )
 
 
 def account(
@@ -461,7 +480,7 @@ def fifo_order_in_moto(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def fast_moto_sqs_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def fast_moto_sqs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Speed only: moto's SQS reads the time through a chain of datetime calls for every message it
     looks at (several full passes over the queue per request), and freezegun makes each read walk the
     stack. Reading the frozen instant straight from freezegun (cached until it moves) gives the same
@@ -486,6 +505,27 @@ def fast_moto_sqs_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(sqs_models, "unix_time", unix_time)
     monkeypatch.setattr(sqs_models, "unix_time_millis", lambda dt=None: unix_time(dt) * 1000.0)
+
+    # moto also recounts the whole queue (three passes) every time anything reads a queue attribute,
+    # which it does for every message sent and received: count only when a caller asks for the counts.
+    counting = [0]
+    original_get = sqs_models.SQSBackend.get_queue_attributes
+
+    def get_queue_attributes(self: Any, queue_name: str, attribute_names: list[str]) -> Any:
+        wanted = "All" in attribute_names or any(n.startswith("Approximate") for n in attribute_names)
+        counting[0] += wanted
+        try:
+            return original_get(self, queue_name, attribute_names)
+        finally:
+            counting[0] -= wanted
+
+    monkeypatch.setattr(sqs_models.SQSBackend, "get_queue_attributes", get_queue_attributes)
+    snake_case = functools.lru_cache(sqs_models.camelcase_to_underscores)
+    monkeypatch.setattr(sqs_models, "camelcase_to_underscores", snake_case)
+    for name in ("approximate_number_of_messages", "approximate_number_of_messages_delayed",
+                 "approximate_number_of_messages_not_visible"):
+        count = getattr(sqs_models.Queue, name).fget
+        monkeypatch.setattr(sqs_models.Queue, name, property(lambda q, count=count: count(q) if counting[0] else 0))
 
 
 @contextmanager

@@ -134,6 +134,49 @@ def test_fault_aws_errors_end_safely(
     campaign.add_time("aws", wall_clock() - started)
 
 
+class PartialDeletes:
+    """An SQS client whose DeleteMessageBatch fails every other entry (as SQS reports an expired or
+    stale receipt handle: in the response's Failed list, not as an error)."""
+
+    def __init__(self, sqs: Any):
+        self._sqs = sqs
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        kept, dropped = Entries[::2], Entries[1::2]
+        response = dict(self._sqs.delete_message_batch(QueueUrl=QueueUrl, Entries=kept)) if kept else {}
+        self.failed += len(dropped)
+        failed = [{"Id": e["Id"], "SenderFault": True, "Code": "ReceiptHandleIsInvalid", "Message": "injected"}
+                  for e in dropped]
+        return {**response, "Failed": response.get("Failed", []) + failed}
+
+
+def test_fault_sqs_delete_batch_partly_failing(stage: Stage, campaign: Campaign) -> None:
+    started = wall_clock()
+    jobs = workload()
+    stage.enqueue(jobs)
+    audit = ReservationAudit(stage.clock)
+    clients: list[PartialDeletes] = []
+
+    def partial(sqs: Any) -> PartialDeletes:
+        clients.append(PartialDeletes(sqs) if len(clients) < 2 else sqs)  # the first two runs only
+        return clients[-1]
+
+    scheduler = Scheduler(stage)
+    scheduler.drain(lambda: Rig(stage, [audit], wrap_sqs=partial))
+
+    tally = account(stage, [j[2] for j in jobs], tiers=STAGE_TIERS, audit=audit)
+    failed = sum(c.failed for c in clients if isinstance(c, PartialDeletes))
+    assert failed > 0
+    tally.assert_safe()  # the undeleted ones came back, were found already done, and were deleted unsent
+    assert sum(s.duplicates for s in scheduler.summaries) > 0 and audit.unreserved == 0
+    campaign.record("aws", tally, f"sqs-delete-partly-failing: {failed} deletes failed, found done and deleted later")
+    campaign.add_time("aws", wall_clock() - started)
+
+
 class UsageRival(Hook):
     """Another writer reserves slots in the usage item just before some of the run's reservations,
     so the run's conditional write fails and it must reload and plan again."""
