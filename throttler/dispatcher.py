@@ -329,6 +329,10 @@ class ThrottlerRun:
             # settles or when the next slot comes.
             next_slot = self.pacer.next_slot(start)
             later = next_slot - BATCH_LEAD_S if next_slot is not None else now + REFRESH_S
+            if end >= deadline and (next_slot is None or next_slot >= end):
+                # Nothing fits before this run's deadline: planning again sooner would spin (in virtual
+                # time, forever: the clock only moves when the loop waits).
+                later = deadline
             self.next_plan_at = min(max(now, later), now + REFRESH_S)
             self.plan_starved = True
             return
