@@ -107,6 +107,7 @@ class WorkerService:
         stop_all = ""
         budget = _ApiBudget()
         unrecorded: list[JobResult] = []  # successes whose record is not written yet, oldest first
+        group_of = {j["id"]: j["group"] for j in jobs}
         try:
             for spec in sorted(jobs, key=lambda j: j["not_before"]):
                 job_id, group = spec["id"], spec["group"]
@@ -139,6 +140,10 @@ class WorkerService:
                     results[job_id] = JobResult(job_id, Outcome.SKIPPED, "missed its slot")
                     stopped[group] = "an earlier job of the group missed its slot"
                     continue
+                if any(group_of[r.job_id] == group for r in unrecorded):
+                    # Never call a group's next job while an earlier success of the group is unrecorded:
+                    # a worker killed later would have that one called again *after* this one.
+                    self._record_successes(unrecorded)
                 budget.sent.append(self.clock.now())
                 running[group] = (job_id, executor.submit(functools.partial(self._run_one, spec)))
             for _, future in running.values():

@@ -35,7 +35,7 @@ from throttler.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
 from throttler.pacing import Ledger
 from throttler.provision import provision
-from throttler.worker import InlineExecutor, WorkerService
+from throttler.worker import RECORD_EVERY_S, InlineExecutor, WorkerService
 
 AUDIT_LEDGER_S = 60  # a standing ledger: every reserved slot is counted in it exactly once
 LEASE_WAIT_S = 150.0  # longer than a crashed run's lease (57 + 40 + 10 s) and its messages' visibility
@@ -349,6 +349,31 @@ class Tally:
         assert self.duplicates == sum(self.repeated_keys.values()), self
 
 
+RECORD_SLACK_S = 0.1  # records are written when the worker next turns round: within a call interval
+
+
+def assert_lost_records_bounded(tally: Tally, api: FakeApi, died_at: Sequence[float]) -> None:
+    """A worker that dies loses only the success records it had not written yet. It writes them
+    together, at most RECORD_EVERY_S after a success, and always before it calls the next job of the
+    same group. So the calls repeated after it died: first succeeded shortly before a death, are each
+    their group's latest success at that death (the repeat cannot come after a later job of the
+    group), and went again once, with the same Idempotency-Key (the repeat is keyed by it)."""
+    first_success: dict[str, Any] = {}
+    for call in api.calls:
+        if call.key is not None and 200 <= call.status < 300:
+            first_success.setdefault(call.key, call)
+    for key, repeats in tally.repeated_keys.items():
+        assert repeats == 1, (key, repeats)
+        first = first_success[key]
+        deaths = [t for t in died_at if t - RECORD_EVERY_S - RECORD_SLACK_S <= first.at <= t]
+        assert deaths, (key, first.at, died_at)
+        later_in_group = [
+            c for c in api.calls
+            if c.group == first.group and c.key != key and 200 <= c.status < 300 and first.at < c.at <= deaths[0]
+        ]
+        assert later_in_group == [], (key, later_in_group)
+
+
 def dlq_records(stage: Stage) -> list[dict[str, str]]:
     """Every message in the DLQ, read by receiving and deleting (so: once, at the end of a test).
 
@@ -422,8 +447,12 @@ class Campaign:
         "repeated_same_key": 0, "outcomes": Counter(), "seconds": 0.0,
     }))
 
-    def record(self, fault_class: str, tally: Tally, outcome: str, repeated_same_key: int = 0) -> None:
+    def record(
+        self, fault_class: str, tally: Tally, outcome: str, repeated_same_key: int = 0, started: float | None = None
+    ) -> None:
         row = self.rows[fault_class]
+        if started is not None:
+            row["seconds"] += wall_clock() - started
         row["cases"] += 1
         row["jobs"] += tally.enqueued
         row["lost"] += tally.lost
@@ -432,9 +461,6 @@ class Campaign:
         row["violations"] += tally.violations + tally.order_violations
         row["api_calls"] += tally.api_calls
         row["outcomes"][outcome] += 1
-
-    def add_time(self, fault_class: str, seconds: float) -> None:
-        self.rows[fault_class]["seconds"] += seconds
 
 
 @pytest.fixture(scope="session")

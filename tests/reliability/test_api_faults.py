@@ -141,5 +141,5 @@ def test_fault_api_errors_end_safely(
         assert stage.settings.worker_timeout_s > 30
         assert sum(s.skipped for s in scheduler.summaries) > 0
     outcome = f"{case}: victim {expected}, {len(victim_calls)} call(s) of it"
-    campaign.record("api", tally, outcome, repeated_same_key=sum(allowed.values()))
-    campaign.add_time("api", wall_clock() - started)
+    fault_class = "api-5xx" if case.startswith("http") else "api-429" if case.startswith("429") else "api-network"
+    campaign.record(fault_class, tally, outcome, repeated_same_key=sum(allowed.values()), started=started)

@@ -29,6 +29,7 @@ from tests.reliability.conftest import (
     Rig,
     Scheduler,
     account,
+    assert_lost_records_bounded,
     call_range,
     client_error,
     key_prefix,
@@ -130,8 +131,8 @@ def test_fault_aws_errors_end_safely(
     # never costs a job an attempt it did not make.
     assert stage.store.get_attempts("flaky") == (0 if case == "dynamodb-throttled-attempt-count" else 1)
     assert all(stage.store.get_attempts(j[2]) == 0 for j in jobs if j[2] not in ("flaky", "bad-0"))
-    campaign.record("aws", tally, f"{case}: {fault.injected} injected, {len(scheduler.failures)} run(s) failed")
-    campaign.add_time("aws", wall_clock() - started)
+    outcome = f"{case}: {fault.injected} injected, {len(scheduler.failures)} run(s) ended by it"
+    campaign.record(f"aws-{case.split('-')[0]}", tally, outcome, started=started)
 
 
 class PartialDeletes:
@@ -173,8 +174,8 @@ def test_fault_sqs_delete_batch_partly_failing(stage: Stage, campaign: Campaign)
     assert failed > 0
     tally.assert_safe()  # the undeleted ones came back, were found already done, and were deleted unsent
     assert sum(s.duplicates for s in scheduler.summaries) > 0 and audit.unreserved == 0
-    campaign.record("aws", tally, f"sqs-delete-partly-failing: {failed} deletes failed, found done and deleted later")
-    campaign.add_time("aws", wall_clock() - started)
+    outcome = f"sqs-delete-partly-failing: {failed} deletes failed; found done later and deleted, not called"
+    campaign.record("aws-sqs", tally, outcome, started=started)
 
 
 class UsageRival(Hook):
@@ -235,8 +236,8 @@ def test_fault_dynamodb_conditional_check_race_on_the_usage_item(stage: Stage, c
     for window_s, limit in STAGE_TIERS:
         assert _max_in_window(together, window_s) <= limit
     assert set(tally.dlq) == set()
-    campaign.record("aws", tally, f"usage-conditional-race: {conflicts} conflicts, replanned")
-    campaign.add_time("aws", wall_clock() - started)
+    outcome = f"usage-conditional-race: {conflicts} conflicts, replanned"
+    campaign.record("aws-dynamodb-race", tally, outcome, started=started)
 
 
 # ------------------------------------------------------------------------------------------ Lambda
@@ -246,26 +247,40 @@ class WorkerKilled(BaseException):
 
 class WorkerTimeout(Hook):
     """Armed by FakeLambda for one invocation: the worker is killed at its `at_call`-th API call, either
-    before the call leaves or after the API answered but before the worker saw the answer."""
+    before the call leaves or after the API answered but before the worker saw the answer. Once killed,
+    nothing more of that worker runs (its `finally` cannot write records either), until disarmed."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
         self.armed: tuple[int, str] | None = None
+        self.killed = False
         self.calls = 0
         self.lost_keys: list[str] = []
+        self.died_at: list[float] = []
 
     def arm(self, at_call: int, when: str) -> None:
-        self.armed, self.calls = (at_call, when), 0
+        self.armed, self.calls, self.killed = (at_call, when), 0, False
+
+    def disarm(self) -> None:
+        self.armed, self.killed = None, False
+
+    def _kill(self) -> None:
+        self.killed = True
+        self.died_at.append(self.clock.now())
+        raise WorkerKilled
 
     def before(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.killed and op.split(".")[0] in ("api", "worker_store"):
+            raise WorkerKilled
         if op == "api.request" and self.armed:
             self.calls += 1
             if self.armed == (self.calls, "before"):
-                raise WorkerKilled
+                self._kill()
 
     def after(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
-        if op == "api.request" and self.armed == (self.calls, "after"):
+        if op == "api.request" and self.armed == (self.calls, "after") and not self.killed:
             self.lost_keys.append(kwargs["headers"]["Idempotency-Key"])
-            raise WorkerKilled
+            self._kill()
 
 
 @dataclass
@@ -305,7 +320,7 @@ class FakeLambda:
             error = "Unhandled"
             body = json.dumps({"errorMessage": f"Task timed out after {timeout_s:.2f} seconds"}).encode()
         finally:
-            self.timeout.armed = None
+            self.timeout.disarm()
         response: dict[str, Any] = {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body))}
         if error:
             response["FunctionError"] = error
@@ -339,7 +354,7 @@ def test_fault_lambda_throttling_and_worker_timeouts(
     jobs = workload()
     stage.enqueue(jobs)
     audit = ReservationAudit(stage.clock)
-    timeout = WorkerTimeout()
+    timeout = WorkerTimeout(stage.clock)
     plan = LambdaPlan(fates)
 
     def invoker_for(worker: WorkerService) -> InlineLambdaInvoker:
@@ -349,17 +364,19 @@ def test_fault_lambda_throttling_and_worker_timeouts(
     scheduler.drain(lambda: Rig(stage, [audit, timeout], invoker_for=invoker_for))
 
     tally = account(stage, [j[2] for j in jobs], tiers=STAGE_TIERS, audit=audit)
-    # Only a call whose answer died with the worker goes again, with the same Idempotency-Key.
-    allowed = {key: 1 for key in timeout.lost_keys}
-    assert tally.repeated_keys == allowed
+    # Only calls whose success died with the worker go again: the one whose answer it never saw, and
+    # successes whose records it had not written yet; each once, with the same Idempotency-Key.
+    assert set(timeout.lost_keys) <= set(tally.repeated_keys)
+    assert_lost_records_bounded(tally, stage.api, timeout.died_at)
+    allowed = dict(tally.repeated_keys)
     tally.assert_safe(allowed)
     assert audit.unreserved == 0
     assert set(tally.dlq) == set()  # a throttled or timed-out worker never sends a job to the DLQ...
     if case == "lambda-throttled":  # ...and a throttled one spends no attempt
         assert all(stage.store.get_attempts(j[2]) == 0 for j in jobs if j[2] != "flaky")
     assert scheduler.failures == [] and plan.invocations > max(fates)
-    campaign.record("aws", tally, f"{case}: {len(fates)} invocation(s) failed", repeated_same_key=len(allowed))
-    campaign.add_time("aws", wall_clock() - started)
+    outcome = f"{case}: {len(fates)} invocation(s) failed"
+    campaign.record("aws-lambda", tally, outcome, repeated_same_key=sum(allowed.values()), started=started)
 
 
 def test_fault_lambda_invoke_errors_map_to_worker_not_run_or_failed_with_stubber() -> None:

@@ -104,8 +104,7 @@ def test_overlap_runs_started_at_once_one_holds_the_lease_the_rest_back_off(stag
     tally.assert_safe()
     assert lease.max_live == 1
     outcome = f"{len(starts)} runs in one minute: 1 held the lease ({minute_calls} calls), {lease.refused} backed off"
-    campaign.record("overlap", tally, outcome)
-    campaign.add_time("overlap", wall_clock() - started)
+    campaign.record("overlap-lease", tally, outcome, started=started)
 
 
 def test_overlap_runs_with_a_lease_that_expires_at_once_still_never_exceed_a_tier(
@@ -132,5 +131,4 @@ def test_overlap_runs_with_a_lease_that_expires_at_once_still_never_exceed_a_tie
     tally = account(stage, [j[2] for j in jobs], tiers=STAGE_TIERS, audit=audit, api=api)
     tally.assert_safe()
     outcome = f"3 runs overlapping for a minute: {minute_calls} calls, {conflicts} reservation conflicts"
-    campaign.record("overlap", tally, outcome)
-    campaign.add_time("overlap", wall_clock() - started)
+    campaign.record("overlap-expired-lease", tally, outcome, started=started)
