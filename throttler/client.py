@@ -1,0 +1,320 @@
+"""The producer's client: validate a job exactly as the worker will, then put it on the jobs queue.
+
+A job the worker would refuse (not JSON, too large, unknown task, a URL whose host is not allowed) is
+refused here with `InvalidJob` and a one-line reason, before anything is sent.
+
+    producer = Producer.for_stage("dev")
+    producer.send("http", {"method": "POST", "url": "https://api.example.com/v1/items"}, group="customer-42")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from throttler.envelope import DEFAULT_MAX_MESSAGE_BYTES, parse_job
+from throttler.errors import InvalidJob, StoreError
+from throttler.queue import JobQueue
+
+# SQS's rule for MessageGroupId and MessageDeduplicationId: 1-128 printable ASCII characters.
+SQS_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def resource_names(stage: str) -> dict[str, str]:
+    """The stage's resource names, as serverless.yml builds them."""
+    return {
+        "jobs_queue": f"throttler-{stage}-jobs.fifo",
+        "dlq": f"throttler-{stage}-dlq.fifo",
+        "state_table": f"throttler-{stage}-state",
+    }
+
+
+def queue_url(sqs_client: Any, name: str) -> str:
+    """Look a queue's URL up by name; StoreError names the queue when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        url: str = sqs_client.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+            raise StoreError(
+                f"queue {name} does not exist: is the stage deployed (or the local stack running)?"
+            ) from exc
+        raise StoreError(f"sqs get_queue_url failed: {code}") from exc
+    return url
+
+
+def stage_allowed_hosts(stage: str) -> tuple[str, ...]:
+    """ALLOWED_HOSTS from the environment, else the stage's `allowedHosts` parameter in serverless.yml."""
+    value = os.environ.get("ALLOWED_HOSTS")
+    if not value:
+        from throttler.stackdef import params
+
+        value = str(params(stage).get("allowedHosts", ""))
+    return tuple(h.strip() for h in value.split(",") if h.strip())
+
+
+def known_task_names() -> frozenset[str]:
+    """The built-in tasks plus those of TASKS_MODULE (the same module the worker loads)."""
+    from throttler.tasks import default_registry
+    from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
+
+    default_registry.load_module(os.environ.get("TASKS_MODULE", ""))
+    return default_registry.names
+
+
+@dataclass(frozen=True)
+class OutgoingJob:
+    """A validated job, ready to send: the message body, its group and its deduplication id (= job id)."""
+
+    body: str
+    group: str
+    job_id: str
+
+
+class JobBuilder:
+    """Validates jobs as the worker will (JSON, size, task name, url and host) and builds their messages."""
+
+    def __init__(
+        self,
+        allowed_hosts: Iterable[str],
+        known_tasks: Iterable[str] | None = None,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.known_tasks = frozenset(known_tasks) if known_tasks is not None else known_task_names()
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def for_stage(cls, stage: str) -> JobBuilder:
+        """Validation settings as the stage's worker has them (ALLOWED_HOSTS, MAX_MESSAGE_BYTES, TASKS_MODULE)."""
+        max_bytes = int(os.environ.get("MAX_MESSAGE_BYTES") or DEFAULT_MAX_MESSAGE_BYTES)
+        return cls(stage_allowed_hosts(stage), max_bytes=max_bytes)
+
+    def build(self, task: str, payload: Any, group: str, job_id: str | None = None) -> OutgoingJob:
+        """Validate one job; raises InvalidJob with a one-line reason."""
+        if not isinstance(group, str) or not SQS_ID.match(group):
+            raise InvalidJob(f"group must be 1-128 printable ASCII characters without spaces, not {group!r}")
+        if job_id is not None and (not isinstance(job_id, str) or not SQS_ID.match(job_id)):
+            raise InvalidJob(f"job id must be 1-128 printable ASCII characters without spaces, not {job_id!r}")
+        envelope: dict[str, Any] = {"task": task, "payload": payload}
+        if job_id is not None:
+            envelope["id"] = job_id
+        try:
+            body = json.dumps(envelope, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidJob(f"payload is not JSON: {exc}") from exc
+        dedup_id = job_id or uuid.uuid4().hex
+        job = parse_job(
+            body,
+            group,
+            dedup_id,
+            known_tasks=self.known_tasks,
+            allowed_hosts=self.allowed_hosts,
+            max_bytes=self.max_bytes,
+        )
+        return OutgoingJob(body, group, job.job_id)
+
+    def build_mapping(self, job: Mapping[str, Any], where: str = "") -> OutgoingJob:
+        """A job given as `{"task", "payload", "group", "id"?}`; `where` prefixes the reason (e.g. `line 3`)."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(job, Mapping):
+            raise InvalidJob(f"{prefix}a job must be a JSON object with task, payload and group")
+        unknown = sorted(set(job) - {"task", "payload", "group", "id"})
+        if unknown:
+            raise InvalidJob(f"{prefix}unknown key(s) {', '.join(unknown)}: a job has task, payload, group and id")
+        missing = [k for k in ("task", "group") if not job.get(k)]
+        if missing:
+            raise InvalidJob(f"{prefix}missing {' and '.join(missing)}")
+        try:
+            return self.build(job["task"], job.get("payload", {}), job["group"], job.get("id"))
+        except InvalidJob as exc:
+            raise InvalidJob(f"{prefix}{exc}") from exc
+
+
+class Producer:
+    """Sends jobs to a stage's FIFO jobs queue after the worker's own validation."""
+
+    def __init__(
+        self,
+        sqs_client: Any,
+        queue_url: str,
+        allowed_hosts: Iterable[str],
+        known_tasks: Iterable[str] | None = None,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.queue = JobQueue(sqs_client, queue_url, "")
+        self.builder = JobBuilder(allowed_hosts, known_tasks, max_bytes)
+
+    @classmethod
+    def for_stage(cls, stage: str, sqs_client: Any = None) -> Producer:
+        """A producer for `stage`: queue URL looked up by name, validation settings as the stage's worker has them."""
+        if sqs_client is None:
+            import boto3
+
+            sqs_client = boto3.client("sqs")
+        builder = JobBuilder.for_stage(stage)
+        url = queue_url(sqs_client, resource_names(stage)["jobs_queue"])
+        return cls(sqs_client, url, builder.allowed_hosts, builder.known_tasks, builder.max_bytes)
+
+    def build(self, task: str, payload: Any, group: str, job_id: str | None = None) -> OutgoingJob:
+        """Validate one job without sending it; raises InvalidJob with a one-line reason."""
+        return self.builder.build(task, payload, group, job_id)
+
+    def send(self, task: str, payload: Any, group: str, job_id: str | None = None) -> str:
+        """Validate and send one job; returns its id (a fresh one when `job_id` is not given)."""
+        return self.send_many([self.build(task, payload, group, job_id)])[0]
+
+    def send_many(self, jobs: Iterable[Mapping[str, Any] | OutgoingJob]) -> list[str]:
+        """Validate every job first (nothing is sent if one is invalid), then send in batches of 10, in order.
+
+        Each job is a mapping with `task`, `payload`, `group` and optionally `id`, or an OutgoingJob.
+        Jobs of one group keep their order. A job id is its deduplication id: sending the same id again
+        within SQS's 5-minute window is a no-op, so a producer may safely retry a failed call.
+        """
+        built = [
+            j if isinstance(j, OutgoingJob) else self.builder.build_mapping(j, f"job {i + 1}")
+            for i, j in enumerate(jobs)
+        ]
+        self.queue.send([(j.body, j.group, j.job_id) for j in built])
+        return [j.job_id for j in built]
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """A job in the dead-letter queue, with why it is there."""
+
+    message_id: str
+    group: str
+    error_reason: str
+    attempts: int | None
+    job_id: str | None
+    body: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# A peeked message is hidden this long; a redriven one long enough to be sent and deleted.
+PEEK_VISIBILITY_S = 30
+REDRIVE_VISIBILITY_S = 60
+
+
+class DeadLetters:
+    """Inspect a stage's dead-letter queue and move its jobs back to the jobs queue."""
+
+    def __init__(self, sqs_client: Any, dlq_url: str, jobs_url: str):
+        self._sqs = sqs_client
+        self.dlq_url = dlq_url
+        self.jobs_url = jobs_url
+
+    def _receive(self, count: int, visibility_s: int) -> list[dict[str, Any]]:
+        response = self._sqs.receive_message(
+            QueueUrl=self.dlq_url,
+            MaxNumberOfMessages=max(1, min(10, count)),
+            VisibilityTimeout=visibility_s,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["MessageGroupId"],
+        )
+        messages: list[dict[str, Any]] = response.get("Messages", [])
+        return messages
+
+    @staticmethod
+    def _describe(message: dict[str, Any]) -> DeadLetterMessage:
+        attributes = message.get("MessageAttributes", {})
+
+        def attribute(name: str) -> str | None:
+            value = attributes.get(name, {}).get("StringValue")
+            return str(value) if value is not None else None
+
+        attempts = attribute("attempts")
+        return DeadLetterMessage(
+            message_id=message["MessageId"],
+            group=message.get("Attributes", {}).get("MessageGroupId", ""),
+            error_reason=attribute("error_reason") or "(none: moved by SQS's redrive policy)",
+            attempts=int(float(attempts)) if attempts is not None else None,
+            job_id=attribute("job_id"),
+            body=message["Body"],
+        )
+
+    def peek(self, limit: int = 100) -> list[DeadLetterMessage]:
+        """Up to `limit` dead-lettered jobs, left in the queue (visible again at once).
+
+        FIFO delivers a group's later messages only once its earlier ones are gone, so one look sees at
+        most 10 messages per group: `redrive` or a second look after it sees the rest.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            while len(found) < limit:
+                messages = self._receive(limit - len(found), PEEK_VISIBILITY_S)
+                new = [m for m in messages if m["MessageId"] not in found]
+                if not new:
+                    break
+                found.update((m["MessageId"], m) for m in new)
+        finally:
+            receipts = [m["ReceiptHandle"] for m in found.values()]
+            for start in range(0, len(receipts), 10):
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0}
+                    for i, r in enumerate(receipts[start : start + 10])
+                ]
+                self._sqs.change_message_visibility_batch(QueueUrl=self.dlq_url, Entries=entries)
+        return [self._describe(m) for m in found.values()]
+
+    def redrive(self, limit: int | None = None) -> int:
+        """Move up to `limit` jobs (all by default) back to the jobs queue with their group ids; returns how many.
+
+        Safe to interrupt and to run again:
+        - each message is sent to the jobs queue before it is deleted from the DLQ, so an interruption
+          between the two leaves it in the DLQ (visible again after REDRIVE_VISIBILITY_S): never lost;
+        - its deduplication id is derived from its DLQ message id, which stays the same however often it
+          is received, so sending it again within SQS's 5-minute deduplication window is dropped by SQS;
+          later than that, the second copy carries the same job id, and the worker's success record for
+          that id stops a second call: at worst a duplicate message, never a duplicate call;
+        - the id is new for each stay in the DLQ (each dead-lettering makes a new message), so a job that
+          fails again after redrive reaches the DLQ again, and gets a fresh count of attempts.
+        Jobs keep their order within a group; they queue behind that group's jobs already waiting.
+        """
+        import hashlib
+
+        moved = 0
+        while limit is None or moved < limit:
+            messages = self._receive(10 if limit is None else limit - moved, REDRIVE_VISIBILITY_S)
+            if not messages:
+                break
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": m["Body"],
+                    "MessageGroupId": m.get("Attributes", {}).get("MessageGroupId") or "ungrouped",
+                    "MessageDeduplicationId": hashlib.sha256(f"redrive:{m['MessageId']}".encode()).hexdigest()[:64],
+                }
+                for i, m in enumerate(messages)
+            ]
+            response = self._call("send_message_batch", QueueUrl=self.jobs_url, Entries=entries)
+            failed = {f["Id"] for f in response.get("Failed", [])}
+            sent = [m for i, m in enumerate(messages) if str(i) not in failed]
+            if sent:
+                delete = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(sent)]
+                self._call("delete_message_batch", QueueUrl=self.dlq_url, Entries=delete)
+            moved += len(sent)
+            if failed:
+                raise StoreError(
+                    f"redrive stopped after {moved} job(s): {len(failed)} could not be sent to the jobs queue"
+                )
+        return moved
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return getattr(self._sqs, operation)(**kwargs)
+        except ClientError as exc:
+            raise StoreError(f"sqs {operation} failed: {exc.response['Error']['Code']}") from exc
