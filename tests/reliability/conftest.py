@@ -147,11 +147,6 @@ def client_error(code: str, status: int = 400) -> Callable[[str], ClientError]:
     return make
 
 
-def nth_calls(*ordinals: int) -> Callable[[int], bool]:
-    wanted = set(ordinals)
-    return lambda n: n in wanted
-
-
 def call_range(first: int, last: int) -> Callable[[int], bool]:
     return lambda n: first <= n <= last
 
