@@ -39,5 +39,8 @@ lint: install
 package: install $(NODE_STAMP)
 	bash scripts/package.sh
 
+soak: install
+	$(PY) -m pytest tests/reliability -q -k soak
+
 clean:
 	rm -rf $(VENV) .serverless node_modules .cache
