@@ -5,7 +5,7 @@ the invoker, the worker's store and its HTTP session) is wrapped in a `Tap`, whi
 before and after each method call: `Crash` kills the whole simulated process at one chosen call,
 `Fault` raises a chosen error there, `ReservationAudit` and `LeaseAudit` watch what happens.
 `account()` then checks the campaign's invariants from the outside (the fake API's own records and
-the queues), and the `campaign` fixture collects the figures published in docs/RELIABILITY.md.
+the queues), and the `campaign` fixture collects the figures published in the README's Reliability section.
 """
 
 from __future__ import annotations
