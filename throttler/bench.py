@@ -770,9 +770,12 @@ def render(report: dict[str, Any], console: Any) -> None:
         "worker ms/job",
         "resv. w/s",
     ):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+        if column == "strategy":
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
     for name, r in headline.items():
-        drain = _fmt(r["drain_s"], 1) + ("*" if r["drain_projected"] else "")
+        drain = _fmt(r["drain_s"], 0 if r["drain_projected"] else 1) + ("*" if r["drain_projected"] else "")
         ratio = r["cpu_ms_per_job"] / floor_cpu if floor_cpu else None
         table.add_row(
             name,
@@ -804,7 +807,7 @@ def render(report: dict[str, Any], console: Any) -> None:
         scaling.add_column(column, justify="left" if column == "strategy" else "right")
     for scale in report["scales"]:
         for name, r in scale["strategies"].items():
-            drain = _fmt(r["drain_s"], 1) + ("*" if r["drain_projected"] else "")
+            drain = _fmt(r["drain_s"], 0 if r["drain_projected"] else 1) + ("*" if r["drain_projected"] else "")
             scaling.add_row(
                 _fmt(scale["jobs"]),
                 name,
