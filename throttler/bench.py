@@ -53,11 +53,11 @@ FEED_DEPTH_S = 3.0
 
 # seed-2019 in virtual time: the scheduled function starts 0.1 to 0.5 s after the minute mark (spread
 # deterministically: with one fixed delay, the messages it left invisible would come back exactly as a
-# later run starts, an artefact no real schedule has); each
-# ReceiveMessage takes SEED_RECEIVE_S; the asynchronous invokes of the messages it returned are issued
-# together and accepted after SEED_INVOKE_S, when the loop goes on; each worker's call reaches the API
-# SEED_START_S after its invoke was accepted (plus 1 ms per place in the batch). A call that is not a
-# success leaves its message to come back after the queue's visibility timeout (120 s), as in the post.
+# later run starts, an artefact no real schedule has). Each ReceiveMessage takes SEED_RECEIVE_S; the
+# asynchronous invokes of the messages it returned go out together and are accepted after SEED_INVOKE_S,
+# when the loop goes on; each worker's call reaches the API SEED_START_S later (plus 1 ms per place in
+# the batch). A call that fails leaves its message to come back after the queue's visibility timeout
+# (120 s), as in the post.
 SEED_TRIGGER_S = (0.1, 0.5)
 SEED_RECEIVE_S = 0.020
 SEED_INVOKE_S = 0.020
