@@ -773,7 +773,7 @@ def render(report: dict[str, Any], console: Any) -> None:
         if column == "strategy":
             table.add_column(column, no_wrap=True)
         else:
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", no_wrap=column == "drain s")
     for name, r in headline.items():
         drain = _fmt(r["drain_s"], 0 if r["drain_projected"] else 1) + ("*" if r["drain_projected"] else "")
         ratio = r["cpu_ms_per_job"] / floor_cpu if floor_cpu else None
