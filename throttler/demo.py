@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 # through, so the demo alternates ~6 s bursts with ~4 s waits.
 TIERS = {"second": 10, "10s": 60}
 WINDOWS_S = {"second": 1, "10s": 10}
-# Each window is widened by this much against wall-clock jitter between the reserved send time and the
-# moment the API receives the call (one process, two cores: threads wake up late now and then).
-MARGIN_MS = 40
+# Each window is widened by this much against the jitter between a call's reserved send time and its
+# arrival at the API. Here everything shares one Python process: on two cores arrivals came up to ~20 ms
+# late (see SWITCH_INTERVAL_S in throttler/local.py), so 50 ms leaves more than twice that.
+MARGIN_MS = 50
 TICK_S = 5.0  # the scheduler's tick: short, so a job waiting for its retry is picked up quickly
 LOCAL_ENV = {"RETRY_BASE_S": "2"}  # the flaky job's retry comes 2 s after its failure
 PAUSE_429_S = 2  # the fake API's Retry-After for the job answered 429
@@ -389,9 +390,19 @@ def plot_calls(api: FakeApi, path: str) -> None:
         )
         bottom_stack = [a + b for a, b in zip(bottom_stack, counts, strict=True)]
     top.axhline(TIERS["second"], color="black", linestyle="--", label=f"second limit ({TIERS['second']})")
+    for n, call in enumerate(c for c in calls if c.status == 429 and c.path.startswith("/throttle/")):
+        for axis in (top, bottom):  # the pause the API asked for with Retry-After
+            axis.axvspan(
+                call.at - t0,
+                call.at - t0 + PAUSE_429_S,
+                color="tab:red",
+                alpha=0.12,
+                lw=0,
+                label="pause (Retry-After)" if n == 0 and axis is top else None,
+            )
     top.set_ylabel("calls per second")
     top.set_ylim(0, TIERS["second"] * 1.4)
-    top.legend(loc="upper right", ncol=4, fontsize="small")
+    top.legend(loc="upper right", ncol=5, fontsize="small")
     top.set_title(
         f"throttler demo: {len(calls)} calls, {api.violations} quota violations, {api.order_violations} ordering errors"
     )
