@@ -19,19 +19,19 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Throttler")
 os.environ.setdefault("POWERTOOLS_DEV", "false")
 
-from freezegun import freeze_time  # noqa: E402
-from moto import mock_aws  # noqa: E402
+from freezegun import freeze_time
+from moto import mock_aws
 
-from throttler.clock import FakeClock  # noqa: E402
-from throttler.composition import build_run, build_worker  # noqa: E402
-from throttler.dispatcher import RunSummary, ThrottlerRun  # noqa: E402
-from throttler.fakeapi import FakeApi, session_for  # noqa: E402
-from throttler.invoker import InProcessInvoker  # noqa: E402
-from throttler.provision import provision  # noqa: E402
-from throttler.queue import JobQueue  # noqa: E402
-from throttler.settings import Settings  # noqa: E402
-from throttler.store import DynamoStateStore  # noqa: E402
-from throttler.worker import InlineExecutor, WorkerService  # noqa: E402
+from throttler.clock import FakeClock
+from throttler.composition import build_run, build_worker
+from throttler.dispatcher import RunSummary, ThrottlerRun
+from throttler.fakeapi import FakeApi, session_for
+from throttler.invoker import InProcessInvoker
+from throttler.provision import provision
+from throttler.queue import JobQueue
+from throttler.settings import Settings
+from throttler.store import DynamoStateStore
+from throttler.worker import InlineExecutor, WorkerService
 
 START = "2026-03-02 09:00:00"
 
@@ -130,7 +130,9 @@ class Stage:
             for m in messages:
                 found[m["MessageId"]] = m
         for m in found.values():
-            self.sqs.change_message_visibility(QueueUrl=self.env["DLQ_URL"], ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+            self.sqs.change_message_visibility(
+                QueueUrl=self.env["DLQ_URL"], ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+            )
         if found:
             self.advance(0.001)  # under frozen time a message released "now" is visible only after now
         return list(found.values())

@@ -26,6 +26,7 @@ from throttler.tasks import default_registry
 from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
 from throttler.worker import WorkerConfig, WorkerService
 
+
 @dataclass
 class Wiring:
     """Overrides for the local stack and tests: an in-process invoker, a virtual clock, moto clients."""

@@ -263,7 +263,10 @@ class ThrottlerRun:
                     max_bytes=self.s.max_message_bytes,
                 )
             except InvalidJob as exc:
-                logger.warning("bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)})
+                logger.warning(
+                    "bad message dead-lettered",
+                    extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)},
+                )
                 bad.append(DeadLetter(msg, str(exc), self.store.get_attempts(msg.dedup_id) if msg.receive_count > 1 else 0))
                 continue
             if msg.receive_count > 1 and (attempts := self.store.get_attempts(job.job_id)) >= self.s.max_attempts:
@@ -505,7 +508,10 @@ class ThrottlerRun:
         self.queue.dead_letter([DeadLetter(held.msg, reason, attempts)])
         self.known_messages.discard(held.msg.message_id)
         self.summary.dead_lettered += 1
-        logger.warning("job dead-lettered", extra={"job_id": held.job.job_id, "group": held.msg.group, "reason": reason, "attempts": attempts})
+        logger.warning(
+            "job dead-lettered",
+            extra={"job_id": held.job.job_id, "group": held.msg.group, "reason": reason, "attempts": attempts},
+        )
 
     def _release_group(self, group: str, visibility_s: float) -> None:
         queue = self.held.pop(group, None)

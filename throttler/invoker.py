@@ -8,12 +8,11 @@ on threads (local stack). Both round-trip the request through JSON, as Lambda wo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
-
-from collections.abc import Callable
 
 from throttler.errors import RetryableTaskError
 

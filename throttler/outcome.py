@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     SUCCEEDED = "succeeded"  # 2xx (or already succeeded before: `duplicate`)
     THROTTLED = "throttled"  # 429: pause everyone, spend no attempt
     RETRYABLE = "retryable"  # 408, 5xx, timeouts, connection errors: try again later

@@ -111,7 +111,11 @@ class WorkerService:
         try:
             for spec in sorted(jobs, key=lambda j: j["not_before"]):
                 job_id, group = spec["id"], spec["group"]
-                stop_all = stop_all or self._settle(running, results, stopped, budget, unrecorded) or budget.exhausted(self.clock.now())
+                stop_all = (
+                    stop_all
+                    or self._settle(running, results, stopped, budget, unrecorded)
+                    or budget.exhausted(self.clock.now())
+                )
                 self._record_successes(unrecorded, due_only=True)
                 if stop_all:
                     results[job_id] = JobResult(job_id, Outcome.SKIPPED, stop_all)

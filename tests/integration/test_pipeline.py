@@ -199,7 +199,9 @@ def test_bad_messages_dead_lettered_with_reason_while_other_groups_flow(stage: S
         "unknown-task": json.dumps({"task": "fax", "payload": {}}),
         "bad-host": json.dumps({"task": "http", "payload": {"method": "GET", "url": "https://evil.example.org/x"}}),
         "missing-url": json.dumps({"task": "http", "payload": {"method": "GET"}}),
-        "too-big": json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "data": "x" * 300_000}}),
+        "too-big": json.dumps(
+            {"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "data": "x" * 300_000}}
+        ),
     }
     jobs = []
     for name, body in bad.items():

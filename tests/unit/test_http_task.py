@@ -48,7 +48,7 @@ class Exploding(requests.adapters.BaseAdapter):
         super().__init__()
         self.exc, self.calls = exc, 0
 
-    def send(self, request, **kwargs):  # noqa: ANN001, ANN003
+    def send(self, request, **kwargs):
         self.calls += 1
         raise self.exc
 
@@ -80,7 +80,7 @@ def test_secret_headers_are_added_and_the_message_cannot_override_the_idempotenc
     seen = {}
 
     class Capture(requests.adapters.BaseAdapter):
-        def send(self, request, **kwargs):  # noqa: ANN001, ANN003
+        def send(self, request, **kwargs):
             seen.update(request.headers)
             response = requests.Response()
             response.status_code = 204

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,7 +65,7 @@ def test_full_use_of_the_binding_tier_under_a_backlog(tiers: dict) -> None:
 
 def test_calls_spaced_evenly_within_the_finest_tier() -> None:
     slots = schedule({"minute": 600}, [0.0] * 600)
-    gaps = {round(b - a, 6) for a, b in zip(slots, slots[1:], strict=False)}
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(slots)}
     assert len(gaps) == 1 and 0.1 <= gaps.pop() <= 0.101  # one call every 100 ms, not 600 at once
     assert max_in_any_window(slots, 1) <= 10
 
