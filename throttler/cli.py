@@ -128,9 +128,7 @@ class StageAws:
     def region(self) -> str:
         import boto3
 
-        region = (
-            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or boto3.session.Session().region_name
-        )
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or boto3.session.Session().region_name
         if region:
             return str(region)
         if self.endpoint:
@@ -445,9 +443,7 @@ def quota_show(as_json: bool, stage: str | None) -> None:
     click.echo(f"stage {aws.stage} quotas ({source}):")
     _print_item(plain)
     if error:
-        click.echo(
-            f"warning: this item is invalid ({error}); the throttler keeps the last good configuration", err=True
-        )
+        click.echo(f"warning: this item is invalid ({error}); the throttler keeps the last good configuration", err=True)
 
 
 def _plain_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -615,8 +611,7 @@ def status(as_json: bool, stage: str | None) -> None:
         return
     click.echo(f"stage {aws.stage}")
     click.echo(
-        f"  queue     {jobs['waiting']} waiting, {jobs['in_flight']} in flight or waiting to retry"
-        f" ({aws.names['jobs_queue']})"
+        f"  queue     {jobs['waiting']} waiting, {jobs['in_flight']} in flight or waiting to retry ({aws.names['jobs_queue']})"
     )
     click.echo(f"  dlq       {dlq_depth} dead-lettered ({aws.names['dlq']})")
     click.echo(f"  quotas    {config.describe() if config else 'none'}" + (f" ({source})" if config else ""))
@@ -720,18 +715,14 @@ def dlq_redrive(limit: int | None, stage: str | None) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--full", is_flag=True, help="The full benchmark (longer) instead of the quick one.")
-@click.option(
-    "--jobs", type=click.IntRange(min=1), metavar="N", help="Jobs per scenario (default: the benchmark's own)."
-)
+@click.option("--jobs", type=click.IntRange(min=1), metavar="N", help="Jobs per scenario (default: the benchmark's own).")
 @click.option(
     "--groups",
     type=click.IntRange(min=1),
     metavar="G",
     help="Message groups per scenario (default: the benchmark's own).",
 )
-@click.option(
-    "--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png", help="Also draw the results."
-)
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png", help="Also draw the results.")
 def bench(as_json: bool, full: bool, jobs: int | None, groups: int | None, plot: str | None) -> None:
     """Benchmark dispatch against the quotas (virtual time: quick, no AWS needed)."""
     try:

@@ -43,9 +43,7 @@ def queue_url(sqs_client: Any, name: str) -> str:
     except ClientError as exc:
         code = exc.response["Error"]["Code"]
         if "NonExistentQueue" in code or code == "QueueDoesNotExist":
-            raise StoreError(
-                f"queue {name} does not exist: is the stage deployed (or the local stack running)?"
-            ) from exc
+            raise StoreError(f"queue {name} does not exist: is the stage deployed (or the local stack running)?") from exc
         raise StoreError(f"sqs get_queue_url failed: {code}") from exc
     return url
 
@@ -178,10 +176,7 @@ class Producer:
         Jobs of one group keep their order. A job id is its deduplication id: sending the same id again
         within SQS's 5-minute window is a no-op, so a producer may safely retry a failed call.
         """
-        built = [
-            j if isinstance(j, OutgoingJob) else self.builder.build_mapping(j, f"job {i + 1}")
-            for i, j in enumerate(jobs)
-        ]
+        built = [j if isinstance(j, OutgoingJob) else self.builder.build_mapping(j, f"job {i + 1}") for i, j in enumerate(jobs)]
         self.queue.send([(j.body, j.group, j.job_id) for j in built])
         return [j.job_id for j in built]
 
@@ -262,8 +257,7 @@ class DeadLetters:
             receipts = [m["ReceiptHandle"] for m in found.values()]
             for start in range(0, len(receipts), 10):
                 entries = [
-                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0}
-                    for i, r in enumerate(receipts[start : start + 10])
+                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(receipts[start : start + 10])
                 ]
                 self._sqs.change_message_visibility_batch(QueueUrl=self.dlq_url, Entries=entries)
         return [self._describe(m) for m in found.values()]
@@ -306,9 +300,7 @@ class DeadLetters:
                 self._call("delete_message_batch", QueueUrl=self.dlq_url, Entries=delete)
             moved += len(sent)
             if failed:
-                raise StoreError(
-                    f"redrive stopped after {moved} job(s): {len(failed)} could not be sent to the jobs queue"
-                )
+                raise StoreError(f"redrive stopped after {moved} job(s): {len(failed)} could not be sent to the jobs queue")
         return moved
 
     def _call(self, operation: str, **kwargs: Any) -> Any:

@@ -272,9 +272,7 @@ class LocalStack:
             self._saved_wiring = composition.wiring()
             self._session = _worker_session()
             composition.configure(
-                composition.Wiring(
-                    clock=self.clock, get_client=self.client, invoker_factory=self._invoker, session=self._session
-                )
+                composition.Wiring(clock=self.clock, get_client=self.client, invoker_factory=self._invoker, session=self._session)
             )
         except Exception:
             self._shutdown_server()
@@ -321,9 +319,7 @@ class LocalStack:
     def __enter__(self) -> LocalStack:
         return self.start() if not self._started else self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     def reset(self) -> None:

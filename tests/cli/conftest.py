@@ -24,9 +24,7 @@ class Cli:
     runner: CliRunner
 
     def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-        return self.runner.invoke(
-            cli, list(args), input=input, env=env, catch_exceptions=False, prog_name="python -m throttler"
-        )
+        return self.runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False, prog_name="python -m throttler")
 
     @property
     def sqs(self) -> Any:

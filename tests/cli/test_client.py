@@ -20,9 +20,7 @@ def producer(run: Cli) -> Producer:
 
 
 def test_send_puts_the_envelope_on_the_queue_with_group_and_id(run: Cli, producer: Producer) -> None:
-    job_id = producer.send(
-        "http", {"method": "POST", "url": URL, "json": {"name": "x"}}, group="customer-42", job_id="order-7"
-    )
+    job_id = producer.send("http", {"method": "POST", "url": URL, "json": {"name": "x"}}, group="customer-42", job_id="order-7")
     assert job_id == "order-7"
     [message] = run.messages()
     assert json.loads(message["Body"]) == {

@@ -416,10 +416,7 @@ def test_dlq_list_limit(run: Cli) -> None:
 
 
 def test_dlq_redrive_moves_jobs_back_with_their_groups_in_order(run: Cli) -> None:
-    bodies = [
-        (json.dumps({"task": "http", "payload": {"seq": i}}), "customer-9" if i < 12 else "customer-3")
-        for i in range(14)
-    ]
+    bodies = [(json.dumps({"task": "http", "payload": {"seq": i}}), "customer-9" if i < 12 else "customer-3") for i in range(14)]
     _dead_letter(run, bodies)
     result = run("dlq", "redrive")
     assert result.exit_code == 0, result.output
@@ -435,9 +432,7 @@ def test_dlq_redrive_limit(run: Cli) -> None:
     assert run.depth(run.dlq_url) == 2 and run.depth() == 1
 
 
-def test_dlq_redrive_interrupted_after_sending_does_not_double_the_job(
-    run: Cli, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dlq_redrive_interrupted_after_sending_does_not_double_the_job(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     _dead_letter(run, [(json.dumps({"task": "http", "payload": {"n": 1}}), "g")])
     original = DeadLetters._call
     receipts: list[str] = []

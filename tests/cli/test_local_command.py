@@ -58,9 +58,7 @@ def test_local_runs_until_sigterm_and_exits_0_with_its_port_closed_and_nothing_l
 
     killer = threading.Thread(target=terminate_when_ready)
     killer.start()
-    result = CliRunner().invoke(
-        cli, ["local", "--port", str(port), "--tick-seconds", "1"], prog_name="python -m throttler"
-    )
+    result = CliRunner().invoke(cli, ["local", "--port", str(port), "--tick-seconds", "1"], prog_name="python -m throttler")
     killer.join()
 
     assert provisioned == [True]

@@ -186,10 +186,7 @@ def test_moto_fifo_delivers_a_group_in_order_after_its_messages_become_visible_a
         # Released together (a run's pause or its end): they are in flight until visible again.
         sqs.change_message_visibility_batch(
             QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 1}
-                for i, m in enumerate(received)
-            ],
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 1} for i, m in enumerate(received)],
         )
         assert sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", []) == []
         frozen.tick(1.1)
