@@ -140,6 +140,11 @@ class Stage:
 
 @pytest.fixture
 def stage() -> Iterator[Stage]:
+    # moto 5.2 can hand out a FIFO group's later message first after a release; SQS never does.
+    # Patched for every test (idempotent), so results do not depend on which tests ran before.
+    from throttler.local import patch_moto_fifo_order
+
+    patch_moto_fifo_order()
     with freeze_time(START) as frozen, mock_aws():
         clock = FakeClock(start=time.time(), on_advance=lambda s: frozen.tick(s))
         sqs = boto3.client("sqs", region_name="us-east-1")
