@@ -130,13 +130,18 @@ class FakeApi:
 
     def max_in_window(self, window_s: float) -> int:
         """The most calls that arrived in any window of this length (half-open, sliding)."""
-        times = sorted(c.at for c in self.calls)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while times[start] <= t - window_s:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window([c.at for c in self.calls], window_s)
+
+
+def max_in_window(times: list[float], window_s: float) -> int:
+    """The most of these times that fall in any window of this length (half-open, sliding)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 class FakeApiAdapter(BaseAdapter):

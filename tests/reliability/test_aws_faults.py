@@ -36,6 +36,7 @@ from tests.reliability.conftest import (
     to_queue,
     wall_clock,
 )
+from throttler.fakeapi import max_in_window
 from throttler.invoker import LambdaInvoker, WorkerFailed, WorkerNotRun
 from throttler.pacing import Pacer, Usage
 from throttler.quotas import defaults_item, parse_quota_item
@@ -210,14 +211,7 @@ class UsageRival(Hook):
         assert self.store.save_usage(record.version, usage.to_json(), usage.last_slot)
 
 
-def _max_in_window(times: list[float], window_s: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - window_s:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
+_max_in_window = max_in_window  # the fake API's own sliding-window count
 
 
 def test_fault_dynamodb_conditional_check_race_on_the_usage_item(stage: Stage, campaign: Campaign) -> None:
