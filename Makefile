@@ -33,7 +33,7 @@ bench: install
 	$(PY) -m throttler bench
 
 lint: install
-	$(PY) -m ruff check throttler handlers tests
+	$(PY) -m ruff check throttler throttler_tools handlers tests
 	$(PY) -m mypy
 
 package: install $(NODE_STAMP)

@@ -22,12 +22,12 @@ os.environ.setdefault("POWERTOOLS_DEV", "false")
 from freezegun import freeze_time
 from moto import mock_aws
 
-from throttler.clock import FakeClock
+from throttler.core.clock import FakeClock
 from throttler.composition import build_run, build_worker
 from throttler.dispatcher import RunSummary, ThrottlerRun
-from throttler.fakeapi import FakeApi, session_for
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
-from throttler.provision import provision
+from throttler_tools.provision import provision
 from throttler.queue import JobQueue
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore
@@ -142,7 +142,7 @@ class Stage:
 def stage() -> Iterator[Stage]:
     # moto 5.2 can hand out a FIFO group's later message first after a release; SQS never does.
     # Patched for every test (idempotent), so results do not depend on which tests ran before.
-    from throttler.local import patch_moto_fifo_order
+    from throttler_tools.local import patch_moto_fifo_order
 
     patch_moto_fifo_order()
     with freeze_time(START) as frozen, mock_aws():

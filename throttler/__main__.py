@@ -1,6 +1,6 @@
-"""`python -m throttler`: the command line (throttler/cli.py)."""
+"""`python -m throttler`: the command line (throttler_tools/cli.py; not shipped in the Lambda zip)."""
 
-from throttler.cli import main
+from throttler_tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from throttler.envelope import DEFAULT_MAX_MESSAGE_BYTES, parse_job
-from throttler.errors import InvalidJob, StoreError
+from throttler.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, parse_job
+from throttler.core.errors import InvalidJob, StoreError
 from throttler.queue import JobQueue
 
 # SQS's rule for MessageGroupId and MessageDeduplicationId: 1-128 printable ASCII characters.
@@ -52,7 +52,7 @@ def stage_allowed_hosts(stage: str) -> tuple[str, ...]:
     """ALLOWED_HOSTS from the environment, else the stage's `allowedHosts` parameter in serverless.yml."""
     value = os.environ.get("ALLOWED_HOSTS")
     if not value:
-        from throttler.stackdef import params
+        from throttler_tools.stackdef import params
 
         value = str(params(stage).get("allowedHosts", ""))
     return tuple(h.strip() for h in value.split(",") if h.strip())

@@ -16,7 +16,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from throttler.clock import Clock, SystemClock
+from throttler.core.clock import Clock, SystemClock
 from throttler.dispatcher import ThrottlerRun
 from throttler.invoker import Invoker, LambdaInvoker
 from throttler.queue import JobQueue

@@ -16,14 +16,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from throttler.clock import Clock
-from throttler.envelope import Job, parse_job
-from throttler.errors import ConfigError, InvalidJob
+from throttler.core.clock import Clock
+from throttler.core.envelope import Job, parse_job
+from throttler.core.errors import ConfigError, InvalidJob
 from throttler.invoker import Invoker, WorkerFailed, WorkerNotRun
-from throttler.outcome import JobResult, Outcome
-from throttler.pacing import Pacer, Usage, usage_by_tier
+from throttler.core.outcome import JobResult, Outcome
+from throttler.core.pacing import Pacer, Usage, usage_by_tier
 from throttler.queue import DeadLetter, JobQueue, QueuedMessage
-from throttler.quotas import QuotaConfig, defaults_item, parse_quota_item
+from throttler.core.quotas import QuotaConfig, defaults_item, parse_quota_item
 from throttler.settings import Settings
 from throttler.store import StateStore
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from throttler.errors import RetryableTaskError
+from throttler.core.errors import RetryableTaskError
 
 
 class WorkerNotRun(Exception):

@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from throttler.errors import StoreError
+from throttler.core.errors import StoreError
 
 logger = logging.getLogger(__name__)
 SQS_BATCH = 10

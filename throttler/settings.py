@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from throttler.errors import ConfigError
+from throttler.core.errors import ConfigError
 
 REQUIRED = ("THROTTLER_STAGE", "JOBS_QUEUE_URL", "DLQ_URL", "STATE_TABLE", "WORKER_FUNCTION", "ALLOWED_HOSTS")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from throttler.errors import StoreError
+from throttler.core.errors import StoreError
 
 QUOTAS_KEY = "quotas"
 LAST_GOOD_KEY = "quotas#last-good"

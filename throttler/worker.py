@@ -19,10 +19,10 @@ from typing import Any
 
 import requests
 
-from throttler.clock import Clock
-from throttler.envelope import DEFAULT_MAX_MESSAGE_BYTES, Job, parse_job
-from throttler.errors import InvalidJob, PermanentTaskError, RetryableTaskError, StoreError, ThrottledTaskError
-from throttler.outcome import JobResult, Outcome
+from throttler.core.clock import Clock
+from throttler.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, Job, parse_job
+from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, StoreError, ThrottledTaskError
+from throttler.core.outcome import JobResult, Outcome
 from throttler.store import StateStore
 from throttler.tasks.registry import TaskContext, TaskRegistry
 

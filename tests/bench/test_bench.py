@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from throttler import bench
+from throttler_tools import bench
 
 PER_STRATEGY = {
     "jobs",

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from throttler.cli import cli
-from throttler.local import LocalStack
+from throttler_tools.cli import cli
+from throttler_tools.local import LocalStack
 from throttler.store import DynamoStateStore
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.cli.conftest import Cli
 from throttler.client import JobBuilder, OutgoingJob, Producer, resource_names, stage_allowed_hosts
-from throttler.errors import InvalidJob, StoreError
+from throttler.core.errors import InvalidJob, StoreError
 from throttler.tasks import default_registry, task
 
 URL = "http://127.0.0.1:9000/v1/items"

@@ -15,9 +15,9 @@ import pytest
 
 from tests.cli.conftest import Cli, last_json, one_line_error
 from throttler.client import DeadLetters
-from throttler.pacing import Pacer, Usage
+from throttler.core.pacing import Pacer, Usage
 from throttler.queue import DeadLetter, JobQueue
-from throttler.quotas import parse_quota_item
+from throttler.core.quotas import parse_quota_item
 
 OK_URL = "http://127.0.0.1:8080/ok"
 
@@ -466,15 +466,15 @@ def test_dlq_redriven_job_that_fails_again_reaches_the_dlq_again(run: Cli) -> No
 # ----------------------------------------------------------------------------- bench
 def test_bench_passes_its_options_to_the_benchmark(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    fake = types.ModuleType("throttler.bench")
+    fake = types.ModuleType("throttler_tools.bench")
 
     def main(**kwargs: object) -> int:
         seen.update(kwargs)
         return 0
 
     fake.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "throttler.bench", fake)
-    monkeypatch.setattr("throttler.bench", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "throttler_tools.bench", fake)
+    monkeypatch.setattr("throttler_tools.bench", fake, raising=False)
     result = run("bench", "--json", "--full", "--jobs", "500", "--groups", "7", "--plot", "/tmp/b.png")
     assert result.exit_code == 0, result.output
     assert seen == {"jobs": 500, "groups": 7, "as_json": True, "full": True, "plot": "/tmp/b.png"}
@@ -484,16 +484,16 @@ def test_bench_passes_its_options_to_the_benchmark(run: Cli, monkeypatch: pytest
 
 
 def test_bench_exit_code_comes_from_the_benchmark(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("throttler.bench")
+    fake = types.ModuleType("throttler_tools.bench")
     fake.main = lambda **kwargs: 1  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "throttler.bench", fake)
-    monkeypatch.setattr("throttler.bench", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "throttler_tools.bench", fake)
+    monkeypatch.setattr("throttler_tools.bench", fake, raising=False)
     assert run("bench").exit_code == 1
 
 
 def test_bench_without_the_benchmark_module_fails_in_one_line(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "throttler.bench", None)  # import fails
-    monkeypatch.delattr("throttler.bench", raising=False)
+    monkeypatch.setitem(sys.modules, "throttler_tools.bench", None)  # import fails
+    monkeypatch.delattr("throttler_tools.bench", raising=False)
     result = run("bench")
     assert result.exit_code == 1
     assert "the benchmark is not available" in one_line_error(result)
@@ -501,7 +501,7 @@ def test_bench_without_the_benchmark_module_fails_in_one_line(run: Cli, monkeypa
 
 # ----------------------------------------------------------------------------- failures
 def test_aws_unreachable_is_one_line_and_exit_1(run: Cli) -> None:
-    from throttler.local import port_is_free
+    from throttler_tools.local import port_is_free
 
     port = 1
     while not port_is_free(port + 40000):
@@ -534,7 +534,7 @@ def test_an_unknown_command_is_a_usage_error_in_one_line(run: Cli) -> None:
 
 
 def test_drain_estimate_paces_the_backlog_through_every_tier_and_waits_out_a_pause() -> None:
-    from throttler.cli import drain_eta_s
+    from throttler_tools.cli import drain_eta_s
 
     config = parse_quota_item({"second": 10, "minute": 30, "margin_ms": 0})
     now = 1_000_000.0

@@ -12,8 +12,8 @@ import boto3
 from click.testing import CliRunner
 
 from tests.cli.conftest import one_line_error
-from throttler.cli import cli
-from throttler.local import port_is_free
+from throttler_tools.cli import cli
+from throttler_tools.local import port_is_free
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from throttler.provision import provision
+from throttler_tools.provision import provision
 from throttler.store import DynamoStateStore, MemoryStateStore, StateStore
 
 

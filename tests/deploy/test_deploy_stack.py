@@ -23,13 +23,13 @@ from freezegun import freeze_time
 from moto import mock_aws
 
 from tests.deploy.conftest import Packaged
-from throttler.clock import FakeClock
+from throttler.core.clock import FakeClock
 from throttler.composition import build_run, build_worker
-from throttler.fakeapi import FakeApi, session_for
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
 from throttler.queue import JobQueue
 from throttler.settings import Settings
-from throttler.stackdef import stage_definition
+from throttler_tools.stackdef import stage_definition
 from throttler.store import TTL_ATTRIBUTE
 from throttler.worker import InlineExecutor
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import STAGES, Packaged
-from throttler.stackdef import params
+from throttler_tools.stackdef import params
 
 TAG_KEYS = {"service", "stage", "cost-center"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from throttler.cli import cli
+from throttler_tools.cli import cli
 
 
 def test_demo_report_shows_no_violations_ordering_kept_and_the_expected_dead_letters(tmp_path: Path) -> None:

@@ -18,12 +18,12 @@ import boto3
 from freezegun import freeze_time
 from moto import mock_aws
 
-from throttler.clock import FakeClock
+from throttler.core.clock import FakeClock
 from throttler.dispatcher import BATCH_LEAD_S, ThrottlerRun
-from throttler.errors import PermanentTaskError
+from throttler.core.errors import PermanentTaskError
 from throttler.invoker import InProcessInvoker
-from throttler.local import patch_moto_fifo_order
-from throttler.outcome import JobResult, Outcome
+from throttler_tools.local import patch_moto_fifo_order
+from throttler.core.outcome import JobResult, Outcome
 from throttler.queue import QueuedMessage
 from throttler.settings import Settings
 from throttler.store import MemoryStateStore

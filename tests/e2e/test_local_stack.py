@@ -16,8 +16,8 @@ from pathlib import Path
 import boto3
 
 from throttler import composition
-from throttler.fakeapi import FakeApi, FakeApiServer
-from throttler.local import LocalStack, port_is_free
+from throttler_tools.fakeapi import FakeApi, FakeApiServer
+from throttler_tools.local import LocalStack, port_is_free
 from throttler.store import DynamoStateStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import handlers.throttler as throttler_handler
 import handlers.worker as worker_handler
 from tests.conftest import Stage, http_job
 from throttler import composition
-from throttler.fakeapi import session_for
+from throttler_tools.fakeapi import session_for
 from throttler.invoker import InProcessInvoker
 from throttler.settings import Settings
 from throttler.worker import InlineExecutor
@@ -94,7 +94,7 @@ def test_an_idle_minute_costs_one_short_invocation(wired: Stage) -> None:
 
 
 def test_settings_refuse_missing_resource_names() -> None:
-    from throttler.errors import ConfigError
+    from throttler.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="JOBS_QUEUE_URL"):
         Settings.from_env({"THROTTLER_STAGE": "dev"})

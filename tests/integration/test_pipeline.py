@@ -112,7 +112,7 @@ def test_quota_never_exceeded_with_two_overlapping_runs(stage: Stage) -> None:
         def acquire_lease(self, owner: str, now: float, ttl_s: float) -> bool:
             return True
 
-    from throttler.clock import SteppedClock
+    from throttler.core.clock import SteppedClock
 
     clock = SteppedClock(stage.clock.now(), parties=2, on_advance=lambda s: stage.frozen.tick(s))
     stage.clock = clock  # type: ignore[assignment]

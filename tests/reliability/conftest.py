@@ -28,13 +28,13 @@ from freezegun import freeze_time
 from moto import mock_aws
 
 from tests.conftest import START, Stage
-from throttler.clock import Clock, FakeClock
+from throttler.core.clock import Clock, FakeClock
 from throttler.composition import build_run, build_worker
 from throttler.dispatcher import RunSummary, ThrottlerRun
-from throttler.fakeapi import FakeApi, session_for
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
-from throttler.pacing import Ledger
-from throttler.provision import provision
+from throttler.core.pacing import Ledger
+from throttler_tools.provision import provision
 from throttler.worker import RECORD_EVERY_S, InlineExecutor, WorkerService
 
 AUDIT_LEDGER_S = 60  # a standing ledger: every reserved slot is counted in it exactly once

@@ -36,10 +36,10 @@ from tests.reliability.conftest import (
     to_queue,
     wall_clock,
 )
-from throttler.fakeapi import max_in_window
+from throttler_tools.fakeapi import max_in_window
 from throttler.invoker import LambdaInvoker, WorkerFailed, WorkerNotRun
-from throttler.pacing import Pacer, Usage
-from throttler.quotas import defaults_item, parse_quota_item
+from throttler.core.pacing import Pacer, Usage
+from throttler.core.quotas import defaults_item, parse_quota_item
 from throttler.store import DynamoStateStore
 from throttler.worker import WorkerService
 

@@ -32,9 +32,9 @@ from tests.reliability.conftest import (
     fresh_stage,
     wall_clock,
 )
-from throttler.envelope import parse_job
-from throttler.errors import ConfigError, InvalidJob
-from throttler.quotas import parse_quota_item
+from throttler.core.envelope import parse_job
+from throttler.core.errors import ConfigError, InvalidJob
+from throttler.core.quotas import parse_quota_item
 
 MAX_BYTES = 4096  # the stage's MAX_MESSAGE_BYTES here, so that "huge" stays under SQS's own 256 KiB
 ALLOWED = ("127.0.0.1", "localhost")

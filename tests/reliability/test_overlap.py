@@ -22,9 +22,9 @@ from tests.reliability.conftest import (
     account,
     wall_clock,
 )
-from throttler.clock import FakeClock, SteppedClock
+from throttler.core.clock import FakeClock, SteppedClock
 from throttler.dispatcher import RunSummary
-from throttler.fakeapi import FakeApi
+from throttler_tools.fakeapi import FakeApi
 
 
 class ExpiringLease:

@@ -7,9 +7,9 @@ import email.utils
 import pytest
 import requests
 
-from throttler.clock import FakeClock
-from throttler.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
-from throttler.fakeapi import FakeApi, session_for
+from throttler.core.clock import FakeClock
+from throttler.core.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.tasks.http import http_task, parse_rate_headers, parse_retry_after
 from throttler.tasks.registry import TaskContext, TaskRegistry, task
 

@@ -8,8 +8,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from throttler.pacing import Pacer, Usage
-from throttler.quotas import parse_quota_item
+from throttler.core.pacing import Pacer, Usage
+from throttler.core.quotas import parse_quota_item
 
 WINDOWS = {"second": 1, "minute": 60, "5s": 5, "10s": 10, "30s": 30, "2m": 120, "hour": 3600}
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from throttler.envelope import host_allowed, parse_job
-from throttler.errors import ConfigError, InvalidJob
-from throttler.quotas import apply_assignments, defaults_item, parse_assignments, parse_quota_item, tier_window_s
+from throttler.core.envelope import host_allowed, parse_job
+from throttler.core.errors import ConfigError, InvalidJob
+from throttler.core.quotas import apply_assignments, defaults_item, parse_assignments, parse_quota_item, tier_window_s
 
 HOSTS = ("api.example.com", "*.partner.io", "127.0.0.1:8080")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from throttler.clock import FakeClock
-from throttler.fakeapi import FakeApi, session_for
+from throttler.core.clock import FakeClock
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.store import MemoryStateStore
 from throttler.tasks import default_registry
 from throttler.tasks import http as _http  # noqa: F401 - registers http
@@ -98,7 +98,7 @@ def test_an_invalid_body_and_a_crashing_custom_task_are_reported_not_raised() ->
 
 
 def test_threaded_execution_keeps_group_order() -> None:
-    from throttler.clock import SystemClock
+    from throttler.core.clock import SystemClock
 
     clock = SystemClock()
     api = FakeApi(tiers=[(1, 1000)], clock=clock)

@@ -9,8 +9,8 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 from tenacity.stop import stop_base
 
-from throttler.envelope import validate_http_payload
-from throttler.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from throttler.core.envelope import validate_http_payload
+from throttler.core.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
 from throttler.tasks.registry import TaskContext, TaskResult, default_registry
 
 RETRYABLE_STATUS = {408}

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from throttler.clock import Clock
+from throttler.core.clock import Clock
 
 
 @dataclass

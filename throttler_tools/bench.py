@@ -385,9 +385,9 @@ def world(jobs: int, groups: int, tiers: Tiers) -> Iterator[World]:
     from freezegun import freeze_time
     from moto import mock_aws
 
-    from throttler.clock import FakeClock
-    from throttler.fakeapi import FakeApi
-    from throttler.provision import provision
+    from throttler.core.clock import FakeClock
+    from throttler_tools.fakeapi import FakeApi
+    from throttler_tools.provision import provision
     from throttler.store import DynamoStateStore
 
     meter = CpuMeter()
@@ -471,7 +471,7 @@ def _measured(w: World) -> Iterator[None]:
 def run_throttler(w: World) -> Outcome:
     """This project, unchanged: one ThrottlerRun per virtual minute, as the EventBridge rule starts it."""
     from throttler.composition import build_run, build_worker
-    from throttler.fakeapi import session_for
+    from throttler_tools.fakeapi import session_for
     from throttler.invoker import InProcessInvoker
     from throttler.settings import Settings
     from throttler.worker import InlineExecutor
@@ -521,7 +521,7 @@ def run_seed_2019(w: World, budget_s: float) -> Outcome:
     """The 2019 post's design: each minute, receive up to the minute's quota and fire one async worker each."""
     import heapq
 
-    from throttler.fakeapi import session_for
+    from throttler_tools.fakeapi import session_for
 
     sqs, lam = w.counted_client("sqs"), w.counted_client("lambda")
     function = w.env["WORKER_FUNCTION"]

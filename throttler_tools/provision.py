@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from throttler.stackdef import stage_definition
+from throttler_tools.stackdef import stage_definition
 
 SQS_ATTRIBUTES = (
     "FifoQueue",

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from throttler.fakeapi import Call, FakeApi, FakeApiServer
+from throttler_tools.fakeapi import Call, FakeApi, FakeApiServer
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def quota_item() -> dict[str, Any]:
 
 def ideal_seconds(calls: int) -> float:
     """How long `calls` calls take at best under the demo's quotas, from a cold start (the pacer's own answer)."""
-    from throttler.pacing import Pacer, Usage
-    from throttler.quotas import parse_quota_item
+    from throttler.core.pacing import Pacer, Usage
+    from throttler.core.quotas import parse_quota_item
 
     if calls < 2:
         return 0.0
@@ -249,7 +249,7 @@ def run(jobs: int, groups: int, show_progress: bool = True) -> tuple[dict[str, A
     from rich.live import Live
 
     from throttler.client import DeadLetters, Producer
-    from throttler.local import DEFAULT_PORT, LocalStack, logs_to_stderr, port_is_free
+    from throttler_tools.local import DEFAULT_PORT, LocalStack, logs_to_stderr, port_is_free
     from throttler.store import DynamoStateStore
 
     started = time.monotonic()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from throttler.errors import InvalidJob
+from throttler.core.errors import InvalidJob
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 _ID = re.compile(r"[\x21-\x7e]+")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from throttler.errors import ConfigError
+from throttler.core.errors import ConfigError
 
 NAMED_WINDOWS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

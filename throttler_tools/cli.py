@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from throttler import __version__
-from throttler.errors import ConfigError, InvalidJob, ThrottlerError
+from throttler.core.errors import ConfigError, InvalidJob, ThrottlerError
 
 PROG = "python -m throttler"
 LOCAL_REGION = "us-east-1"
@@ -172,7 +172,7 @@ class StageAws:
     @property
     def default_quotas(self) -> str:
         """The stage's default quotas (serverless.yml `defaultQuotas`), used until an operator sets any."""
-        from throttler.stackdef import params
+        from throttler_tools.stackdef import params
 
         return str(params(self.stage).get("defaultQuotas") or "")
 
@@ -259,7 +259,7 @@ def local(port: int, tick_seconds: float) -> None:
     Point any boto3 producer, or this CLI, at the printed endpoint. Ctrl-C or SIGTERM ends the run in
     progress cleanly, stops the emulator and exits 0.
     """
-    from throttler.local import serve
+    from throttler_tools.local import serve
 
     stop = threading.Event()
     previous: dict[signal.Signals, Any] = {}
@@ -321,7 +321,7 @@ def demo(jobs: int, groups: int, as_json: bool, plot: str | None) -> None:
     limit, 429s, violations, ordering, dead letters, time against the ideal. Exits 1 if the API saw a
     violation or an ordering error.
     """
-    from throttler.demo import main as demo_main
+    from throttler_tools.demo import main as demo_main
 
     if jobs < groups:
         raise Invalid(f"--jobs ({jobs}) must be at least --groups ({groups})")
@@ -417,7 +417,7 @@ def quota() -> None:
 @stage_option
 def quota_show(as_json: bool, stage: str | None) -> None:
     """Show the limits in force: tiers, concurrency, safety margin and where they come from."""
-    from throttler.quotas import defaults_item, parse_quota_item
+    from throttler.core.quotas import defaults_item, parse_quota_item
 
     aws = _aws(stage)
     control = aws.store.read_control()
@@ -460,7 +460,7 @@ def _plain_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_item(item: dict[str, Any]) -> None:
-    from throttler.quotas import META_KEYS, tier_window_s
+    from throttler.core.quotas import META_KEYS, tier_window_s
 
     aligned = set(item.get("aligned") or [])
     tiers = []
@@ -503,7 +503,7 @@ def quota_set(assignments: tuple[str, ...], stage: str | None) -> None:
     defaultQuotas), so the default tiers you do not name are kept. The new item is validated as a
     whole before it is written.
     """
-    from throttler.quotas import apply_assignments, defaults_item, parse_assignments, tier_window_s
+    from throttler.core.quotas import apply_assignments, defaults_item, parse_assignments, tier_window_s
 
     pairs = parse_assignments(assignments)
     for name, value in pairs.items():  # the obvious mistakes, before asking AWS for the current item
@@ -561,8 +561,8 @@ def status(as_json: bool, stage: str | None) -> None:
     The time to drain paces the queued and in-flight jobs through the limits from the use recorded so
     far (and after a pause), ignoring retries and the API's own 429s: an estimate, not a promise.
     """
-    from throttler.pacing import Pacer, Usage, usage_by_tier
-    from throttler.quotas import defaults_item, parse_quota_item
+    from throttler.core.pacing import Pacer, Usage, usage_by_tier
+    from throttler.core.quotas import defaults_item, parse_quota_item
 
     aws = _aws(stage)
     now = time.time()
@@ -636,7 +636,7 @@ ETA_SIMULATED_CALLS = 20_000
 def drain_eta_s(config: Any, usage: Any, depth: int, now: float, pause_left_s: float) -> float | None:
     """Seconds until `depth` more calls have gone out: the pacer's own slots from the recorded use (so a
     short backlog is not judged by a daily limit), then the long-run rate. None if a limit is 0."""
-    from throttler.pacing import Pacer
+    from throttler.core.pacing import Pacer
 
     if depth == 0:
         return 0.0
@@ -726,7 +726,7 @@ def dlq_redrive(limit: int | None, stage: str | None) -> None:
 def bench(as_json: bool, full: bool, jobs: int | None, groups: int | None, plot: str | None) -> None:
     """Benchmark dispatch against the quotas (virtual time: quick, no AWS needed)."""
     try:
-        from throttler import bench as bench_module
+        from throttler_tools import bench as bench_module
     except ImportError as exc:
         raise Failure(f"the benchmark is not available: {exc}") from None
     code = bench_module.main(jobs=jobs, groups=groups, as_json=as_json, full=full, plot=plot)

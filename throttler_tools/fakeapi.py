@@ -30,7 +30,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from throttler.clock import Clock, SystemClock
+from throttler.core.clock import Clock, SystemClock
 
 
 @dataclass

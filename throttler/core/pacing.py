@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from throttler.quotas import QuotaConfig, Tier
+from throttler.core.quotas import QuotaConfig, Tier
 
 BUCKETS_PER_WINDOW = 400
 # Ledgers kept whatever the configuration, so that a tier an operator adds later starts from a

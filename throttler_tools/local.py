@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from throttler.clock import SystemClock
-from throttler.errors import ThrottlerError
+from throttler.core.clock import SystemClock
+from throttler.core.errors import ThrottlerError
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         from throttler import composition
-        from throttler.provision import provision
+        from throttler_tools.provision import provision
 
         self.clock = LocalClock()
         self._stopping = threading.Event()
@@ -324,7 +324,7 @@ class LocalStack:
 
     def reset(self) -> None:
         """Empty the emulator and create the stage's resources again (same names and URLs): for tests."""
-        from throttler.provision import provision
+        from throttler_tools.provision import provision
 
         self._reset_emulator()
         provision(self.client("sqs"), self.client("dynamodb"), STAGE)

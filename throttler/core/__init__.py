@@ -1,0 +1,1 @@
+"""The runtime core: time, errors, outcomes, quotas, pacing and the job envelope (pure, no AWS)."""
