@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
-
-from throttler import composition
-from throttler.observability import logger, tracer
-from throttler.settings import Settings
+from throttler.composition import Composition
+from throttler.observability import instrumented
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return composition.worker_service(Settings.from_env()).run_batch(event)
+def make_handler(compose: Callable[[], Composition]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The handler for a composition (built on the first invocation, kept while the container is warm)."""
+    built: list[Composition] = []
+
+    @instrumented
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if not built:
+            built.append(compose())
+        remaining = context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else None
+        return built[0].worker().run_batch(event, remaining)
+
+    return handler
+
+
+handler = make_handler(Composition.from_env)

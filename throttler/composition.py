@@ -1,147 +1,130 @@
-"""Composition root: builds clients and services lazily from Settings (handlers and CLI).
+"""The composition root: the only place that builds boto3 clients and wires the runtime's services.
 
-Nothing here runs at import time; every boto3 client honours AWS_ENDPOINT_URL (boto3 reads it itself)
-and the usual region and credential settings.
+Nothing here runs at import time. `Composition.from_env()` is what the Lambda handlers use; tests, the
+local stack and the simulation build their own Composition (other clients, clock, invoker or HTTP
+session factory) and pass it in: there is no global wiring to swap.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-import requests
 from botocore.config import Config
 
 from throttler.core.clock import Clock, SystemClock
-from throttler.dispatcher import ThrottlerRun
-from throttler.invoker import Invoker, LambdaInvoker
-from throttler.queue import JobQueue
+from throttler.core.envelope import Job, parse_job
+from throttler.dispatch.run import ThrottlerRun
+from throttler.dispatch.summary import RunSettings
+from throttler.queue import JobQueue, QueuedMessage, SqsJobQueue
 from throttler.settings import Settings
-from throttler.store import DynamoStateStore
+from throttler.store import DynamoStateStore, DynamoWorkerRecords
 from throttler.tasks import default_registry
-from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
-from throttler.worker import WorkerConfig, WorkerService
+from throttler.tasks import http as http_task
+from throttler.tasks.registry import TaskRegistry, ValidationContext
+from throttler.tasks.secrets import secret_headers_getter
+from throttler.worker.invoker import Invoker, LambdaInvoker
+from throttler.worker.service import WorkerConfig, WorkerService
+
+# botocore's standard retries for the state table and the queues: throttling and 5xx are retried.
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
-@dataclass
-class Wiring:
-    """Overrides for the local stack and tests: an in-process invoker, a virtual clock, moto clients."""
-
-    clock: Clock | None = None
-    get_client: Callable[[str], Any] | None = None
-    invoker_factory: Callable[[Settings], Invoker] | None = None
-    session: requests.Session | None = None
-    executor_factory: Callable[[int], Any] | None = None
-
-
-_wiring = Wiring()
-_worker_cache: dict[Settings, WorkerService] = {}
-
-
-def configure(wiring: Wiring | None = None) -> None:
-    """Replace the wiring (None restores AWS defaults) and forget cached services."""
-    global _wiring
-    _wiring = wiring or Wiring()
-    _worker_cache.clear()
-
-
-def wiring() -> Wiring:
-    return _wiring
-
-
-BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=70)
+def lambda_config(worker_timeout_s: float) -> Config:
+    """Invoke is never retried by botocore: after a dropped connection or a read timeout, a retry would
+    deliver the same batch twice (the worker's claim stops a second run anyway)."""
+    return Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=int(worker_timeout_s) + 15)
 
 
 def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-@functools.cache
-def client(service: str) -> Any:
-    return boto3.session.Session().client(service, region_name=region(), config=BOTO_CONFIG)  # type: ignore[call-overload]
+def aws_client(service: str, *, config: Config | None = None, endpoint_url: str | None = None, **credentials: Any) -> Any:
+    """A boto3 client; honours AWS_ENDPOINT_URL (boto3 reads it itself), the region and credentials."""
+    session = boto3.session.Session()
+    kwargs: dict[str, Any] = {"region_name": region(), "config": config or AWS_CONFIG, **credentials}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    return session.client(service, **kwargs)
 
 
-def load_tasks(settings: Settings) -> frozenset[str]:
-    default_registry.load_module(settings.tasks_module)
-    return default_registry.names
+@dataclass
+class Composition:
+    settings: Settings
+    clients: Callable[[str], Any] = field(default=lambda service: aws_client(service))
+    clock: Clock = field(default_factory=SystemClock)
+    invoker: Callable[[Composition], Invoker] | None = None
+    new_session: Callable[[int], Any] = http_task.new_session
+    registry: TaskRegistry = field(default_factory=lambda: default_registry)
+    _cache: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_env(cls) -> Composition:
+        return cls(Settings.from_env())
 
-def secret_headers_getter(settings: Settings) -> Callable[[], dict[str, str]]:
-    """Headers whose values live in SSM Parameter Store (SecureString), cached for 5 minutes."""
-    if not settings.secret_headers:
-        return dict
+    def client(self, service: str) -> Any:
+        if service not in self._cache:
+            self._cache[service] = self.clients(service)
+        return self._cache[service]
 
-    def fetch() -> dict[str, str]:
-        from aws_lambda_powertools.utilities import parameters
+    # ------------------------------------------------------------------ shared parts
+    def validation(self) -> ValidationContext:
+        if "validation" not in self._cache:
+            s = self.settings
+            self._cache["validation"] = ValidationContext.build(
+                s.allowed_hosts, s.stage, [h for h, _ in s.secret_headers], s.response_max_bytes
+            )
+        validation: ValidationContext = self._cache["validation"]
+        return validation
 
-        return {
-            header: str(parameters.get_parameter(name, decrypt=True, max_age=300))
-            for header, name in settings.secret_headers
-        }
+    def tasks(self) -> TaskRegistry:
+        self.registry.load_module(self.settings.tasks_module)
+        return self.registry
 
-    return fetch
+    def parser(self) -> Callable[[QueuedMessage], Job]:
+        tasks, validation, max_bytes = self.tasks(), self.validation(), self.settings.max_message_bytes
 
+        def parse(message: QueuedMessage) -> Job:
+            return parse_job(message.body, message.group, message.dedup_id, tasks=tasks, validation=validation, max_bytes=max_bytes)
 
-def _clients(get_client: Callable[[str], Any] | None) -> Callable[[str], Any]:
-    return get_client or _wiring.get_client or client
+        return parse
 
+    def store(self) -> DynamoStateStore:
+        return DynamoStateStore(self.client("dynamodb"), self.settings.state_table)
 
-def build_store(settings: Settings, get_client: Callable[[str], Any] | None = None) -> DynamoStateStore:
-    return DynamoStateStore(_clients(get_client)("dynamodb"), settings.state_table)
+    def queue(self) -> JobQueue:
+        return SqsJobQueue(self.client("sqs"), self.settings.jobs_queue_url, self.settings.dlq_url)
 
+    def run_settings(self) -> RunSettings:
+        s = self.settings
+        return RunSettings(s.default_quotas, s.default_latency, s.max_attempts, s.retry_base_s, s.retry_max_s,
+                           s.worker_timeout_s, s.worker_max_parallel)
 
-def build_queue(settings: Settings, get_client: Callable[[str], Any] | None = None) -> JobQueue:
-    return JobQueue(_clients(get_client)("sqs"), settings.jobs_queue_url, settings.dlq_url)
+    # ------------------------------------------------------------------ the two functions
+    def run(self, owner: str | None = None) -> ThrottlerRun:
+        if self.invoker is not None:
+            invoker = self.invoker(self)
+        else:
+            client = self._cache.get("lambda-invoke") or aws_client("lambda", config=lambda_config(self.settings.worker_timeout_s))
+            self._cache["lambda-invoke"] = client
+            invoker = LambdaInvoker(client, self.settings.worker_function)
+        return ThrottlerRun(settings=self.run_settings(), store=self.store(), queue=self.queue(), invoker=invoker,
+                            clock=self.clock, parse=self.parser(), owner=owner)
 
-
-def worker_service(settings: Settings) -> WorkerService:
-    """The worker handler's service, built on first use and kept for warm invocations."""
-    if settings not in _worker_cache:
-        _worker_cache[settings] = build_worker(settings)
-    return _worker_cache[settings]
-
-
-def build_worker(
-    settings: Settings,
-    *,
-    clock: Clock | None = None,
-    get_client: Callable[[str], Any] | None = None,
-    session: requests.Session | None = None,
-    executor_factory: Callable[[int], Any] | None = None,
-) -> WorkerService:
-    load_tasks(settings)
-    return WorkerService(
-        config=WorkerConfig(settings.allowed_hosts, settings.max_message_bytes, settings.done_ttl_s),
-        store=build_store(settings, get_client),
-        clock=clock or _wiring.clock or SystemClock(),
-        registry=default_registry,
-        session=session or _wiring.session,
-        secret_headers=secret_headers_getter(settings),
-        executor_factory=executor_factory or _wiring.executor_factory,
-    )
-
-
-def build_run(
-    settings: Settings,
-    *,
-    invoker: Invoker | None = None,
-    clock: Clock | None = None,
-    get_client: Callable[[str], Any] | None = None,
-    owner: str | None = None,
-) -> ThrottlerRun:
-    if invoker is None:
-        factory = _wiring.invoker_factory
-        invoker = factory(settings) if factory else LambdaInvoker(_clients(get_client)("lambda"), settings.worker_function)
-    return ThrottlerRun(
-        settings=settings,
-        store=build_store(settings, get_client),
-        queue=build_queue(settings, get_client),
-        invoker=invoker,
-        clock=clock or _wiring.clock or SystemClock(),
-        known_tasks=load_tasks(settings),
-        owner=owner,
-    )
+    def worker(self) -> WorkerService:
+        if "worker" not in self._cache:
+            s = self.settings
+            self._cache["worker"] = WorkerService(
+                config=WorkerConfig(self.validation(), s.max_message_bytes, s.response_max_bytes, s.worker_max_parallel),
+                records=DynamoWorkerRecords(self.client("dynamodb"), s.state_table),
+                clock=self.clock,
+                registry=self.tasks(),
+                secret_headers=secret_headers_getter(s.secret_headers),
+                new_session=self.new_session,
+            )
+        worker: WorkerService = self._cache["worker"]
+        return worker

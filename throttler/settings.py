@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from throttler.core.errors import ConfigError
 
 REQUIRED = ("THROTTLER_STAGE", "JOBS_QUEUE_URL", "DLQ_URL", "STATE_TABLE", "WORKER_FUNCTION", "ALLOWED_HOSTS")
+LATENCY_MODES = ("low", "cost")
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,15 @@ class Settings:
     worker_function: str
     allowed_hosts: tuple[str, ...]
     default_quotas: str = ""
+    default_latency: str = "cost"
     max_attempts: int = 3
     max_message_bytes: int = 256 * 1024
-    run_budget_s: float = 58.0
-    batch_horizon_s: float = 1.0
+    run_budget_s: float = 110.0
     worker_timeout_s: float = 40.0
     retry_base_s: float = 10.0
     retry_max_s: float = 900.0
-    done_ttl_s: float = 7 * 86400
+    response_max_bytes: int = 1024 * 1024
+    worker_max_parallel: int = 64
     tasks_module: str = ""
     secret_headers: tuple[tuple[str, str], ...] = ()  # (header, SSM parameter name); hashable
 
@@ -50,18 +52,24 @@ class Settings:
                 worker_function=env["WORKER_FUNCTION"],
                 allowed_hosts=tuple(h.strip() for h in env["ALLOWED_HOSTS"].split(",") if h.strip()),
                 default_quotas=env.get("DEFAULT_QUOTAS", ""),
+                default_latency=(env.get("DEFAULT_LATENCY") or "cost").strip().lower(),
                 max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
                 max_message_bytes=int(env.get("MAX_MESSAGE_BYTES", str(256 * 1024))),
-                run_budget_s=float(env.get("RUN_BUDGET_S", "58")),
-                batch_horizon_s=float(env.get("BATCH_HORIZON_S", "1")),
+                run_budget_s=float(env.get("RUN_BUDGET_S", "110")),
                 worker_timeout_s=float(env.get("WORKER_TIMEOUT_S", "40")),
                 retry_base_s=float(env.get("RETRY_BASE_S", "10")),
                 retry_max_s=float(env.get("RETRY_MAX_S", "900")),
+                response_max_bytes=int(env.get("RESPONSE_MAX_BYTES", str(1024 * 1024))),
+                worker_max_parallel=int(env.get("WORKER_MAX_PARALLEL", "64")),
                 tasks_module=env.get("TASKS_MODULE", ""),
                 secret_headers=tuple((str(k), str(v)) for k, v in secret_headers.items()),
             )
         except ValueError as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc
-        if settings.max_attempts < 1 or settings.batch_horizon_s <= 0 or settings.max_message_bytes < 1:
-            raise ConfigError("MAX_ATTEMPTS, BATCH_HORIZON_S and MAX_MESSAGE_BYTES must be positive")
+        if settings.max_attempts < 1 or settings.max_message_bytes < 1 or settings.worker_max_parallel < 1:
+            raise ConfigError("MAX_ATTEMPTS, MAX_MESSAGE_BYTES and WORKER_MAX_PARALLEL must be positive")
+        if settings.default_latency not in LATENCY_MODES:
+            raise ConfigError(f"DEFAULT_LATENCY must be one of {', '.join(LATENCY_MODES)}")
+        if settings.run_budget_s <= 0 or settings.worker_timeout_s <= 0:
+            raise ConfigError("RUN_BUDGET_S and WORKER_TIMEOUT_S must be positive")
         return settings

@@ -19,6 +19,7 @@ SQS_ATTRIBUTES = (
     "KmsMasterKeyId",
     "DelaySeconds",
     "ReceiveMessageWaitTimeSeconds",
+    "MaximumMessageSize",
 )
 
 
@@ -28,7 +29,8 @@ def _attr(value: Any) -> str:
     return str(value)
 
 
-def provision(sqs: Any, dynamodb: Any, stage: str) -> dict[str, str]:
+def provision(sqs: Any, dynamodb: Any | None, stage: str) -> dict[str, str]:
+    """Create the stage's queues (and its table, unless `dynamodb` is None: an in-memory store needs none)."""
     definition = stage_definition(stage)
     resources: dict[str, dict[str, Any]] = definition["resources"]
     refs: dict[str, str] = {}
@@ -59,6 +61,10 @@ def provision(sqs: Any, dynamodb: Any, stage: str) -> dict[str, str]:
         arns[logical] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     for logical, resource in resources.items():
         if resource["Type"] != "AWS::DynamoDB::Table":
+            continue
+        if dynamodb is None:
+            refs[logical] = resource["Properties"]["TableName"]
+            arns[logical] = f"arn:aws:dynamodb:us-east-1:000000000000:table/{refs[logical]}"
             continue
         props = resource["Properties"]
         kwargs: dict[str, Any] = {

@@ -24,6 +24,8 @@ class Envelope(BaseModel):
     task: str = Field(min_length=1, max_length=128)
     payload: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(default=None, min_length=1, max_length=128)
+    key: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")
+    cost: int = Field(default=1, ge=1, le=10**12)
 
     @field_validator("id")
     @classmethod
@@ -76,6 +78,8 @@ class Job:
     group: str
     task: str
     payload: dict[str, Any]
+    key: str | None = None
+    cost: int = 1
 
 
 def reason_from(exc: ValidationError) -> str:
@@ -134,7 +138,7 @@ def parse_job(
     if envelope.task == "http":
         payload = validate_http_payload(envelope.payload, allowed_hosts)
         del payload  # validated here; the worker builds the request from the same model
-    return Job(envelope.id or default_id, group, envelope.task, envelope.payload)
+    return Job(envelope.id or default_id, group, envelope.task, envelope.payload, envelope.key, envelope.cost)
 
 
 def validate_http_payload(payload: dict[str, Any], allowed_hosts: tuple[str, ...]) -> HttpPayload:

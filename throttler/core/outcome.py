@@ -1,4 +1,4 @@
-"""What a worker reports for each job, as plain data that crosses the Lambda boundary."""
+"""What a worker reports for each job: plain data that crosses the Lambda boundary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"  # 2xx (or already succeeded before: `duplicate`)
     THROTTLED = "throttled"  # 429: pause everyone, spend no attempt
     RETRYABLE = "retryable"  # 408, 5xx, timeouts, connection errors: try again later
-    PERMANENT = "permanent"  # other 4xx: dead-letter now
+    PERMANENT = "permanent"  # other 4xx, 3xx: dead-letter now
     INVALID = "invalid"  # the message can never run: dead-letter now, no call was made
     SKIPPED = "skipped"  # not attempted (an earlier job of its group stopped, a 429, or too late)
 
@@ -23,11 +23,16 @@ class JobResult:
     reason: str = ""
     status: int | None = None
     retry_after_s: float | None = None
-    rate_remaining: int | None = None
-    rate_reset_at: float | None = None
     sent_at: float | None = None
     duration_s: float | None = None
     duplicate: bool = False
+    api: dict[str, Any] | None = None  # what the API's rate-limit headers said (ratelimit.ApiWord.to_dict())
+    cost_used: int | None = None  # units the API says the call used (the quota item's cost_header)
+
+    @property
+    def attempted(self) -> bool:
+        """A call reached (or may have reached) the API."""
+        return self.outcome in (Outcome.SUCCEEDED, Outcome.THROTTLED, Outcome.RETRYABLE, Outcome.PERMANENT) and not self.duplicate
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -36,4 +41,5 @@ class JobResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobResult:
-        return cls(**{**data, "outcome": Outcome(data["outcome"])})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "outcome": Outcome(data["outcome"])})

@@ -1,11 +1,15 @@
-"""Pacing (pure): when may the next call be sent so that no tier is ever exceeded?
+"""Pacing (pure): when may the next call be sent so that no window of any tier is ever exceeded?
 
-Calls are counted in ledgers of time buckets, one per window length: 400 buckets per sliding window
-(so a bucket is 0.25% of the window) or one bucket per calendar period for aligned tiers. A call may be
-sent at `t` when, for every tier, the buckets touching `(t - window - margin, t]` hold fewer calls than
-the limit; counting a partly covered bucket whole errs on the safe side. On top of that, calls are
-spaced evenly at the finest tier's rate. Ledgers only grow at the right (slots are monotonic), so each
-decision is O(1) amortised, whatever the backlog, the number of groups or the longest window.
+Calls (cost units) are counted in ledgers of time buckets, one per window length: 400 buckets per
+sliding window (a bucket is 0.25% of the window) or one bucket per calendar period for aligned tiers.
+A call of cost c may be sent at `t` when, for every tier, the buckets touching `(t - window - margin, t]`
+hold at most `limit - c` units; counting a partly covered bucket whole errs on the safe side. Calls are
+also spaced evenly at the finest tier's rate. Ledgers grow only at the right (slots are monotonic), so
+each decision is O(1) amortised, whatever the backlog or the longest window.
+
+A `Meter` is one scope's state (the stage's, or one key's): its ledgers, its last slot, its learned
+limits and what the API said. The `Pacer` answers for a call of a key: it needs room in the stage's
+meter and in the key's meter at once.
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from throttler.core.quotas import QuotaConfig, Tier
+from throttler.core.quotas import DEFAULT_MARGIN_CAP_S, DEFAULT_MARGIN_FRACTION, MIN_MARGIN_MS, QuotaConfig, Tier
 
 BUCKETS_PER_WINDOW = 400
-# Ledgers kept whatever the configuration, so that a tier an operator adds later starts from a
-# conservative count of the calls already made instead of from zero.
-STANDING_WINDOWS_S = (60, 3600, 86400)
+# Ledgers the stage keeps whatever its configuration, so that a tier an operator adds later starts from
+# a conservative count of the calls already made instead of from zero (the longest is the longest tier).
+STANDING_WINDOWS_S = (60, 3600, 86400, 7 * 86400, 31 * 86400)
+RECENT_SLOTS_KEPT = 20_000  # for counting calls sent after the call an API header describes
+API_POLICY_TTL_S = 120.0  # the API's policy stays in force this long after a response last stated it
+MAX_API_RESET_S = 86400.0
 _EPS = 1e-9
 
 
@@ -29,14 +37,20 @@ def ledger_key(window_s: int, aligned: bool) -> str:
     return f"{window_s}{'a' if aligned else ''}"
 
 
+def default_margin_s(window_s: float) -> float:
+    return max(MIN_MARGIN_MS / 1000.0, min(DEFAULT_MARGIN_CAP_S, window_s * DEFAULT_MARGIN_FRACTION))
+
+
 class Ledger:
-    """Calls per time bucket for one window length."""
+    """Units per time bucket for one window length."""
+
+    __slots__ = ("aligned", "bucket_s", "entries", "total", "window_s")
 
     def __init__(self, window_s: int, aligned: bool = False):
         self.window_s = window_s
         self.aligned = aligned
         self.bucket_s = float(window_s) if aligned else window_s / BUCKETS_PER_WINDOW
-        self.entries: deque[list[int]] = deque()  # [bucket index, count], ascending
+        self.entries: deque[list[int]] = deque()  # [bucket index, units], ascending
         self.total = 0
 
     def index(self, t: float) -> int:
@@ -46,24 +60,33 @@ class Ledger:
         self.add_index(self.index(t), n)
 
     def add_index(self, idx: int, n: int) -> None:
-        self.total += n
-        if self.entries and self.entries[-1][0] == idx:
-            self.entries[-1][1] += n
-        elif not self.entries or self.entries[-1][0] < idx:
-            self.entries.append([idx, n])
-        else:  # out of order only when merging another ledger in: rare and small
-            for entry in self.entries:
+        entries = self.entries
+        if entries and entries[-1][0] == idx:
+            before = entries[-1][1]
+            entries[-1][1] = max(0, before + n)
+            self.total += entries[-1][1] - before
+        elif not entries or entries[-1][0] < idx:
+            if n > 0:
+                entries.append([idx, n])
+                self.total += n
+        else:  # out of order: a cost correction, or a ledger seeded from another: rare and small
+            for entry in entries:
                 if entry[0] == idx:
-                    entry[1] += n
+                    before = entry[1]
+                    entry[1] = max(0, before + n)
+                    self.total += entry[1] - before
                     return
-            self.entries.append([idx, n])
-            self.entries = deque(sorted(self.entries))
+            if n > 0:
+                entries.append([idx, n])
+                self.total += n
+                self.entries = deque(sorted(entries))
 
     def prune(self, now: float, margin_s: float = 0.0) -> None:
         """Forget buckets that can no longer touch any window containing `now` or later."""
         horizon = now - self.window_s - margin_s - self.bucket_s
-        while self.entries and (self.entries[0][0] + 1) * self.bucket_s <= horizon:
-            self.total -= self.entries.popleft()[1]
+        entries = self.entries
+        while entries and (entries[0][0] + 1) * self.bucket_s <= horizon:
+            self.total -= entries.popleft()[1]
 
     def count_at(self, idx: int) -> int:
         for entry in reversed(self.entries):
@@ -73,20 +96,43 @@ class Ledger:
                 break
         return 0
 
-    def earliest_sliding(self, t: float, span_s: float, limit: int) -> float:
-        """Earliest time >= t at which one more call keeps every `span_s` window within `limit`."""
+    def used(self, now: float, span_s: float) -> int:
+        """Units in the buckets touching (now - span, now]."""
+        lower = now - span_s
+        return sum(c for i, c in self.entries if (i + 1) * self.bucket_s > lower and i * self.bucket_s <= now)
+
+    def earliest_sliding(self, t: float, span_s: float, limit: int, cost: int = 1) -> float:
+        """Earliest time >= t at which `cost` more units keep every `span_s` window within `limit`."""
+        if cost > limit:
+            return math.inf
         total = self.total
         i = 0
         entries = self.entries
+        bucket_s = self.bucket_s
+        room = limit - cost
         while True:
             lower = t - span_s
-            while i < len(entries) and (entries[i][0] + 1) * self.bucket_s <= lower + _EPS:
+            while i < len(entries) and (entries[i][0] + 1) * bucket_s <= lower + _EPS:
                 total -= entries[i][1]
                 i += 1
             # Entries after t are slots already reserved ahead: they still count against t.
-            if total < limit:
+            if total <= room:
                 return t
-            t = (entries[i][0] + 1) * self.bucket_s + span_s
+            t = (entries[i][0] + 1) * bucket_s + span_s
+
+    def earliest_aligned(self, t: float, margin_s: float, limit: int, cost: int = 1) -> float:
+        """Calendar periods: the call's period (and the next one, if it may arrive there) must have room."""
+        if cost > limit:
+            return math.inf
+        for _ in range(1000):
+            here, there = self.index(t), self.index(t + margin_s)
+            if self.count_at(here) + cost > limit:
+                t = (here + 1) * self.bucket_s
+            elif there != here and self.count_at(there) + cost > limit:
+                t = (there + 1) * self.bucket_s
+            else:
+                return t
+        return t
 
     def to_data(self) -> list[list[int]]:
         return [list(e) for e in self.entries]
@@ -95,156 +141,479 @@ class Ledger:
     def from_data(cls, window_s: int, aligned: bool, data: Iterable[Iterable[int]]) -> Ledger:
         ledger = cls(window_s, aligned)
         for idx, count in sorted((int(i), int(c)) for i, c in data):
-            ledger.add_index(idx, count)
+            if count > 0:
+                ledger.add_index(idx, count)
         return ledger
 
     def seeded_from(self, other: Ledger) -> None:
-        """Take a coarser ledger's counts, each placed at the latest moment its bucket allows."""
+        """Take another ledger's counts, each placed at the latest moment its bucket allows (conservative
+        when `other` covers at least as long a window)."""
         for idx, count in other.entries:
-            end_t = (idx + 1) * other.bucket_s - _EPS * other.bucket_s
-            self.add(end_t, count)
+            self.add((idx + 1) * other.bucket_s - _EPS * other.bucket_s, count)
+
+
+# ------------------------------------------------------------------------------------------- learned limits
+@dataclass
+class Learned:
+    """An `auto:MAX` tier's limit: it rises slowly while calls succeed and falls sharply on a 429.
+
+    After a 429 at limit L the value drops to 70% of L, comes back quickly to L - 1 (the highest limit
+    that has not failed), holds there for `probe_windows` windows, then tries L again; each failed try
+    doubles the wait (at most an hour's worth of windows), so a steady hidden limit draws fewer and
+    fewer 429s. Without any 429 yet it rises by 10% a window.
+    """
+
+    value: float
+    bad: int | None = None  # the lowest limit that drew a 429
+    changed_at: float = 0.0
+    probe_windows: int = 60
+    history: list[list[Any]] = field(default_factory=list)  # [t, limit, why], newest last
+
+    HISTORY = 10
+
+    @property
+    def limit(self) -> int:
+        return max(1, math.floor(self.value + 1e-9))
+
+    def _note(self, now: float, why: str) -> None:
+        self.history.append([round(now, 3), self.limit, why])
+        del self.history[: -self.HISTORY]
+
+    def on_success(self, now: float, window_s: float, ceiling: int, in_use: bool) -> bool:
+        """A success; once a window in use has passed since the last change, step up. True if it changed."""
+        if now - self.changed_at < window_s or not in_use:
+            return False
+        before = self.limit
+        if self.bad is not None and self.limit >= self.bad:
+            self.bad = None  # a try at the failed limit held for a whole window: the API's limit rose
+        if self.bad is None:
+            self.value = max(self.value * 1.1, self.value + 1)
+        elif self.limit < self.bad - 1:
+            target = self.bad - 1
+            self.value = min(float(target), self.value + max(1.0, (target - self.value) / 2))
+        elif now - self.changed_at >= window_s * self.probe_windows:
+            self.value = float(self.bad)  # try the limit that failed, once more
+        else:
+            return False
+        self.value = min(self.value, float(ceiling))
+        self.changed_at = now
+        if self.limit != before:
+            self._note(now, "raised")
+        return True
+
+    def on_429(self, now: float, limit_in_force: int, sent_at: float | None = None) -> None:
+        if sent_at is not None and sent_at < self.changed_at:
+            return  # sent before the last change: this burst of 429s has already lowered the limit
+        if self.bad is not None and limit_in_force >= self.bad:
+            self.probe_windows = min(3600, self.probe_windows * 2)  # the same limit failed again: wait longer
+        elif self.bad is not None:
+            self.probe_windows = 60  # a new, lower ceiling: the API's limit fell
+        self.bad = max(1, limit_in_force)
+        self.value = max(1.0, limit_in_force * 0.7)
+        self.changed_at = now
+        self._note(now, "429")
+
+    def to_data(self) -> dict[str, Any]:
+        return {"v": self.value, "b": self.bad, "t": self.changed_at, "p": self.probe_windows, "h": self.history}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Learned:
+        return cls(float(data["v"]), data.get("b"), float(data.get("t", 0.0)), int(data.get("p", 60)), list(data.get("h", [])))
+
+
+# ------------------------------------------------------------------------------------------- the API's word
+@dataclass
+class ApiPolicy:
+    """A limit the API stated (`q` per `w` seconds): a temporary tier while the API keeps stating it."""
+
+    limit: int
+    window_s: float
+    until: float
 
 
 @dataclass
-class Advisory:
-    """What the API's X-RateLimit-Remaining/Reset headers said: `remaining` calls until `reset_at`."""
+class ApiBudget:
+    """`remaining` units until `reset_at`, as the API counted them when it answered the call sent at
+    `observed_sent_at`; `used` counts the units reserved since that call."""
 
-    observed_at: float
-    reset_at: float
     remaining: int
+    reset_at: float
+    observed_sent_at: float
     used: int = 0
 
 
-class Usage:
-    """Every ledger plus the last reserved slot: the state persisted in the usage item."""
+@dataclass
+class ApiState:
+    policies: list[ApiPolicy] = field(default_factory=list)
+    budget: ApiBudget | None = None
+    said_at: float | None = None
+    summary: str = ""
 
-    def __init__(self, ledgers: dict[str, Ledger] | None = None, last_slot: float | None = None):
-        self.ledgers: dict[str, Ledger] = ledgers or {}
-        self.last_slot = last_slot
+    def active_policies(self, now: float) -> list[ApiPolicy]:
+        return [p for p in self.policies if p.until > now]
 
-    def ensure(self, window_s: int, aligned: bool) -> Ledger:
-        key = ledger_key(window_s, aligned)
-        if key not in self.ledgers:
-            ledger = Ledger(window_s, aligned)
-            donors = [lg for lg in self.ledgers.values() if not lg.aligned]
-            wider = [lg for lg in donors if lg.window_s >= window_s]
-            if wider:  # coarser buckets over a longer span: conservative
-                ledger.seeded_from(min(wider, key=lambda lg: lg.window_s))
-            elif donors:
-                ledger.seeded_from(max(donors, key=lambda lg: lg.window_s))
-            self.ledgers[key] = ledger
-        return self.ledgers[key]
-
-    def to_json(self) -> str:
-        return json.dumps({k: lg.to_data() for k, lg in self.ledgers.items()}, separators=(",", ":"))
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.policies:
+            data["p"] = [[p.limit, p.window_s, p.until] for p in self.policies]
+        if self.budget is not None:
+            b = self.budget
+            data["b"] = [b.remaining, b.reset_at, b.observed_sent_at, b.used]
+        if self.said_at is not None:
+            data["t"], data["s"] = self.said_at, self.summary
+        return data
 
     @classmethod
-    def from_json(cls, text: str | None, last_slot: float | None) -> Usage:
-        usage = cls(last_slot=last_slot)
-        for key, data in (json.loads(text) if text else {}).items():
-            aligned = key.endswith("a")
-            usage.ledgers[key] = Ledger.from_data(int(key.rstrip("a")), aligned, data)
-        return usage
+    def from_data(cls, data: Mapping[str, Any]) -> ApiState:
+        state = cls([ApiPolicy(int(p[0]), float(p[1]), float(p[2])) for p in data.get("p", [])])
+        if data.get("b"):
+            r, reset, sent, used = data["b"]
+            state.budget = ApiBudget(int(r), float(reset), float(sent), int(used))
+        if data.get("t") is not None:
+            state.said_at, state.summary = float(data["t"]), str(data.get("s", ""))
+        return state
 
 
-class Pacer:
-    """Hands out send times ('slots') for calls under one quota configuration."""
+# ------------------------------------------------------------------------------------------- one scope
+@dataclass
+class Limit:
+    """One window in force for a scope: a configured tier (its limit resolved) or the API's policy."""
 
-    def __init__(self, config: QuotaConfig, usage: Usage):
-        self.config = config
-        self.usage = usage
-        for window_s in STANDING_WINDOWS_S:
-            usage.ensure(window_s, False)
-        self._tiers = [(tier, usage.ensure(tier.window_s, tier.aligned)) for tier in config.tiers]
-        finest = config.finest
-        self.spacing_s = finest.span_s / finest.limit if finest.limit else math.inf
-        self.blocked = any(t.limit == 0 for t in config.tiers)
-        self.advisory: Advisory | None = None
+    name: str
+    window_s: int
+    span_s: float
+    limit: int
+    aligned: bool
+    margin_s: float
+    ledger: Ledger
 
-    @property
-    def rate_per_s(self) -> float:
-        """Long-run calls per second under a backlog."""
-        if self.blocked:
+
+class Meter:
+    """One scope's pacing state: ledgers, the last slot and its cost, learned limits, the API's word."""
+
+    def __init__(self, ledgers: dict[str, Ledger] | None = None):
+        self.ledgers: dict[str, Ledger] = ledgers or {}
+        self.last_slot: float | None = None
+        self.last_cost = 1
+        self.learned: dict[str, Learned] = {}
+        self.api = ApiState()
+        self.recent: deque[tuple[float, int]] = deque(maxlen=RECENT_SLOTS_KEPT)
+        self.dirty = False
+
+    def ensure(self, window_s: int, aligned: bool, donors: Iterable[Ledger] = ()) -> Ledger:
+        """The ledger of a window length, created on first use and seeded from the narrowest ledger that
+        covers at least that long (kept for every window in use, so its counts are current)."""
+        key = ledger_key(window_s, aligned)
+        ledger = self.ledgers.get(key)
+        if ledger is None:
+            ledger = Ledger(window_s, aligned)
+            pool = [lg for lg in (*self.ledgers.values(), *donors) if not lg.aligned]
+            wider = [lg for lg in pool if lg.window_s >= window_s]
+            if wider:
+                ledger.seeded_from(min(wider, key=lambda lg: lg.window_s))
+            elif pool:  # nothing covers that long: the longest we have (documented limit for keys)
+                ledger.seeded_from(max(pool, key=lambda lg: lg.window_s))
+            self.ledgers[key] = ledger
+        return ledger
+
+    def forget_except(self, keep: set[str]) -> None:
+        """Drop the ledgers of windows no longer in use: a stale count must never seed a new tier."""
+        for key in [k for k in self.ledgers if k not in keep]:
+            del self.ledgers[key]
+            self.dirty = True
+
+    def learned_for(self, tier: Tier) -> Learned:
+        found = self.learned.get(tier.name)
+        if found is None:
+            found = self.learned[tier.name] = Learned(max(1.0, (tier.auto_max or 4) / 4))
+        return found
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"l": {k: lg.to_data() for k, lg in self.ledgers.items()}}
+        if self.last_slot is not None:
+            data["s"], data["c"] = self.last_slot, self.last_cost
+        if self.learned:
+            data["a"] = {name: lv.to_data() for name, lv in self.learned.items()}
+        api = self.api.to_data()
+        if api:
+            data["api"] = api
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Meter:
+        meter = cls()
+        if not text:
+            return meter
+        data = json.loads(text)
+        for key, entries in data.get("l", {}).items():
+            meter.ledgers[key] = Ledger.from_data(int(key.rstrip("a")), key.endswith("a"), entries)
+        if data.get("s") is not None:
+            meter.last_slot, meter.last_cost = float(data["s"]), int(data.get("c", 1))
+        meter.learned = {name: Learned.from_data(v) for name, v in data.get("a", {}).items()}
+        meter.api = ApiState.from_data(data.get("api", {}))
+        return meter
+
+
+class Scope:
+    """A meter bound to the tiers that apply to it under one configuration."""
+
+    def __init__(self, meter: Meter, tiers: tuple[Tier, ...], standing: tuple[int, ...] = (), donors: Iterable[Ledger] = ()):
+        self.meter = meter
+        self.tiers = tiers
+        self.standing = standing
+        donor_list = list(donors)
+        for window_s in standing:
+            meter.ensure(window_s, False, donor_list)
+        self._configured = [(t, meter.ensure(t.window_s, t.aligned, donor_list)) for t in tiers]
+        keep = {ledger_key(w, False) for w in standing} | {ledger_key(t.window_s, t.aligned) for t in tiers}
+        keep |= {ledger_key(int(p.window_s), False) for p in meter.api.policies}
+        meter.forget_except(keep)
+        self._limits_cache: tuple[float, list[Limit]] | None = None
+
+    def limits(self, now: float) -> list[Limit]:
+        """Every window in force: configured tiers (learned limits resolved) and the API's policies."""
+        out = []
+        for tier, ledger in self._configured:
+            limit = tier.limit if tier.limit is not None else self.meter.learned_for(tier).limit
+            out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger))
+        for policy in self.meter.api.active_policies(now):
+            window_s = max(1, math.ceil(policy.window_s))
+            margin = default_margin_s(window_s)
+            ledger = self.meter.ensure(window_s, False)
+            out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, policy.limit, False, margin, ledger))
+        return out
+
+    def spacing_s(self, limits: list[Limit]) -> float:
+        """Seconds per unit at the finest window's rate (even spacing); 0 without limits."""
+        if not limits:
             return 0.0
-        return min(1.0 / self.spacing_s, self.config.binding.rate_per_s)
+        finest = min(limits, key=lambda lim: (lim.window_s, lim.limit))
+        return finest.span_s / finest.limit if finest.limit > 0 else math.inf
 
-    def next_slot(self, earliest: float) -> float | None:
-        """The earliest time >= `earliest` a call may be sent, or None if a tier's limit is 0."""
-        if self.blocked:
-            return None
-        t = earliest
-        if self.usage.last_slot is not None:
-            t = max(t, self.usage.last_slot + self.spacing_s)
-        t = self._advised(t)
+    def earliest(self, t: float, cost: int) -> float:
+        """The earliest time >= t this scope allows a call of `cost` units (inf: never, at these limits)."""
+        limits = self.limits(t)
+        if any(lim.limit < cost for lim in limits):
+            return math.inf
+        meter = self.meter
+        if meter.last_slot is not None:
+            t = max(t, meter.last_slot + meter.last_cost * self.spacing_s(limits))
+        t = self._api_budget(t, cost)
         for _ in range(10_000):
             moved = False
-            for tier, ledger in self._tiers:
-                allowed = self._tier_earliest(tier, ledger, t)
+            for lim in limits:
+                if lim.aligned:
+                    allowed = lim.ledger.earliest_aligned(t, lim.margin_s, lim.limit, cost)
+                else:
+                    allowed = lim.ledger.earliest_sliding(t, lim.span_s, lim.limit, cost)
                 if allowed > t + _EPS:
+                    if math.isinf(allowed):
+                        return math.inf
                     t, moved = allowed, True
             if not moved:
                 return t
         raise RuntimeError("pacing did not converge")  # pragma: no cover - a bug, not an outcome
 
-    def take(self, slot: float) -> None:
-        """Count a call at `slot` (it must come from next_slot)."""
-        for window_s in STANDING_WINDOWS_S:
-            key = ledger_key(window_s, False)
-            if all(ledger is not self.usage.ledgers[key] for _, ledger in self._tiers):
-                self.usage.ledgers[key].add(slot)
-                self.usage.ledgers[key].prune(slot)
-        for tier, ledger in self._tiers:
-            ledger.add(slot)
-            if tier.aligned and ledger.index(slot + tier.margin_s) != ledger.index(slot):
-                ledger.add(slot + tier.margin_s)  # it may arrive in the next period: count it there too
-            # Every later slot is >= this one, so buckets that left this window are gone for good.
-            ledger.prune(slot, tier.margin_s)
-        self.usage.last_slot = slot
-        if self.advisory is not None:
-            self.advisory.used += 1
-
-    def advise(self, observed_at: float, remaining: int, reset_at: float) -> None:
-        """Follow the API's own count (X-RateLimit-*) until it resets."""
-        if reset_at > observed_at:
-            self.advisory = Advisory(observed_at, reset_at, max(0, remaining))
-
-    def _advised(self, t: float) -> float:
-        adv = self.advisory
-        if adv is None:
+    def _api_budget(self, t: float, cost: int) -> float:
+        budget = self.meter.api.budget
+        if budget is None or t >= budget.reset_at:
             return t
-        if t >= adv.reset_at:
-            self.advisory = None
-            return t
-        if adv.used >= adv.remaining:
-            return adv.reset_at
-        spacing = (adv.reset_at - adv.observed_at) / max(1, adv.remaining)
-        last = self.usage.last_slot
+        if budget.used + cost > budget.remaining:
+            return budget.reset_at + default_margin_s(1)
+        # Spread what is left until the reset, so the API's count runs out no sooner than it resets.
+        spacing = (budget.reset_at - budget.observed_sent_at) / max(1, budget.remaining)
+        last = self.meter.last_slot
         return max(t, last + spacing) if last is not None else t
 
-    @staticmethod
-    def _tier_earliest(tier: Tier, ledger: Ledger, t: float) -> float:
-        if not tier.aligned:
-            return ledger.earliest_sliding(t, tier.span_s, tier.limit)
-        for _ in range(1000):
-            here, there = ledger.index(t), ledger.index(t + tier.margin_s)
-            if ledger.count_at(here) >= tier.limit:
-                t = (here + 1) * ledger.bucket_s
-            elif there != here and ledger.count_at(there) >= tier.limit:
-                t = (there + 1) * ledger.bucket_s
+    def take(self, slot: float, cost: int) -> None:
+        meter = self.meter
+        limits = self.limits(slot)
+        in_use = {id(lim.ledger) for lim in limits}
+        for window_s in self.standing:
+            ledger = meter.ledgers[ledger_key(window_s, False)]
+            if id(ledger) not in in_use:
+                ledger.add(slot, cost)
+                ledger.prune(slot)
+        for lim in limits:
+            lim.ledger.add(slot, cost)
+            if lim.aligned and lim.ledger.index(slot + lim.margin_s) != lim.ledger.index(slot):
+                lim.ledger.add(slot + lim.margin_s, cost)  # it may arrive in the next period: count it there too
+            lim.ledger.prune(slot, lim.margin_s)
+        meter.last_slot, meter.last_cost = slot, cost
+        meter.recent.append((slot, cost))
+        if meter.api.budget is not None:
+            meter.api.budget.used += cost
+        meter.dirty = True
+
+    def correct(self, slot: float, delta: int) -> None:
+        """The API says a call used `delta` more (or fewer) units than reserved: count it where it went."""
+        if delta == 0:
+            return
+        for ledger in self.meter.ledgers.values():
+            ledger.add(slot, delta)
+        self.meter.dirty = True
+
+    def rate_per_s(self, now: float) -> float:
+        limits = self.limits(now)
+        if not limits:
+            return math.inf
+        if any(lim.limit <= 0 for lim in limits):
+            return 0.0
+        return min(min(lim.limit / lim.span_s for lim in limits), 1.0 / self.spacing_s(limits))
+
+    def usage(self, now: float) -> dict[str, dict[str, Any]]:
+        """Units counted in each window's current span (aligned: this period), with the limit in force."""
+        report: dict[str, dict[str, Any]] = {}
+        for lim in self.limits(now):
+            used = lim.ledger.count_at(lim.ledger.index(now)) if lim.aligned else lim.ledger.used(now, lim.window_s)
+            report[lim.name] = {"used": used, "limit": lim.limit, "window_s": lim.window_s}
+        return report
+
+
+# ------------------------------------------------------------------------------------------- the pacer
+class Pacer:
+    """Hands out send times ('slots') under one quota configuration, for the stage and its keys.
+
+    `key_meter(key)` gives a key's meter (the run loads it from the state table before planning).
+    """
+
+    def __init__(self, config: QuotaConfig, stage_meter: Meter, key_meter: Callable[[str], Meter] | None = None):
+        self.config = config
+        self.stage = Scope(stage_meter, config.tiers, _standing(config))
+        self._key_meter = key_meter
+        self._key_scopes: dict[str, Scope] = {}
+
+    def needs_key_meter(self, key: str | None) -> bool:
+        return key is not None and (bool(self.config.key_quota(key).tiers) or self.config.signals_scope == "key")
+
+    def key_scope(self, key: str | None) -> Scope | None:
+        if not self.needs_key_meter(key) or self._key_meter is None:
+            return None
+        assert key is not None
+        scope = self._key_scopes.get(key)
+        if scope is None:
+            scope = self._key_scopes[key] = Scope(self._key_meter(key), self.config.key_quota(key).tiers)
+        return scope
+
+    def forget_key(self, key: str) -> None:
+        self._key_scopes.pop(key, None)
+
+    def signal_scope(self, key: str | None) -> Scope:
+        """Where the API's word about a call of this key is kept (signals_scope=key: the key's meter)."""
+        if self.config.signals_scope == "key":
+            scope = self.key_scope(key)
+            if scope is not None:
+                return scope
+        return self.stage
+
+    def next_slot(self, earliest: float, key: str | None = None, cost: int = 1) -> float | None:
+        """The earliest time >= `earliest` a call of this key and cost may be sent; None: never at these limits."""
+        t = earliest
+        key_scope = self.key_scope(key)
+        for _ in range(10_000):
+            t_stage = self.stage.earliest(t, cost)
+            if math.isinf(t_stage):
+                return None
+            if key_scope is None:
+                return t_stage
+            t_key = key_scope.earliest(t_stage, cost)
+            if math.isinf(t_key):
+                return None
+            if t_key <= t_stage + _EPS:
+                return t_stage
+            t = t_key
+        raise RuntimeError("pacing did not converge")  # pragma: no cover
+
+    def take(self, slot: float, key: str | None = None, cost: int = 1) -> None:
+        """Count a call at `slot` (it must come from next_slot for the same key and cost)."""
+        self.stage.take(slot, cost)
+        key_scope = self.key_scope(key)
+        if key_scope is not None:
+            key_scope.take(slot, cost)
+
+    def correct(self, slot: float, key: str | None, delta: int) -> None:
+        self.stage.correct(slot, delta)
+        key_scope = self.key_scope(key)
+        if key_scope is not None:
+            key_scope.correct(slot, delta)
+
+    def rate_per_s(self, now: float, key: str | None = None) -> float:
+        rate = self.stage.rate_per_s(now)
+        key_scope = self.key_scope(key)
+        return min(rate, key_scope.rate_per_s(now)) if key_scope is not None else rate
+
+    # -------------------------------------------------------------------------------- what calls taught
+    def observe_success(self, now: float, key: str | None) -> None:
+        """Raise learned limits that have had a window of successes in use."""
+        for scope in (self.stage, self.key_scope(key)):
+            if scope is None:
+                continue
+            for tier in scope.tiers:
+                if tier.is_auto:
+                    learned = scope.meter.learned_for(tier)
+                    ledger = scope.meter.ensure(tier.window_s, tier.aligned)
+                    in_use = ledger.used(now, tier.span_s) >= 0.5 * learned.limit
+                    if learned.on_success(now, tier.span_s, tier.ceiling, in_use):
+                        scope.meter.dirty = True
+
+    def observe_429(self, now: float, key: str | None, sent_at: float | None = None) -> float | None:
+        """Lower learned limits after a 429; returns the longest window of an auto tier that applies (a 429
+        without Retry-After pauses for at most that), or None when no auto tier applies."""
+        longest: float | None = None
+        for scope in (self.stage, self.key_scope(key)):
+            if scope is None:
+                continue
+            limits = {lim.name: lim.limit for lim in scope.limits(now)}
+            for tier in scope.tiers:
+                if tier.is_auto:
+                    scope.meter.learned_for(tier).on_429(now, limits[tier.name], sent_at)
+                    scope.meter.dirty = True
+                    longest = max(longest or 0.0, float(tier.window_s))
+        return longest
+
+    def observe_api(self, now: float, key: str | None, sent_at: float, word: Any) -> None:
+        """Follow what the API said about its limits (a throttler.core.ratelimit.ApiWord) until it resets."""
+        scope = self.signal_scope(key)
+        api = scope.meter.api
+        changed = False
+        for policy in getattr(word, "policies", ()) or ():
+            limit, window_s = int(policy.limit), float(policy.window_s)
+            if limit < 0 or not 0 < window_s <= 31 * 86400:
+                continue
+            found = next((p for p in api.policies if p.window_s == window_s), None)
+            if found is None:
+                api.policies.append(ApiPolicy(limit, window_s, now + max(API_POLICY_TTL_S, 2 * window_s)))
             else:
-                return t
-        return t
+                found.limit, found.until = limit, now + max(API_POLICY_TTL_S, 2 * window_s)
+            changed = True
+        remaining, reset_at = getattr(word, "remaining", None), getattr(word, "reset_at", None)
+        if remaining is not None and reset_at is not None and now < reset_at <= now + MAX_API_RESET_S:
+            current = api.budget
+            if current is None or current.observed_sent_at <= sent_at or now >= current.reset_at:
+                used = sum(c for s, c in scope.meter.recent if s > sent_at)
+                api.budget = ApiBudget(max(0, int(remaining)), float(reset_at), sent_at, used)
+                changed = True
+        if changed:
+            api.said_at = now
+            describe = getattr(word, "describe", None)
+            api.summary = describe() if callable(describe) else ""
+            scope.meter.dirty = True
+
+    def expire(self, now: float) -> None:
+        """Forget the API's word that no longer applies."""
+        for scope in (self.stage, *self._key_scopes.values()):
+            api = scope.meter.api
+            if api.budget is not None and now >= api.budget.reset_at:
+                api.budget = None
+                scope.meter.dirty = True
+            alive = api.active_policies(now)
+            if len(alive) != len(api.policies):
+                api.policies = alive
+                scope.meter.dirty = True
 
 
-def usage_by_tier(config: QuotaConfig, usage: Usage, now: float) -> dict[str, dict[str, int]]:
-    """Calls counted in each tier's current window (sliding: the last window_s; aligned: this period)."""
-    report: dict[str, dict[str, int]] = {}
-    for tier in config.tiers:
-        ledger = usage.ensure(tier.window_s, tier.aligned)
-        if tier.aligned:
-            used = ledger.count_at(ledger.index(now))
-        else:
-            lower = now - tier.window_s
-            used = sum(c for i, c in ledger.entries if (i + 1) * ledger.bucket_s > lower and i * ledger.bucket_s <= now)
-        report[tier.name] = {"used": used, "limit": tier.limit}
-    return report
+def _standing(config: QuotaConfig) -> tuple[int, ...]:
+    """Standing windows of the stage: the fixed ones plus every window any tier (stage or key) uses."""
+    windows = set(STANDING_WINDOWS_S)
+    windows |= {t.window_s for t in config.tiers if not t.aligned}
+    return tuple(sorted(windows))

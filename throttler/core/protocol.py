@@ -1,0 +1,127 @@
+"""The typed contract between the throttler and the worker: one batch request, one batch response.
+
+Both travel as JSON through Lambda's synchronous invoke. Sizes are counted the way Lambda counts them:
+the bytes of the UTF-8 JSON actually sent (`ensure_ascii=False`: a non-ASCII character is 2 to 4 bytes,
+never a 6-byte escape).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from throttler.core.outcome import JobResult
+
+LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024  # synchronous invoke, request and response
+# A batch stays this far under the limit: room for the request's own fields and JSON punctuation.
+MAX_BATCH_BYTES = LAMBDA_PAYLOAD_LIMIT - 64 * 1024
+
+
+def encode(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a batch: send it inside `[not_before, not_after]` or not at all."""
+
+    id: str
+    group: str
+    body: str
+    not_before: float
+    not_after: float
+    key: str | None = None
+    cost: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "group": self.group, "body": self.body, "nb": self.not_before, "na": self.not_after}
+        if self.key is not None:
+            data["key"] = self.key
+        if self.cost != 1:
+            data["cost"] = self.cost
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(
+            str(data["id"]), str(data["group"]), str(data["body"]), float(data["nb"]), float(data["na"]),
+            data.get("key"), int(data.get("cost", 1)),
+        )
+
+    def size_bytes(self) -> int:
+        """Bytes this job adds to a batch request (its JSON, plus a separator)."""
+        return len(encode(self.to_dict())) + 1
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    batch_id: str
+    run_id: str
+    jobs: tuple[JobSpec, ...]
+    # Earlier batches still unsettled when this one was sent: until each is final, a 429 they meet must
+    # stop this batch too, so the worker watches the shared throttle record (and their records).
+    watch: tuple[str, ...] = ()
+    planned_at: float = 0.0  # the throttler knew of every 429 recorded before this
+    pool_size: int = 0  # calls at once the worker should allow (0: its own default)
+    cost_header: str | None = None  # the response header that says how many units a call used
+    key_scoped_429: bool = False  # signals_scope=key: a 429 on a keyed job stops only that key
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"batch": self.batch_id, "run": self.run_id, "jobs": [j.to_dict() for j in self.jobs],
+                                "planned_at": self.planned_at}
+        if self.watch:
+            data["watch"] = list(self.watch)
+        if self.pool_size:
+            data["pool"] = self.pool_size
+        if self.cost_header:
+            data["cost_header"] = self.cost_header
+        if self.key_scoped_429:
+            data["key_scoped_429"] = True
+        return encode(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchRequest:
+        return cls(
+            str(data["batch"]), str(data.get("run", "")), tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
+            tuple(str(b) for b in data.get("watch", ())), float(data.get("planned_at", 0.0)), int(data.get("pool", 0)),
+            data.get("cost_header"), bool(data.get("key_scoped_429", False)),
+        )
+
+
+class BatchStatus(StrEnum):
+    RAN = "ran"
+    DUPLICATE = "duplicate"  # this batch was already claimed: another delivery of the same invoke
+    SECRETS_UNAVAILABLE = "secrets_unavailable"  # the worker's failure, not the jobs': nothing was called
+
+
+@dataclass
+class BatchResponse:
+    batch_id: str
+    status: BatchStatus
+    results: list[JobResult] = field(default_factory=list)
+    watched_final: tuple[str, ...] = ()  # watched batches the worker saw finish
+    throttled_at: float | None = None  # when a 429 (here or in a watched batch) stopped this batch
+    error: str = ""
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"batch": self.batch_id, "status": self.status.value, "results": [r.to_dict() for r in self.results]}
+        if self.watched_final:
+            data["watched_final"] = list(self.watched_final)
+        if self.throttled_at is not None:
+            data["throttled_at"] = self.throttled_at
+        if self.error:
+            data["error"] = self.error
+        return encode(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.to_json())
+        return loaded
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchResponse:
+        return cls(
+            str(data["batch"]), BatchStatus(data["status"]), [JobResult.from_dict(r) for r in data.get("results", [])],
+            tuple(data.get("watched_final", ())), data.get("throttled_at"), str(data.get("error", "")),
+        )

@@ -1,0 +1,117 @@
+"""What is in force right now: the quota configuration and the pauses (the one resolver of each).
+
+The run, the CLI's `quota show` and `status`, and the dashboard all call these, so they can never
+disagree about which configuration applies or whether the stage is paused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from throttler.core.errors import ConfigError
+from throttler.core.quotas import QuotaConfig, defaults_item, parse_quota_item, plain_item
+from throttler.store.base import Control, ThrottleSignal
+
+STATE_TABLE = "state table"
+STAGE_DEFAULT = "stage default"
+LAST_GOOD = "last good configuration"
+# A 429 without a usable Retry-After pauses for BACKOFF_BASE_S, doubling with each 429 in a row, at most
+# BACKOFF_MAX_S (an auto tier's 429 at most one window of that tier: SPEC "The API's own signals").
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 300.0
+# An operator's pause without an end is stored as this far ahead ("until resume").
+INDEFINITE_PAUSE_S = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class QuotaInForce:
+    config: QuotaConfig | None
+    source: str  # where `config` comes from (STATE_TABLE, STAGE_DEFAULT, LAST_GOOD), or "none"
+    error: str | None = None  # why the stored item (or the stage default) is not usable
+    item: dict[str, Any] | None = None  # the stored item as plain data (what an operator sees)
+
+    @property
+    def invalid(self) -> bool:
+        """An operator's item exists but does not validate (the throttler alarms on this)."""
+        return self.error is not None and self.item is not None
+
+
+def resolve_quotas(control: Control, stage_defaults: str) -> QuotaInForce:
+    """The stored item if valid; else the stage's defaults when there is no item; else the last good one."""
+    item = plain_item(control.quotas) if control.quotas is not None else None
+    try:
+        if item is not None:
+            return QuotaInForce(parse_quota_item(item), STATE_TABLE, None, item)
+        default = defaults_item(stage_defaults)
+        if default is None:
+            raise ConfigError("no quota item and no stage default quotas: nothing is dispatched")
+        return QuotaInForce(parse_quota_item(default), STAGE_DEFAULT, None, None)
+    except ConfigError as exc:
+        error = str(exc)
+    if control.last_good is not None:
+        try:
+            return QuotaInForce(parse_quota_item(control.last_good), LAST_GOOD, error, item)
+        except ConfigError:
+            pass
+    return QuotaInForce(None, "none", error, item)
+
+
+@dataclass
+class Pauses:
+    """The operator's pause, the API's (a 429 anywhere in the stage) and per-key ones (key-scoped signals)."""
+
+    operator_until: float | None = None
+    operator_reason: str = ""
+    api_until: float | None = None
+    api_reason: str = ""
+    consecutive_429: int = 0
+    last_signal_at: float = 0.0
+    keys: dict[str, float] = field(default_factory=dict)
+
+    def from_control(self, control: Control, now: float, auto_window_s: float | None) -> None:
+        self.operator_until = control.pause_until if control.pause_until is not None and control.pause_until > now else None
+        self.operator_reason = control.pause_reason or ""
+        if control.throttle is None:
+            # `resume` forgets the latest 429: so does the run.
+            self.api_until = None
+            self.keys.clear()
+        elif control.throttle.at > self.last_signal_at:
+            self.on_429(control.throttle, auto_window_s)
+
+    def on_429(self, signal: ThrottleSignal, auto_window_s: float | None) -> float:
+        """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end."""
+        if signal.at > self.last_signal_at:
+            self.consecutive_429 += 1
+            self.last_signal_at = signal.at
+        if signal.retry_after_s is not None:
+            delay = signal.retry_after_s
+        else:
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.consecutive_429 - 1))
+            if auto_window_s is not None:
+                delay = min(delay, auto_window_s)
+        until = signal.at + max(0.0, delay)
+        if signal.key is not None:
+            self.keys[signal.key] = max(self.keys.get(signal.key, 0.0), until)
+        elif self.api_until is None or until > self.api_until:
+            self.api_until = until
+            self.api_reason = "429 from the API" + (f" (Retry-After {signal.retry_after_s:g} s)" if signal.retry_after_s is not None else "")
+        return until
+
+    def on_success(self) -> None:
+        self.consecutive_429 = 0
+
+    def until(self, now: float) -> float | None:
+        """When dispatch of the whole stage may go on (None: not paused)."""
+        ends = [t for t in (self.operator_until, self.api_until) if t is not None and t > now]
+        return max(ends) if ends else None
+
+    def reason(self, now: float) -> str:
+        if self.operator_until is not None and self.operator_until > now:
+            return f"operator: {self.operator_reason}" if self.operator_reason else "operator"
+        if self.api_until is not None and self.api_until > now:
+            return self.api_reason
+        return ""
+
+    def key_paused(self, now: float) -> dict[str, float]:
+        return {k: t for k, t in self.keys.items() if t > now}

@@ -1,0 +1,212 @@
+"""Batches on their way: hand a planned batch to a worker, and carry out what its settlement says.
+
+Carrying out a settlement is the only place a job's fate becomes an AWS call: deletes (batched),
+attempts counted in the state table, backoff in SQS (the group waits behind the job), dead letters
+with their reason, and what the API said fed back to the pacer and the pauses.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from throttler.core.outcome import JobResult, Outcome
+from throttler.core.pacing import Pacer
+from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
+from throttler.dispatch.control import Pauses
+from throttler.dispatch.inbox import Held, Inbox
+from throttler.dispatch.planner import Plan
+from throttler.dispatch.settlement import GroupSettlement, SentBatch, results_from_failure, retry_delay_s, settle
+from throttler.queue import DeadLetter, JobQueue
+from throttler.store.base import StateStore, ThrottleSignal
+from throttler.worker.invoker import Invoker, WorkerFailed, WorkerNotRun
+
+logger = logging.getLogger(__name__)
+ATTEMPTS_TTL_S = 14 * 86400
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 3
+    base_s: float = 10.0
+    max_s: float = 900.0
+
+
+@dataclass
+class Tally:
+    dispatched: int = 0
+    batches: int = 0
+    succeeded: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    invalid: int = 0
+    throttled: int = 0
+    skipped: int = 0
+    missed_slots: int = 0
+    worker_failures: int = 0
+    secrets_unavailable: int = 0
+
+
+@dataclass
+class InFlight:
+    sent: SentBatch
+    future: Future[BatchResponse]
+
+
+@dataclass
+class Outbox:
+    queue: JobQueue
+    store: StateStore
+    invoker: Invoker
+    inbox: Inbox
+    retry: RetryPolicy
+    owner: str
+    on_done: Callable[[], None] = lambda: None  # wakes the driver when a batch finishes
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
+    latency_s: float = 0.2  # a first guess at a call's duration, until results come in
+    worker_trouble: int = 0
+
+    # ------------------------------------------------------------------ sending
+    def new_batch_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def send(self, batch_id: str, plan: Plan, now: float, watch: tuple[str, ...], tolerance: Callable[[Held], float],
+             pool_size: int, cost_header: str | None, key_scoped: bool) -> SentBatch:
+        specs = []
+        for held, slot in plan.jobs:
+            specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
+        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped)
+        for group, jobs in plan.by_group().items():
+            self.inbox.take(group, len(jobs))
+        sent = SentBatch(batch_id, list(plan.jobs), now, plan.jobs[-1][1], watch)
+        future = self.invoker.submit(request)
+        future.add_done_callback(lambda _f: self.on_done())
+        self.in_flight[batch_id] = InFlight(sent, future)
+        self.tally.batches += 1
+        self.tally.dispatched += len(specs)
+        return sent
+
+    @property
+    def busy_groups(self) -> set[str]:
+        return {g for f in self.in_flight.values() for g in f.sent.groups}
+
+    def unsettled(self) -> list[str]:
+        return list(self.in_flight)
+
+    # ------------------------------------------------------------------ settling
+    def settle_finished(self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]) -> list[str]:
+        """Settle every batch whose worker answered (or failed); returns their ids."""
+        done = [b for b, f in self.in_flight.items() if f.future.done()]
+        for batch_id in done:
+            flight = self.in_flight.pop(batch_id)
+            self._settle_one(flight, now, pacer, pauses, auto_window)
+        return done
+
+    def _settle_one(self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses,
+                    auto_window: Callable[[str | None], float | None]) -> None:
+        sent = flight.sent
+        response: BatchResponse | None = None
+        results: list[JobResult] | None = None
+        trouble = ""
+        try:
+            response = flight.future.result()
+        except WorkerNotRun as exc:
+            trouble = f"worker not run: {exc}"
+        except (WorkerFailed, Exception) as exc:  # noqa: BLE001 - any failure: calls may have been made
+            trouble = f"worker failed: {exc}"
+        if response is not None and response.status is BatchStatus.DUPLICATE:
+            trouble = "worker answered for a batch claimed before"
+        if trouble and not trouble.startswith("worker not run"):
+            record = self.store.read_batches([sent.batch_id]).get(sent.batch_id)
+            results = results_from_failure(sent, record, now, "worker failed")
+        outcome = settle(sent, response, results, trouble)
+        if outcome.trouble:
+            self.worker_trouble += 1
+            self.tally.worker_failures += 1
+            self.tally.secrets_unavailable += int(outcome.secrets_unavailable)
+            logger.warning("worker trouble", extra={"batch": sent.batch_id, "error": outcome.trouble})
+        else:
+            self.worker_trouble = 0
+        self.tally.duplicates += outcome.duplicates
+        for group in outcome.groups:
+            self._apply(group, now, pacer, pauses, auto_window)
+
+    def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses,
+               auto_window: Callable[[str | None], float | None]) -> None:
+        for held, result, slot in group.observed:
+            self._observe(held, result, slot, now, pacer)
+        for held, result, _slot in group.delete:
+            self.inbox.pending_deletes.append(held.msg.receipt)
+            self.tally.succeeded += 1
+            pauses.on_success()
+        for held, result, slot in group.throttled:
+            self.tally.throttled += 1
+            window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
+            window = window if window is not None else auto_window(held.key)
+            at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
+            pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
+            logger.warning("api throttled, pausing", extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s})
+        self.tally.skipped += len(group.back) - len(group.throttled)
+        self.tally.missed_slots += group.missed
+        dead = [(h, r.reason or r.outcome.value, self._attempts(h, r, now)) for h, r in group.dead]
+        release = False
+        retry_changes: list[tuple[str, float]] = []
+        for held, result in group.retry:
+            attempts = self.store.add_attempt(held.job_id, now + ATTEMPTS_TTL_S)
+            if attempts >= self.retry.max_attempts:
+                dead.append((held, f"attempts exhausted: {result.reason or 'retryable failure'}", attempts))
+                continue
+            delay = retry_delay_s(attempts, self.retry.base_s, self.retry.max_s)
+            retry_changes.append((held.msg.receipt, delay))
+            self.tally.retried += 1
+            release = True
+            logger.info("job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay})
+        if dead:
+            self.queue.dead_letter([DeadLetter(h.msg, reason, attempts) for h, reason, attempts in dead])
+            self.tally.dead_lettered += len(dead)
+            self.tally.invalid += sum(1 for h, r in group.dead if r.outcome is Outcome.INVALID)
+            for held, reason, attempts in dead:
+                logger.warning("job dead-lettered", extra={"job_id": held.job_id, "group": held.group, "reason": reason, "attempts": attempts})
+        if release:
+            # An earlier job waits for its retry in SQS: the rest of the group stays behind it there.
+            rest = [(h.msg.receipt, 0.0) for h in group.back] + [(h.msg.receipt, 0.0) for h in self.inbox.remove_group(group.group)]
+            self.queue.change_visibility(retry_changes + rest)
+        else:
+            self.inbox.put_back(group.group, group.back)
+
+    def _attempts(self, held: Held, result: JobResult, now: float) -> int:
+        """Real attempts for the dead letter: a permanent failure was one more; a bad message made none now."""
+        if result.outcome is Outcome.PERMANENT:
+            return self.store.add_attempt(held.job_id, now + ATTEMPTS_TTL_S)
+        return self.store.get_attempts([held.job_id]).get(held.job_id, 0)
+
+    def _observe(self, held: Held, result: JobResult, slot: float, now: float, pacer: Pacer | None) -> None:
+        if result.duration_s is not None:
+            self.latency_s = 0.8 * self.latency_s + 0.2 * result.duration_s
+        if pacer is None:
+            return
+        if result.outcome is Outcome.SUCCEEDED:
+            pacer.observe_success(now, held.key)
+        if result.api:
+            from throttler.core.ratelimit import ApiWord
+
+            pacer.observe_api(now, held.key, result.sent_at if result.sent_at is not None else slot, ApiWord.from_dict(result.api))
+        if result.cost_used is not None and result.cost_used != held.cost:
+            pacer.correct(slot, held.key, result.cost_used - held.cost)
+
+    # ------------------------------------------------------------------ deletes
+    def flush_deletes(self) -> None:
+        if self.inbox.pending_deletes:
+            receipts, self.inbox.pending_deletes = self.inbox.pending_deletes, []
+            failed = self.queue.delete(receipts)
+            if failed:
+                logger.warning("deletes failed", extra={"count": len(failed)})
+
+
+def pauses_keyed(pacer: Pacer | None) -> bool:
+    return pacer is not None and pacer.config.signals_scope == "key"

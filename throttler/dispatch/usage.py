@@ -1,0 +1,107 @@
+"""The run's copy of the reservations: the stage's meter, the keys' meters, open batches, and the commit.
+
+Every reservation is one conditional write of the usage item's version (with the keys' meters in the
+same transaction). A run whose writes keep succeeding knows nobody else changed any meter it holds;
+when one fails, it reloads everything and plans again (two overlapping runs can never both reserve
+the same room).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from throttler.core.pacing import Meter
+from throttler.store.base import MAX_KEYS_PER_COMMIT, KeyMeterWrite, OpenBatch, StateStore, UsageRecord
+
+logger = logging.getLogger(__name__)
+# A key's state is kept this long after its longest window (then DynamoDB's TTL forgets it).
+KEY_STATE_GRACE_S = 3600.0
+
+
+@dataclass
+class UsageBook:
+    store: StateStore
+    owner: str
+    version: int = 0
+    stage: Meter = field(default_factory=Meter)
+    keys: dict[str, Meter] = field(default_factory=dict)
+    mine: dict[str, OpenBatch] = field(default_factory=dict)  # our batches, until they settle
+    foreign: dict[str, OpenBatch] = field(default_factory=dict)  # other runs' batches still listed as open
+    to_close: set[str] = field(default_factory=set)  # settled: remove from the open list at the next commit
+    done_until: float | None = None
+    conflicts: int = 0
+    commits: int = 0
+    key_window_s: dict[str, float] = field(default_factory=dict)  # longest window per key (for its TTL)
+
+    def load(self) -> None:
+        record: UsageRecord = self.store.load_usage()
+        self.version = record.version
+        self.stage = Meter.from_json(record.stage_meter)
+        self.keys.clear()
+        self.foreign = {b: o for b, o in record.open_batches.items() if o.owner != self.owner}
+        self.mine = {b: o for b, o in record.open_batches.items() if o.owner == self.owner}
+        self.done_until = record.done_until
+
+    def key_meter(self, key: str) -> Meter:
+        """A key's meter: loaded beforehand with `load_keys` (an unknown key starts empty)."""
+        meter = self.keys.get(key)
+        if meter is None:
+            meter = self.keys[key] = Meter()
+        return meter
+
+    def load_keys(self, keys: Iterable[str]) -> None:
+        missing = [k for k in dict.fromkeys(keys) if k not in self.keys]
+        for start in range(0, len(missing), 100):
+            chunk = missing[start : start + 100]
+            for key, text in self.store.load_key_meters(chunk).items():
+                self.keys[key] = Meter.from_json(text)
+
+    def commit(self, now: float, open_add: dict[str, OpenBatch] | None = None) -> bool:
+        """Write every change since the last commit; False (and everything reloaded) on a lost race."""
+        dirty_keys = [k for k, m in self.keys.items() if m.dirty]
+        chunks: list[Sequence[str]] = [dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)] or [[]]
+        opened = dict(open_add or {})
+        closing = set(self.to_close) - set(opened)
+        for n, chunk in enumerate(chunks):
+            writes = {k: KeyMeterWrite(self.keys[k].to_json(), now + self.key_window_s.get(k, 86400.0) + KEY_STATE_GRACE_S) for k in chunk}
+            ok = self.store.commit_usage(
+                self.version,
+                self.stage.to_json() if n == 0 else None,
+                writes,
+                opened if n == 0 else {},
+                closing if n == 0 else (),
+                self.done_until if n == 0 else None,
+            )
+            if not ok:
+                self.conflicts += 1
+                logger.warning("usage changed under us, reloading", extra={"version": self.version})
+                self.load()
+                return False
+            self.version += 1
+            for key in chunk:
+                self.keys[key].dirty = False
+        self.stage.dirty = False
+        self.commits += 1
+        self.mine.update(opened)
+        for batch_id in closing:
+            self.mine.pop(batch_id, None)
+            self.foreign.pop(batch_id, None)
+        self.to_close -= closing
+        return True
+
+    def settled(self, batch_id: str) -> None:
+        self.to_close.add(batch_id)
+
+    def watch_list(self, now: float, unsettled: Iterable[str]) -> tuple[str, ...]:
+        """Batches a new batch must watch: ours still unsettled, and other runs' still running."""
+        foreign = [b for b, o in self.foreign.items() if o.until > now]
+        return tuple(dict.fromkeys([*unsettled, *foreign]))
+
+    def stale_foreign(self, now: float) -> list[str]:
+        """Other runs' batches whose workers must have finished long ago: their run died before settling."""
+        return [b for b, o in self.foreign.items() if o.until + 60.0 < now]
+
+    def forget_foreign(self, batch_ids: Sequence[str]) -> None:
+        self.to_close |= set(batch_ids)

@@ -1,0 +1,218 @@
+"""The state table's contract: what the throttler and the worker keep there, and the rules of each write.
+
+`StateStore` is the throttler's (and the operator's) view; `WorkerRecords` is the worker's, and it can
+touch `worker#*` items only, as the worker's IAM role allows (promise 8). Backends: `DynamoStateStore`
+/ `DynamoWorkerRecords` (production, injected client) and `MemoryStateStore` (tests, simulation; it
+serves both views). One contract suite (tests/contract) runs over every backend. Times are epoch seconds
+passed in by the caller; expected outcomes (a lease held by someone else, a usage write that lost a race)
+are return values, not exceptions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+QUOTAS_KEY = "quotas"
+LAST_GOOD_KEY = "quotas#last-good"
+PAUSE_KEY = "pause"
+LEASE_KEY = "lease"
+USAGE_KEY = "usage"
+KEY_USAGE_PREFIX = "usage#key#"
+ATTEMPTS_PREFIX = "attempts#"
+DONE_PREFIX = "done#"
+WORKER_PREFIX = "worker#"
+BATCH_PREFIX = "worker#batch#"
+THROTTLE_KEY = "worker#throttle"
+TTL_ATTRIBUTE = "ttl"
+# One transaction writes the usage item and at most this many key items (DynamoDB allows 100 actions).
+MAX_KEYS_PER_COMMIT = 99
+
+
+@dataclass(frozen=True)
+class ThrottleSignal:
+    """The latest 429 a worker met: when, what Retry-After said, in which batch, for which key (or None)."""
+
+    at: float
+    retry_after_s: float | None
+    batch_id: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    owner: str
+    expires_at: float
+    successor: str | None = None
+    successor_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Control:
+    """What a run re-reads every couple of seconds, in one request."""
+
+    quotas: dict[str, Any] | None
+    last_good: dict[str, Any] | None
+    pause_until: float | None
+    pause_reason: str | None
+    throttle: ThrottleSignal | None = None
+    lease: LeaseState | None = None
+
+
+@dataclass(frozen=True)
+class OpenBatch:
+    """A batch reserved and sent, not yet settled: whose it is, and until when its worker may run."""
+
+    owner: str
+    until: float
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    version: int
+    stage_meter: str | None  # pacing.Meter JSON
+    open_batches: Mapping[str, OpenBatch] = field(default_factory=dict)
+    done_until: float | None = None  # until then, done#<job> records may exist (written after a crash)
+
+
+@dataclass(frozen=True)
+class KeyMeterWrite:
+    meter_json: str
+    ttl_at: float  # forget the key's state once its longest window has passed
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: str
+    run_id: str
+    claimed_at: float
+    succeeded: frozenset[str] = frozenset()
+    called: frozenset[str] = frozenset()  # attempted and not succeeded (or not known yet)
+    final: bool = False
+    throttled_at: float | None = None
+
+
+class StateStore(ABC):
+    """The throttler's and operator's view of the state table."""
+
+    # ------------------------------------------------------------------ control
+    @abstractmethod
+    def read_control(self) -> Control:
+        """Quota item, last good quota item, pause, the latest 429 and the lease, in one read."""
+
+    @abstractmethod
+    def put_quotas(self, item: Mapping[str, Any]) -> None:
+        """Replace the quota item (the CLI validates first)."""
+
+    @abstractmethod
+    def put_last_good(self, item: Mapping[str, Any]) -> None:
+        """Remember a quota item that validated, for when a later edit does not."""
+
+    @abstractmethod
+    def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
+        """Pause dispatch until `until`; with extend_only an earlier deadline never shortens it."""
+
+    @abstractmethod
+    def clear_pause(self) -> None:
+        """Resume at once: lift the operator's pause and forget the latest 429."""
+
+    # ------------------------------------------------------------------ lease and hand-over
+    @abstractmethod
+    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+        """Take the stage's run lease if it is free, expired or already ours; returns the lease as it now
+        stands (`owner == owner` when taken)."""
+
+    @abstractmethod
+    def request_handover(self, owner: str, holder: str, now: float, wait_s: float) -> bool:
+        """Ask `holder` to hand the lease over to `owner`: set the successor if there is none (or it gave
+        up, its `successor_until` passed). False if the holder changed or another successor waits."""
+
+    @abstractmethod
+    def hand_over(self, owner: str, successor: str, now: float, ttl_s: float) -> bool:
+        """Give the lease to the waiting successor (only if we hold it and it is still that successor)."""
+
+    @abstractmethod
+    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+        """Extend our lease; False if we no longer hold it."""
+
+    @abstractmethod
+    def release_lease(self, owner: str) -> None:
+        """Give the lease back if `owner` still holds it."""
+
+    # ------------------------------------------------------------------ usage (reservations)
+    @abstractmethod
+    def load_usage(self) -> UsageRecord:
+        """The stage's meter, open batches and version (0 when nothing was ever written)."""
+
+    @abstractmethod
+    def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """Each key's meter JSON (None for a key with no state), strongly consistent."""
+
+    @abstractmethod
+    def commit_usage(
+        self,
+        expected_version: int,
+        stage_meter: str | None,
+        key_meters: Mapping[str, KeyMeterWrite],
+        open_add: Mapping[str, OpenBatch],
+        open_remove: Iterable[str],
+        done_until: float | None = None,
+    ) -> bool:
+        """Atomically: if the stored version is `expected_version`, write version+1, the stage meter (None:
+        unchanged), at most MAX_KEYS_PER_COMMIT key meters, and the open-batch changes. False if another
+        writer came first (nothing written). Every writer of key meters bumps the version, so a run whose
+        writes keep succeeding knows that nobody else changed any meter it holds."""
+
+    @abstractmethod
+    def close_open_batches(self, batch_ids: Iterable[str]) -> None:
+        """Remove settled batches from the open list without touching the version (a run that handed
+        over settles its last batches while its successor reserves)."""
+
+    # ------------------------------------------------------------------ attempts and successes
+    @abstractmethod
+    def add_attempt(self, job_id: str, ttl_at: float) -> int:
+        """Count one real attempt of a job; returns the new total."""
+
+    @abstractmethod
+    def get_attempts(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Real attempts made so far, per job (0 if none)."""
+
+    @abstractmethod
+    def reset_attempts(self, job_ids: Sequence[str]) -> None:
+        """Forget the attempts of these jobs (a redriven job starts afresh)."""
+
+    @abstractmethod
+    def mark_done(self, job_ids: Sequence[str], ttl_at: float) -> None:
+        """Record that these jobs succeeded (found in a crashed run's batches), so they are never called again."""
+
+    @abstractmethod
+    def done_ids(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs have a success record."""
+
+    @abstractmethod
+    def read_batches(self, batch_ids: Sequence[str]) -> dict[str, BatchRecord]:
+        """The workers' records of these batches (absent: never claimed, or expired)."""
+
+
+class WorkerRecords(ABC):
+    """The worker's view: its own `worker#*` items only."""
+
+    @abstractmethod
+    def claim(self, batch_id: str, run_id: str, now: float, ttl_at: float) -> bool:
+        """Claim a batch before any call; False if it was claimed already (a second delivery of one invoke)."""
+
+    @abstractmethod
+    def record(
+        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+    ) -> None:
+        """Add to the batch's succeeded and called job ids (and mark it final when the batch is over)."""
+
+    @abstractmethod
+    def throttle(self, signal: ThrottleSignal) -> None:
+        """Publish a 429 to every worker and run: keeps the latest one."""
+
+    @abstractmethod
+    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
+        """The latest 429, and which of these batches are final, in one read."""

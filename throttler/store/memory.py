@@ -1,0 +1,268 @@
+"""The state table in memory, with the same rules as DynamoDB (tests, simulation, benchmark). Thread-safe."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from throttler.core.quotas import plain_item
+from throttler.store.base import (
+    ATTEMPTS_PREFIX,
+    BATCH_PREFIX,
+    DONE_PREFIX,
+    KEY_USAGE_PREFIX,
+    LAST_GOOD_KEY,
+    LEASE_KEY,
+    MAX_KEYS_PER_COMMIT,
+    PAUSE_KEY,
+    QUOTAS_KEY,
+    THROTTLE_KEY,
+    TTL_ATTRIBUTE,
+    USAGE_KEY,
+    BatchRecord,
+    Control,
+    KeyMeterWrite,
+    LeaseState,
+    OpenBatch,
+    StateStore,
+    ThrottleSignal,
+    UsageRecord,
+    WorkerRecords,
+)
+
+
+class MemoryStateStore(StateStore, WorkerRecords):
+    """Items by partition key, as plain dicts. Serves both the throttler's and the worker's views."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ control
+    def read_control(self) -> Control:
+        with self._lock:
+            pause = self.items.get(PAUSE_KEY)
+            last_good = self.items.get(LAST_GOOD_KEY)
+            quotas = self.items.get(QUOTAS_KEY)
+            return Control(
+                copy.deepcopy({k: v for k, v in quotas.items() if k != "pk"}) if quotas else None,
+                json.loads(last_good["item"]) if last_good else None,
+                float(pause["until"]) if pause else None,
+                pause.get("reason") if pause else None,
+                _throttle(self.items.get(THROTTLE_KEY)),
+                _lease(self.items.get(LEASE_KEY)),
+            )
+
+    def put_quotas(self, item: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.items[QUOTAS_KEY] = {**copy.deepcopy(dict(item)), "pk": QUOTAS_KEY}
+
+    def put_last_good(self, item: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.items[LAST_GOOD_KEY] = {"pk": LAST_GOOD_KEY, "item": json.dumps(plain_item(item), sort_keys=True, default=str)}
+
+    def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
+        with self._lock:
+            current = self.items.get(PAUSE_KEY)
+            if extend_only and current and float(current["until"]) >= until:
+                return
+            self.items[PAUSE_KEY] = {"pk": PAUSE_KEY, "until": until, "reason": reason}
+
+    def clear_pause(self) -> None:
+        with self._lock:
+            self.items.pop(PAUSE_KEY, None)
+            self.items.pop(THROTTLE_KEY, None)
+
+    # ------------------------------------------------------------------ lease
+    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+        with self._lock:
+            lease = self.items.get(LEASE_KEY)
+            if lease and lease["owner"] != owner and float(lease["expires_at"]) > now:
+                state = _lease(lease)
+                assert state is not None
+                return state
+            self.items[LEASE_KEY] = {"pk": LEASE_KEY, "owner": owner, "expires_at": now + ttl_s}
+            return LeaseState(owner, now + ttl_s)
+
+    def request_handover(self, owner: str, holder: str, now: float, wait_s: float) -> bool:
+        with self._lock:
+            lease = self.items.get(LEASE_KEY)
+            if not lease or lease["owner"] != holder:
+                return False
+            successor, until = lease.get("successor"), lease.get("successor_until")
+            if successor not in (None, owner) and until is not None and float(until) > now:
+                return False
+            lease["successor"], lease["successor_until"] = owner, now + wait_s
+            return True
+
+    def hand_over(self, owner: str, successor: str, now: float, ttl_s: float) -> bool:
+        with self._lock:
+            lease = self.items.get(LEASE_KEY)
+            if not lease or lease["owner"] != owner or lease.get("successor") != successor:
+                return False
+            self.items[LEASE_KEY] = {"pk": LEASE_KEY, "owner": successor, "expires_at": now + ttl_s}
+            return True
+
+    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+        with self._lock:
+            lease = self.items.get(LEASE_KEY)
+            if not lease or lease["owner"] != owner:
+                return False
+            lease["expires_at"] = now + ttl_s
+            return True
+
+    def release_lease(self, owner: str) -> None:
+        with self._lock:
+            if self.items.get(LEASE_KEY, {}).get("owner") == owner:
+                del self.items[LEASE_KEY]
+
+    # ------------------------------------------------------------------ usage
+    def load_usage(self) -> UsageRecord:
+        with self._lock:
+            usage = self.items.get(USAGE_KEY)
+            if not usage:
+                return UsageRecord(0, None)
+            return UsageRecord(
+                int(usage["version"]),
+                usage.get("meter"),
+                {b: OpenBatch(v["owner"], float(v["until"])) for b, v in usage.get("open", {}).items()},
+                usage.get("done_until"),
+            )
+
+    def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
+        with self._lock:
+            found = {}
+            for key in keys:
+                item = self.items.get(KEY_USAGE_PREFIX + key)
+                found[key] = item.get("meter") if item else None
+            return found
+
+    def commit_usage(
+        self,
+        expected_version: int,
+        stage_meter: str | None,
+        key_meters: Mapping[str, KeyMeterWrite],
+        open_add: Mapping[str, OpenBatch],
+        open_remove: Iterable[str],
+        done_until: float | None = None,
+    ) -> bool:
+        if len(key_meters) > MAX_KEYS_PER_COMMIT:
+            raise ValueError(f"at most {MAX_KEYS_PER_COMMIT} key meters per commit")
+        with self._lock:
+            usage = self.items.get(USAGE_KEY)
+            current = int(usage["version"]) if usage else 0
+            if current != expected_version:
+                return False
+            usage = usage or {"pk": USAGE_KEY, "open": {}}
+            usage["version"] = expected_version + 1
+            if stage_meter is not None:
+                usage["meter"] = stage_meter
+            opened = usage.setdefault("open", {})
+            for batch_id in open_remove:
+                opened.pop(batch_id, None)
+            for batch_id, batch in open_add.items():
+                opened[batch_id] = {"owner": batch.owner, "until": batch.until}
+            if done_until is not None:
+                usage["done_until"] = max(done_until, float(usage.get("done_until") or 0))
+            self.items[USAGE_KEY] = usage
+            for key, write in key_meters.items():
+                self.items[KEY_USAGE_PREFIX + key] = {"pk": KEY_USAGE_PREFIX + key, "meter": write.meter_json, TTL_ATTRIBUTE: write.ttl_at}
+            return True
+
+    def close_open_batches(self, batch_ids: Iterable[str]) -> None:
+        with self._lock:
+            usage = self.items.get(USAGE_KEY)
+            if usage:
+                for batch_id in batch_ids:
+                    usage.get("open", {}).pop(batch_id, None)
+
+    # ------------------------------------------------------------------ attempts and successes
+    def add_attempt(self, job_id: str, ttl_at: float) -> int:
+        with self._lock:
+            item = self.items.setdefault(ATTEMPTS_PREFIX + job_id, {"pk": ATTEMPTS_PREFIX + job_id, "count": 0})
+            item["count"] += 1
+            item[TTL_ATTRIBUTE] = ttl_at
+            return int(item["count"])
+
+    def get_attempts(self, job_ids: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            return {j: int(self.items.get(ATTEMPTS_PREFIX + j, {}).get("count", 0)) for j in job_ids}
+
+    def reset_attempts(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self.items.pop(ATTEMPTS_PREFIX + job_id, None)
+
+    def mark_done(self, job_ids: Sequence[str], ttl_at: float) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self.items[DONE_PREFIX + job_id] = {"pk": DONE_PREFIX + job_id, TTL_ATTRIBUTE: ttl_at}
+
+    def done_ids(self, job_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {j for j in job_ids if DONE_PREFIX + j in self.items}
+
+    def read_batches(self, batch_ids: Sequence[str]) -> dict[str, BatchRecord]:
+        with self._lock:
+            return {b: _batch(self.items[BATCH_PREFIX + b]) for b in batch_ids if BATCH_PREFIX + b in self.items}
+
+    # ------------------------------------------------------------------ the worker's records
+    def claim(self, batch_id: str, run_id: str, now: float, ttl_at: float) -> bool:
+        with self._lock:
+            key = BATCH_PREFIX + batch_id
+            if key in self.items:
+                return False
+            self.items[key] = {"pk": key, "run": run_id, "claimed_at": now, "ok": set(), "called": set(), "final": False,
+                               TTL_ATTRIBUTE: ttl_at}
+            return True
+
+    def record(
+        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+    ) -> None:
+        with self._lock:
+            item = self.items.setdefault(BATCH_PREFIX + batch_id, {"pk": BATCH_PREFIX + batch_id, "run": "", "claimed_at": 0.0,
+                                                                   "ok": set(), "called": set(), "final": False})
+            item["ok"] |= set(succeeded)
+            item["called"] |= set(called)
+            item["final"] = item["final"] or final
+            if throttled_at is not None:
+                item["throttled_at"] = throttled_at
+
+    def throttle(self, signal: ThrottleSignal) -> None:
+        with self._lock:
+            current = self.items.get(THROTTLE_KEY)
+            if current is not None and float(current["at"]) >= signal.at:
+                return
+            self.items[THROTTLE_KEY] = {"pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
+                                        "batch": signal.batch_id, "key": signal.key}
+
+    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
+        with self._lock:
+            final = {b for b in batch_ids if self.items.get(BATCH_PREFIX + b, {}).get("final")}
+            return _throttle(self.items.get(THROTTLE_KEY)), final
+
+
+def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
+    if not item:
+        return None
+    retry = item.get("retry_after_s")
+    return ThrottleSignal(float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key"))
+
+
+def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
+    if not item:
+        return None
+    until = item.get("successor_until")
+    return LeaseState(str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None)
+
+
+def _batch(item: Mapping[str, Any]) -> BatchRecord:
+    throttled = item.get("throttled_at")
+    return BatchRecord(
+        str(item["pk"])[len(BATCH_PREFIX):], str(item.get("run", "")), float(item.get("claimed_at", 0.0)),
+        frozenset(item.get("ok", ())), frozenset(item.get("called", ())), bool(item.get("final")),
+        float(throttled) if throttled is not None else None,
+    )

@@ -1,0 +1,183 @@
+"""One batch on its way to the API, as a state machine (pure: no I/O, no clock of its own).
+
+A batch holds chains, one per group, in queue order; each job carries a slot `[not_before, not_after]`
+and is started inside it or not at all (SKIPPED, rescheduled by the throttler): starting later could
+bunch calls past what the reservation allowed. A group's chain stops at its first job that does not
+succeed; a 429 stops every chain (or, with key-scoped signals, that key's), and so does a 429 that
+another batch publishes while this one still watches the batches sent before it.
+
+`step(now)` says which jobs to start now, whether to look at the shared throttle record first, which
+records to write, and when to be called again; the driver (worker/service.py in production, the
+simulation in virtual time) does the I/O and feeds results back with `on_result` and `on_watch`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from throttler.core.outcome import JobResult, Outcome
+from throttler.core.protocol import BatchRequest, JobSpec
+from throttler.store.base import ThrottleSignal
+
+# Successes are recorded at most this long after they happen (and always before the worker returns):
+# a worker that dies mid-batch can repeat at most this much, each call with its Idempotency-Key.
+RECORD_EVERY_S = 1.0
+# While an earlier batch may still meet a 429, look at the shared throttle record at least this often
+# before starting a call: no call leaves more than a second after a 429 reached any worker.
+WATCH_EVERY_S = 0.8
+
+
+@dataclass
+class Step:
+    start: list[JobSpec] = field(default_factory=list)
+    poll_watch: bool = False  # read the throttle record (and the watched batches) before going on
+    publish: ThrottleSignal | None = None  # a 429 met here: publish it to every worker and run at once
+    record: tuple[list[str], list[str]] | None = None  # (succeeded, called) ids to add to the batch record
+    wake_at: float | None = None  # call step again then (None: only when a call finishes)
+    finished: bool = False
+
+
+class BatchExecution:
+    def __init__(self, request: BatchRequest):
+        self.request = request
+        self.pending: dict[str, deque[JobSpec]] = {}
+        for spec in sorted(request.jobs, key=lambda j: j.not_before):
+            self.pending.setdefault(spec.group, deque()).append(spec)
+        self.key_of = {j.id: j.key for j in request.jobs}
+        self.running: dict[str, JobSpec] = {}  # group -> its job in flight
+        self.results: dict[str, JobResult] = {}
+        self.stopped: dict[str, str] = {}  # group -> why its chain stopped
+        self.stopped_keys: dict[str, str] = {}  # key -> why (key-scoped 429)
+        self.stop_all = ""
+        self.throttled_at: float | None = None
+        self._unrecorded_ok: list[tuple[float, str]] = []
+        self._unrecorded_called: list[str] = []
+        self._to_publish: ThrottleSignal | None = None
+        self._watching = set(request.watch)
+        self.watched_final: set[str] = set()
+        self._last_watch: float | None = None
+
+    # ------------------------------------------------------------------ the driver calls these
+    def step(self, now: float) -> Step:
+        out = Step()
+        if self._to_publish is not None:
+            out.publish, self._to_publish = self._to_publish, None
+        wake: float | None = None
+        for group in list(self.pending):
+            queue = self.pending[group]
+            while queue and group not in self.running:
+                spec = queue[0]
+                why = self._why_not(spec)
+                if why:
+                    self._skip_rest(group, why)
+                    break
+                if now > spec.not_after:
+                    self._skip_rest(group, "missed its slot", first=True)
+                    break
+                if now < spec.not_before:
+                    wake = spec.not_before if wake is None else min(wake, spec.not_before)
+                    break
+                if self._must_watch(now):
+                    out.poll_watch = True
+                    return self._finish_step(out, now, wake)
+                queue.popleft()
+                self.running[group] = spec
+                out.start.append(spec)
+            if not queue:
+                del self.pending[group]
+        return self._finish_step(out, now, wake)
+
+    def on_result(self, result: JobResult, now: float) -> None:
+        spec = next((s for g, s in self.running.items() if s.id == result.job_id), None)
+        if spec is None:
+            return
+        del self.running[spec.group]
+        self.results[spec.id] = result
+        if result.outcome is Outcome.SUCCEEDED and not result.duplicate:
+            self._unrecorded_ok.append((now, spec.id))
+        elif result.attempted:
+            self._unrecorded_called.append(spec.id)
+        if result.outcome is not Outcome.SUCCEEDED:
+            self.stopped[spec.group] = f"an earlier job of the group ended {result.outcome.value}"
+        if result.outcome is Outcome.THROTTLED:
+            at = result.sent_at if result.sent_at is not None else now
+            scoped = self.request.key_scoped_429 and spec.key is not None
+            signal = ThrottleSignal(now, result.retry_after_s, self.request.batch_id, spec.key if scoped else None)
+            self._to_publish = signal
+            self.throttled_at = self.throttled_at or at
+            if scoped:
+                assert spec.key is not None
+                self.stopped_keys[spec.key] = "the API answered 429 to a job of the same key"
+            else:
+                self.stop_all = self.stop_all or "the API answered 429 to another job of the batch"
+
+    def on_watch(self, signal: ThrottleSignal | None, final: set[str], now: float) -> None:
+        self._last_watch = now
+        self.watched_final |= final & self._watching
+        self._watching -= final
+        if signal is not None and signal.at > self.request.planned_at and signal.batch_id != self.request.batch_id:
+            if signal.key is not None:
+                self.stopped_keys.setdefault(signal.key, "the API answered 429 to another batch (same key)")
+            else:
+                self.stop_all = self.stop_all or "the API answered 429 to another batch"
+                self.throttled_at = self.throttled_at or signal.at
+
+    @property
+    def watching(self) -> set[str]:
+        """Watched batches not yet seen final."""
+        return set(self._watching)
+
+    @property
+    def done(self) -> bool:
+        return not self.pending and not self.running
+
+    def final_record(self) -> tuple[list[str], list[str]]:
+        """Everything not yet recorded, for the batch's last record (written before the worker returns)."""
+        ok = [j for _, j in self._unrecorded_ok]
+        called = list(self._unrecorded_called)
+        self._unrecorded_ok.clear()
+        self._unrecorded_called.clear()
+        return ok, called
+
+    def ordered_results(self) -> list[JobResult]:
+        return [self.results.get(j.id) or JobResult(j.id, Outcome.SKIPPED, "not run") for j in self.request.jobs]
+
+    def abandon(self, reason: str) -> None:
+        """Stop starting calls (the worker is out of time): pending jobs are skipped."""
+        self.stop_all = self.stop_all or reason
+
+    # ------------------------------------------------------------------ rules
+    def _why_not(self, spec: JobSpec) -> str:
+        if self.stop_all:
+            return self.stop_all
+        if spec.group in self.stopped:
+            return self.stopped[spec.group]
+        if spec.key is not None and spec.key in self.stopped_keys:
+            return self.stopped_keys[spec.key]
+        return ""
+
+    def _skip_rest(self, group: str, why: str, first: bool = False) -> None:
+        queue = self.pending.get(group, deque())
+        if first and queue:
+            spec = queue.popleft()
+            self.results[spec.id] = JobResult(spec.id, Outcome.SKIPPED, why)
+            why = "an earlier job of the group missed its slot"
+        while queue:
+            spec = queue.popleft()
+            self.results[spec.id] = JobResult(spec.id, Outcome.SKIPPED, why)
+        self.stopped.setdefault(group, why)
+
+    def _must_watch(self, now: float) -> bool:
+        return bool(self._watching) and (self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S)
+
+    def _finish_step(self, out: Step, now: float, wake: float | None) -> Step:
+        due = self._unrecorded_ok and now - self._unrecorded_ok[0][0] >= RECORD_EVERY_S
+        if due:
+            out.record = self.final_record()
+        elif self._unrecorded_ok:
+            first_due = self._unrecorded_ok[0][0] + RECORD_EVERY_S
+            wake = first_due if wake is None else min(wake, first_due)
+        out.wake_at = wake
+        out.finished = self.done
+        return out

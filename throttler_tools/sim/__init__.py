@@ -1,0 +1,1 @@
+"""Virtual time: the simulation engine, its world, faults and checker (not shipped)."""
