@@ -1,4 +1,5 @@
-"""One contract suite over every StateStore backend (memory and DynamoDB under moto)."""
+"""One contract suite over every state-table backend (memory, and DynamoDB under moto): the rules each
+write follows, including the expected outcomes that are return values (a held lease, a lost race)."""
 
 from __future__ import annotations
 
@@ -8,73 +9,123 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from throttler.store import (
+    DynamoStateStore,
+    DynamoWorkerRecords,
+    KeyMeterWrite,
+    MemoryStateStore,
+    OpenBatch,
+    StateStore,
+    ThrottleSignal,
+    WorkerRecords,
+)
 from throttler_tools.provision import provision
-from throttler.store import DynamoStateStore, MemoryStateStore, StateStore
 
 
 @pytest.fixture(params=["memory", "dynamodb"])
-def store(request: pytest.FixtureRequest) -> Iterator[StateStore]:
+def backend(request: pytest.FixtureRequest) -> Iterator[tuple[StateStore, WorkerRecords]]:
     if request.param == "memory":
-        yield MemoryStateStore()
+        store = MemoryStateStore()
+        yield store, store
         return
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
         env = provision(boto3.client("sqs", region_name="us-east-1"), dynamodb, "local")
-        yield DynamoStateStore(dynamodb, env["STATE_TABLE"])
+        yield DynamoStateStore(dynamodb, env["STATE_TABLE"]), DynamoWorkerRecords(dynamodb, env["STATE_TABLE"])
+
+
+@pytest.fixture
+def store(backend: tuple[StateStore, WorkerRecords]) -> StateStore:
+    return backend[0]
+
+
+@pytest.fixture
+def records(backend: tuple[StateStore, WorkerRecords]) -> WorkerRecords:
+    return backend[1]
 
 
 def test_control_is_empty_at_first(store: StateStore) -> None:
     control = store.read_control()
     assert control.quotas is None and control.last_good is None and control.pause_until is None
+    assert control.throttle is None and control.lease is None
 
 
-def test_quotas_and_last_good_round_trip(store: StateStore) -> None:
-    store.put_quotas({"second": 5, "minute": 100, "aligned": ["minute"]})
-    store.put_last_good({"second": 5})
+def test_quotas_and_last_good_round_trip_with_nested_per_key_maps(store: StateStore) -> None:
+    item = {"second": 5, "minute": "auto:100", "aligned": ["minute"], "per_key": {"minute": 10},
+            "keys": {"tenant a": {"minute": 20, "weight": 3}}, "margin_ms": 2.5}
+    store.put_quotas(item)
+    store.put_last_good(item)
     control = store.read_control()
-    assert control.quotas is not None and int(control.quotas["second"]) == 5 and list(control.quotas["aligned"]) == ["minute"]
-    assert control.last_good == {"second": 5}
+    assert control.quotas is not None
+    assert int(control.quotas["second"]) == 5 and control.quotas["minute"] == "auto:100"
+    assert int(control.quotas["keys"]["tenant a"]["weight"]) == 3 and float(control.quotas["margin_ms"]) == 2.5
+    assert control.last_good == {**item}
 
 
-def test_pause_only_extends_unless_told_otherwise(store: StateStore) -> None:
+def test_pause_only_extends_unless_told_otherwise_and_resume_forgets_the_latest_429(store: StateStore, records: WorkerRecords) -> None:
     store.set_pause(100.0, "429")
-    store.set_pause(50.0, "429")
+    store.set_pause(50.0, "shorter")
     assert store.read_control().pause_until == 100.0
     store.set_pause(50.0, "operator", extend_only=False)
-    assert store.read_control().pause_until == 50.0 and store.read_control().pause_reason == "operator"
+    assert store.read_control().pause_until == 50.0
+    records.throttle(ThrottleSignal(10.0, 30.0, "b1"))
     store.clear_pause()
-    assert store.read_control().pause_until is None
+    control = store.read_control()
+    assert control.pause_until is None and control.throttle is None
 
 
-def test_one_lease_holder_at_a_time(store: StateStore) -> None:
-    assert store.acquire_lease("a", now=0.0, ttl_s=60)
-    assert not store.acquire_lease("b", now=30.0, ttl_s=60)
-    assert store.acquire_lease("a", now=30.0, ttl_s=60)  # renewal by the holder
-    assert store.acquire_lease("b", now=91.0, ttl_s=60)  # expired: taken over
-    store.release_lease("a")  # not the holder: no effect
-    assert not store.acquire_lease("c", now=92.0, ttl_s=60)
-    store.release_lease("b")
-    assert store.acquire_lease("c", now=92.0, ttl_s=60)
+def test_the_latest_429_is_kept_whoever_writes_last(records: WorkerRecords, store: StateStore) -> None:
+    records.throttle(ThrottleSignal(20.0, None, "b2", "tenant"))
+    records.throttle(ThrottleSignal(10.0, 5.0, "b1"))  # older: ignored
+    signal = store.read_control().throttle
+    assert signal == ThrottleSignal(20.0, None, "b2", "tenant")
 
 
-def test_usage_writes_are_conditional_on_the_version(store: StateStore) -> None:
+def test_one_lease_holder_then_a_successor_takes_over_by_hand_over(store: StateStore) -> None:
+    assert store.acquire_lease("a", 0.0, 30.0).owner == "a"
+    assert store.acquire_lease("b", 1.0, 30.0).owner == "a"
+    assert store.request_handover("b", "a", 1.0, 40.0)
+    assert not store.request_handover("c", "a", 2.0, 40.0)  # one successor at a time
+    lease = store.read_control().lease
+    assert lease is not None and lease.successor == "b"
+    assert not store.hand_over("a", "c", 3.0, 30.0)
+    assert store.hand_over("a", "b", 3.0, 30.0)
+    lease = store.read_control().lease
+    assert lease is not None and lease.owner == "b" and lease.successor is None
+    assert not store.renew_lease("a", 4.0, 30.0) and store.renew_lease("b", 4.0, 30.0)
+    store.release_lease("a")  # not the holder: nothing happens
+    assert store.acquire_lease("c", 10.0, 30.0).owner == "b"
+    assert store.acquire_lease("c", 40.0, 30.0).owner == "c"  # b's lease expired
+
+
+def test_usage_commits_are_fenced_by_the_version_key_meters_included(store: StateStore) -> None:
     assert store.load_usage().version == 0
-    assert store.save_usage(0, '{"60":[[1,2]]}', 12.5)
-    assert not store.save_usage(0, '{"60":[[1,3]]}', 13.0)  # a stale writer loses
+    assert store.commit_usage(0, '{"l":{}}', {"k1": KeyMeterWrite("{}", 100.0)}, {"b1": OpenBatch("run", 50.0)}, [])
+    assert not store.commit_usage(0, '{"l":{"60":[[1,1]]}}', {"k1": KeyMeterWrite('{"x":1}', 100.0)}, {}, [])
+    assert store.load_key_meters(["k1", "k2"]) == {"k1": "{}", "k2": None}
+    assert store.commit_usage(1, None, {}, {"b2": OpenBatch("run", 60.0)}, ["b1"], done_until=500.0)
     record = store.load_usage()
-    assert (record.version, record.ledgers_json, record.last_slot) == (1, '{"60":[[1,2]]}', 12.5)
-    assert store.save_usage(1, "{}", None)
+    assert record.version == 2 and record.stage_meter == '{"l":{}}' and set(record.open_batches) == {"b2"}
+    assert record.done_until == 500.0
+    store.close_open_batches(["b2"])
+    assert store.load_usage().open_batches == {} and store.load_usage().version == 2
 
 
-def test_attempts_count_up(store: StateStore) -> None:
-    assert store.get_attempts("j") == 0
-    assert store.add_attempt("j", ttl_at=1e9) == 1
-    assert store.add_attempt("j", ttl_at=1e9) == 2
-    assert store.get_attempts("j") == 2
+def test_attempts_count_and_reset(store: StateStore) -> None:
+    assert store.add_attempt("j1", 1000.0) == 1 and store.add_attempt("j1", 1000.0) == 2
+    assert store.get_attempts(["j1", "j2"]) == {"j1": 2, "j2": 0}
+    store.reset_attempts(["j1"])
+    assert store.get_attempts(["j1"]) == {"j1": 0}
 
 
-def test_success_records(store: StateStore) -> None:
-    ids = [f"job-{i}" for i in range(130)]
-    store.mark_done(ids[:60], ttl_at=1e9)
-    assert store.done_ids(ids) == set(ids[:60])
-    assert store.done_ids([]) == set()
+def test_success_records_and_batch_records(store: StateStore, records: WorkerRecords) -> None:
+    store.mark_done(["j1"], 1000.0)
+    assert store.done_ids(["j1", "j2"]) == {"j1"}
+    assert records.claim("b1", "run", 1.0, 1000.0)
+    assert not records.claim("b1", "run", 2.0, 1000.0)  # a second delivery of the same invoke
+    records.record("b1", ["j1"], [], False)
+    records.record("b1", ["j2"], ["j3"], True, throttled_at=5.0)
+    batch = store.read_batches(["b1", "nope"])["b1"]
+    assert batch.succeeded == {"j1", "j2"} and batch.called == {"j3"} and batch.final and batch.throttled_at == 5.0
+    signal, final = records.watch(["b1", "b9"])
+    assert signal is None and final == {"b1"}

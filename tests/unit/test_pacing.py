@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from throttler.core.pacing import Pacer, Usage
+from throttler.core.pacing import Meter, Pacer
 from throttler.core.quotas import parse_quota_item
 
 WINDOWS = {"second": 1, "minute": 60, "5s": 5, "10s": 10, "30s": 30, "2m": 120, "hour": 3600}
@@ -22,9 +22,9 @@ def max_in_any_window(times: list[float], window_s: float) -> int:
     return best
 
 
-def schedule(item: dict, demand: list[float], usage: Usage | None = None) -> list[float]:
+def schedule(item: dict, demand: list[float], meter: Meter | None = None) -> list[float]:
     """Dispatch each demanded call (arrival times, sorted) at the earliest slot the pacer allows."""
-    pacer = Pacer(parse_quota_item(item), usage or Usage())
+    pacer = Pacer(parse_quota_item(item), meter or Meter())
     slots: list[float] = []
     for wanted in demand:
         slot = pacer.next_slot(wanted)
@@ -87,7 +87,7 @@ def test_safety_margin_widens_every_window() -> None:
 def test_calendar_aligned_tier_resets_at_the_period_boundary() -> None:
     day = 86400.0
     start = 10 * day - 30  # 30 s before midnight UTC
-    slots = schedule({"day": 5, "second": 100, "aligned": ["day"], "margin_ms": 0}, [start] * 10)
+    slots = schedule({"day": 5, "second": 100, "aligned": ["day"], "margin_ms": 2}, [start] * 10)
     before = [s for s in slots if s < 10 * day]
     after = [s for s in slots if s >= 10 * day]
     assert len(before) == 5 and len(after) == 5
@@ -95,31 +95,76 @@ def test_calendar_aligned_tier_resets_at_the_period_boundary() -> None:
 
 
 def test_usage_survives_a_restart_through_its_json_form() -> None:
-    pacer = Pacer(parse_quota_item({"minute": 10}), Usage())
+    pacer = Pacer(parse_quota_item({"minute": 10}), Meter())
     for _ in range(10):
         pacer.take(pacer.next_slot(0.0) or 0.0)
-    restored = Usage.from_json(pacer.usage.to_json(), pacer.usage.last_slot)
+    restored = Meter.from_json(pacer.stage.meter.to_json())
     next_slot = Pacer(parse_quota_item({"minute": 10}), restored).next_slot(1.0)
     assert next_slot is not None and next_slot >= 60.0  # the previous run's calls still count
 
 
 def test_a_tier_added_later_counts_calls_already_made() -> None:
-    usage = Usage()
-    pacer = Pacer(parse_quota_item({"second": 100}), usage)
+    meter = Meter()
+    pacer = Pacer(parse_quota_item({"second": 100}), meter)
     for _ in range(50):
         pacer.take(pacer.next_slot(0.0) or 0.0)
-    stricter = Pacer(parse_quota_item({"second": 100, "30s": 50}), usage)
+    stricter = Pacer(parse_quota_item({"second": 100, "30s": 50}), meter)
     assert (stricter.next_slot(1.0) or 0) >= 30.0
 
 
+def test_a_removed_tier_is_forgotten_and_cannot_seed_a_new_one_with_a_stale_count() -> None:
+    # Issue 11, break 3: a stage once had 2h; its ledger stopped counting when 2h was removed, and a
+    # 90m tier added later was seeded from it: 35,794 calls in 90 minutes against a limit of 20,000.
+    meter = Meter()
+    had_2h = Pacer(parse_quota_item({"2h": 100_000, "second": 50}), meter)
+    for _ in range(100):
+        had_2h.take(had_2h.next_slot(0.0) or 0.0)
+    without = Pacer(parse_quota_item({"second": 50}), meter)
+    assert "7200" not in meter.ledgers
+    slots = [0.0]
+    t = 2.0
+    for _ in range(3000):
+        slot = without.next_slot(t) or 0.0
+        without.take(slot)
+        slots.append(slot)
+        t = slot
+    added = Pacer(parse_quota_item({"second": 50, "90m": 3050}), meter)
+    nxt = added.next_slot(t)
+    assert nxt is not None and nxt >= 90 * 60, nxt  # 3,100 calls already in the last 90 minutes
+
+
+def test_a_tier_longer_than_a_day_added_later_counts_every_day_already_used() -> None:
+    # Issue 11, break 3: 7d=4000 added after 3 days at day=1000 allowed 5,000 in 7 days.
+    meter = Meter()
+    daily = Pacer(parse_quota_item({"day": 1000}), meter)
+    t = 0.0
+    for _ in range(3000):
+        slot = daily.next_slot(t) or 0.0
+        daily.take(slot)
+        t = slot
+    weekly = Pacer(parse_quota_item({"day": 1000, "7d": 4000}), meter)
+    sent = 0
+    t += 1
+    while True:
+        slot = weekly.next_slot(t)
+        if slot is None or slot >= 7 * 86400:
+            break
+        weekly.take(slot)
+        sent += 1
+        t = slot
+    assert 3000 + sent <= 4000, sent
+
+
 def test_a_zero_limit_dispatches_nothing() -> None:
-    assert Pacer(parse_quota_item({"second": 0}), Usage()).next_slot(0.0) is None
+    assert Pacer(parse_quota_item({"second": 0}), Meter()).next_slot(0.0) is None
 
 
 def test_rate_limit_headers_slow_dispatch_before_a_429() -> None:
-    pacer = Pacer(parse_quota_item({"second": 100}), Usage())
+    from throttler.core.ratelimit import ApiWord
+
+    pacer = Pacer(parse_quota_item({"second": 100}), Meter())
     pacer.take(pacer.next_slot(0.0) or 0.0)
-    pacer.advise(observed_at=0.0, remaining=2, reset_at=10.0)
+    pacer.observe_api(0.0, None, 0.0, ApiWord(observed_at=0.0, remaining=2, reset_at=10.0))
     slots = []
     for _ in range(3):
         slot = pacer.next_slot(0.0) or 0.0

@@ -121,6 +121,15 @@ class QuotaConfig:
         return found if found is not None else KeyQuota(self.per_key, 1)
 
     @property
+    def finest(self) -> Tier:
+        return min(self.tiers, key=lambda t: (t.window_s, t.ceiling))
+
+    @property
+    def binding(self) -> Tier:
+        """The tier with the lowest long-run rate: the one a long backlog is limited by."""
+        return min(self.tiers, key=lambda t: t.ceiling / t.span_s)
+
+    @property
     def has_key_tiers(self) -> bool:
         return bool(self.per_key) or any(q.tiers for q in self.keys.values())
 

@@ -169,10 +169,10 @@ class BatchExecution:
         self.stopped.setdefault(group, why)
 
     def _must_watch(self, now: float) -> bool:
-        return bool(self._watching) and (self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S)
+        return bool(self._watching) and (self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S - 1e-9)
 
     def _finish_step(self, out: Step, now: float, wake: float | None) -> Step:
-        due = self._unrecorded_ok and now - self._unrecorded_ok[0][0] >= RECORD_EVERY_S
+        due = self._unrecorded_ok and now - self._unrecorded_ok[0][0] >= RECORD_EVERY_S - 1e-9
         if due:
             out.record = self.final_record()
         elif self._unrecorded_ok:

@@ -1,0 +1,99 @@
+"""The worker's batch state machine (promises 3 and 6): slots, chains, a 429 stops every later call."""
+
+from __future__ import annotations
+
+from throttler.core.outcome import JobResult, Outcome
+from throttler.core.protocol import BatchRequest, JobSpec
+from throttler.store.base import ThrottleSignal
+from throttler.worker.batch import RECORD_EVERY_S, WATCH_EVERY_S, BatchExecution
+
+
+def spec(job: str, group: str, at: float, tol: float = 0.002, key: str | None = None) -> JobSpec:
+    return JobSpec(job, group, "{}", at, at + tol, key)
+
+
+def request(*jobs: JobSpec, watch: tuple[str, ...] = (), key_scoped: bool = False) -> BatchRequest:
+    return BatchRequest("b1", "run", tuple(jobs), watch, planned_at=0.0, key_scoped_429=key_scoped)
+
+
+def ok(job: str, at: float) -> JobResult:
+    return JobResult(job, Outcome.SUCCEEDED, sent_at=at, duration_s=0.01)
+
+
+def test_each_job_starts_inside_its_slot_and_a_group_waits_for_its_previous_job() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("a2", "a", 1.1), spec("b1", "b", 1.05)))
+    step = ex.step(0.5)
+    assert step.start == [] and step.wake_at == 1.0
+    assert [s.id for s in ex.step(1.0).start] == ["a1"]
+    assert [s.id for s in ex.step(1.05).start] == ["b1"]
+    assert ex.step(1.1).start == []  # a1 still running: a2 may not start
+    ex.on_result(ok("a1", 1.0), 1.101)
+    assert [s.id for s in ex.step(1.101).start] == ["a2"]
+
+
+def test_a_job_that_cannot_start_in_its_slot_is_skipped_and_its_group_stops() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("a2", "a", 2.0)))
+    step = ex.step(1.5)  # woke too late
+    assert step.start == [] and step.finished
+    results = {r.job_id: r for r in ex.ordered_results()}
+    assert results["a1"].outcome is Outcome.SKIPPED and results["a1"].reason == "missed its slot"
+    assert results["a2"].outcome is Outcome.SKIPPED
+
+
+def test_a_429_stops_every_later_call_of_the_batch_at_once_and_is_published() -> None:
+    # Issue 11, break 2: the 429 must be seen before the next slot's call, even one 1 ms later.
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 1.001), spec("c1", "c", 1.2)))
+    ex.step(1.0)
+    ex.on_result(JobResult("a1", Outcome.THROTTLED, retry_after_s=30, sent_at=1.0), 1.0005)
+    step = ex.step(1.001)
+    assert step.start == [] and step.publish is not None and step.publish.retry_after_s == 30
+    assert all(r.outcome is not Outcome.SUCCEEDED for r in ex.ordered_results())
+    assert ex.done
+
+
+def test_a_429_published_by_another_batch_stops_this_one_at_its_next_look() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 1.5), spec("c1", "c", 2.5), watch=("b0",)))
+    step = ex.step(1.0)
+    assert step.poll_watch and step.start == []  # look before the first call
+    ex.on_watch(None, set(), 1.0)
+    assert [s.id for s in ex.step(1.0).start] == ["a1"]
+    ex.on_result(ok("a1", 1.0), 1.02)
+    assert [s.id for s in ex.step(1.5).start] == ["b1"]  # the last look is recent enough
+    ex.on_result(ok("b1", 1.5), 1.52)
+    step = ex.step(2.5)
+    assert step.poll_watch  # more than WATCH_EVERY_S since the last look
+    ex.on_watch(ThrottleSignal(2.0, 10.0, "b0"), set(), 2.5)
+    step = ex.step(2.5)
+    assert step.start == [] and ex.results["c1"].outcome is Outcome.SKIPPED
+    assert WATCH_EVERY_S < 1.0
+
+
+def test_watching_stops_once_the_watched_batches_are_final() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 3.0), watch=("b0",)))
+    assert ex.step(1.0).poll_watch
+    ex.on_watch(None, {"b0"}, 1.0)
+    ex.step(1.0)
+    ex.on_result(ok("a1", 1.0), 1.01)
+    assert not ex.step(3.0).poll_watch and ex.watched_final == {"b0"}
+
+
+def test_a_key_scoped_429_stops_only_that_key() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0, key="k1"), spec("a2", "b", 1.2, key="k1"), spec("c1", "c", 1.3, key="k2"),
+                                key_scoped=True))
+    ex.step(1.0)
+    ex.on_result(JobResult("a1", Outcome.THROTTLED, sent_at=1.0), 1.01)
+    assert ex.step(1.2).start == []
+    assert [s.id for s in ex.step(1.3).start] == ["c1"]
+
+
+def test_successes_are_recorded_within_a_second_and_all_before_the_end() -> None:
+    ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 2.5)))
+    ex.step(1.0)
+    ex.on_result(ok("a1", 1.0), 1.01)
+    step = ex.step(1.02)
+    assert step.record is None and step.wake_at is not None and step.wake_at <= 1.01 + RECORD_EVERY_S
+    step = ex.step(1.01 + RECORD_EVERY_S)
+    assert step.record == (["a1"], [])
+    ex.step(2.5)
+    ex.on_result(JobResult("b1", Outcome.RETRYABLE, "http 503", sent_at=2.5), 2.6)
+    assert ex.final_record() == ([], ["b1"])
