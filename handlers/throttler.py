@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from throttler import composition
 from throttler.dispatcher import RunSummary
-from throttler.observability import logger, metrics, tracer
+from throttler.observability import instrumented, logger, metrics
 from throttler.settings import Settings
 
 # Leave room after the last dispatch to settle in-flight batches before Lambda's own timeout.
@@ -42,9 +42,7 @@ def emit_metrics(summary: RunSummary) -> None:
         metrics.add_metric(name="LeaseContention", unit=MetricUnit.Count, value=1)
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-@tracer.capture_lambda_handler
+@instrumented
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings = Settings.from_env()
     run = composition.build_run(settings, owner=getattr(context, "aws_request_id", None))

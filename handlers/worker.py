@@ -7,11 +7,10 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from throttler import composition
-from throttler.observability import logger, tracer
+from throttler.observability import instrumented
 from throttler.settings import Settings
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@instrumented
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return composition.worker_service(Settings.from_env()).run_batch(event)
