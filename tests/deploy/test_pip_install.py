@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pytest
+
+from tests.deploy.emulator import Emulated, emulated_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 # What an sdist of the project holds: pyproject.toml reads the requirements files, and finds the packages.
@@ -104,6 +105,12 @@ def test_the_base_install_holds_runtime_and_cli_and_the_dev_extra_the_tools(inst
     assert all("==" in r for r in requires), requires  # every version pinned
 
 
+@pytest.fixture(scope="module")
+def stage() -> Iterator[Emulated]:
+    with emulated_stage("dev") as emulated:
+        yield emulated
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "stage defaults (defaultQuotas, allowedHosts) are read from serverless.yml with PyYAML "
     "(throttler_tools/stackdef.py, via cli.StageAws.default_quotas and throttler/client.stage_allowed_hosts): "
@@ -114,26 +121,12 @@ def test_the_base_install_holds_runtime_and_cli_and_the_dev_extra_the_tools(inst
     ["status"],
     ["enqueue", "--group", "g", "http", '{"method": "GET", "url": "https://api.example.com/v1/items"}'],
 ])
-def test_operator_commands_work_against_a_stage_from_an_installed_copy(installed: Installed, command: list[str]) -> None:
-    from moto.server import ThreadedMotoServer
-
-    from throttler_tools.provision import provision
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-        sqs, dynamodb = (boto3.client(n, region_name="us-east-1", endpoint_url=endpoint, **credentials)  # type: ignore[call-overload]
-                         for n in ("sqs", "dynamodb"))
-        provision(sqs, dynamodb, "dev")
-        env = {**installed.env, "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1",
-               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        result = subprocess.run([str(installed.venv / "bin" / "throttler"), *command, "--stage", "dev"], env=env,
-                                cwd=installed.venv, capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        server.stop()
+def test_operator_commands_work_against_a_stage_from_an_installed_copy(
+    installed: Installed, stage: Emulated, command: list[str]
+) -> None:
+    env = {**installed.env, **stage.aws_env}
+    result = subprocess.run([str(installed.venv / "bin" / "throttler"), *command, "--stage", "dev"], env=env,
+                            cwd=installed.venv, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0 and "No module named 'yaml'" not in result.stderr:
         pytest.fail(f"fails for another reason than the known one (not an xfail): {result.stderr}")
     assert result.returncode == 0, result.stderr

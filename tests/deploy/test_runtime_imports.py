@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.deploy.conftest import Packaged
+from tests.deploy.emulator import REGION, Emulated, emulated_stage
 from tests.deploy.lambda_zip import (
     code_files,
     distributions,
@@ -27,11 +26,9 @@ from tests.deploy.lambda_zip import (
     zip_names,
 )
 from tests.deploy.runtime_env import ROOT, RuntimeEnv, runtime_env
-from throttler_tools.provision import provision
 from throttler_tools.stackdef import stage_definition
 
 STAGE = "dev"  # the zip under test is the dev stage's; its resources come from the same serverless.yml
-REGION = "us-east-1"
 PROBE = Path(__file__).with_name("runtime_probe.py")
 SCHEDULED_EVENT = {
     "version": "0", "id": "5d3a1c1e-0000-4000-8000-000000000001", "detail-type": "Scheduled Event",
@@ -75,35 +72,18 @@ def runtime() -> RuntimeEnv:
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+def stage() -> Iterator[Emulated]:
+    """The stage's queues and table on a local moto server, created from serverless.yml (throttler_tools/provision)."""
+    with emulated_stage(STAGE) as emulated:
+        assert emulated.function_env["THROTTLER_STAGE"] == STAGE
+        yield emulated
 
 
-@pytest.fixture(scope="module")
-def function_env(emulator: str) -> dict[str, str]:
-    """The stage's queues and table created on the emulator from serverless.yml; the functions' environment."""
-    clients = {name: boto3.client(name, region_name=REGION, endpoint_url=emulator, aws_access_key_id="testing",  # type: ignore[call-overload]
-                                  aws_secret_access_key="testing") for name in ("sqs", "dynamodb")}
-    env = provision(clients["sqs"], clients["dynamodb"], STAGE)
-    assert env["THROTTLER_STAGE"] == STAGE
-    return env
-
-
-def _lambda_env(function_env: dict[str, str], endpoint: str, function: dict[str, Any], task_root: Path) -> dict[str, str]:
+def _lambda_env(stage: Emulated, function: dict[str, Any], task_root: Path) -> dict[str, str]:
     """What Lambda's runtime gives a function, pointed at the emulator; nothing from this process's environment."""
     return {
-        **function_env,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **stage.function_env,
+        **stage.aws_env,
         "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -158,12 +138,12 @@ def test_the_runtime_environment_holds_exactly_the_zips_dependencies(shipped: Sh
 
 
 def test_every_module_the_zip_ships_imports_with_the_runtime_dependencies_alone(
-    shipped: Shipped, runtime: RuntimeEnv, function_env: dict[str, str], emulator: str
+    shipped: Shipped, runtime: RuntimeEnv, stage: Emulated
 ) -> None:
     modules = module_names(shipped.code)
     assert {"handlers.throttler", "handlers.worker", "throttler.observability"} <= set(modules)
     functions = stage_definition(STAGE)["functions"]
-    env = _lambda_env(function_env, emulator, functions["throttler"], shipped.code_dir)
+    env = _lambda_env(stage, functions["throttler"], shipped.code_dir)
 
     probe = _probe(runtime, shipped, env, ["imports", *modules], timeout_s=300)
 
@@ -174,10 +154,10 @@ def test_every_module_the_zip_ships_imports_with_the_runtime_dependencies_alone(
 
 @pytest.mark.parametrize(("name", "event"), [("worker", EMPTY_BATCH), ("throttler", SCHEDULED_EVENT)])
 def test_each_handler_runs_once_against_the_local_stack_with_the_runtime_dependencies_alone(
-    shipped: Shipped, runtime: RuntimeEnv, function_env: dict[str, str], emulator: str, name: str, event: dict[str, Any]
+    shipped: Shipped, runtime: RuntimeEnv, stage: Emulated, name: str, event: dict[str, Any]
 ) -> None:
     function, module = _handler(stage_definition(STAGE)["functions"], name)
-    env = _lambda_env(function_env, emulator, function, shipped.code_dir)
+    env = _lambda_env(stage, function, shipped.code_dir)
     timeout_s = float(function["timeout"])
 
     probe = _probe(runtime, shipped, env, ["handler", module, json.dumps(event), function["name"], str(timeout_s)],
