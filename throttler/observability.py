@@ -28,7 +28,7 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 # A worker batch that ran no job has nothing to publish: that is normal, not worth a warning per invocation.
 warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+Result = TypeVar("Result")
 
 
 def set_stage_dimension(stage: str | None = None) -> str:
@@ -38,7 +38,7 @@ def set_stage_dimension(stage: str | None = None) -> str:
     return stage
 
 
-def instrumented(handler: Handler) -> Handler:
+def instrumented(handler: Callable[[Any, Any], Result]) -> Callable[[Any, Any], Result]:
     """A Lambda handler with the Lambda context in its logs and its metrics (with the stage) flushed at the end.
 
     The stage dimension is set when the handler runs, not at import, so that a test or the local stack that
@@ -46,8 +46,9 @@ def instrumented(handler: Handler) -> Handler:
     """
 
     @functools.wraps(handler)
-    def with_stage(event: Any, context: Any) -> Any:
+    def with_stage(event: Any, context: Any) -> Result:
         set_stage_dimension()
         return handler(event, context)
 
-    return cast(Handler, logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage)))
+    # (Any context: the local stack and the tests pass a stand-in for Lambda's.)
+    return cast(Callable[[Any, Any], Result], logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage)))
