@@ -1,13 +1,54 @@
-"""The one Powertools logger, metrics and tracer the handlers share."""
+"""The one Powertools logger and metrics the handlers share, and the decorator that instruments a handler.
+
+No tracer: tracing is off in every stage, and Powertools' `Tracer` imports `aws_xray_sdk` even when disabled,
+which is not a runtime dependency (requirements.txt) and so is not in the Lambda zip. Turning tracing on means
+adding `aws-xray-sdk` to requirements.txt, a Tracer here, and `tracing` plus X-Ray permissions in serverless.yml.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 
+SERVICE = "throttler"
 NAMESPACE = "Throttler"
+# Every metric carries `service` (Powertools) and `stage`, so that two stages in one account keep separate
+# series and the alarms of serverless.yml (dimensions service + stage) see only their own stage.
+STAGE_DIMENSION = "stage"
+STAGE_ENV = "THROTTLER_STAGE"
 
-logger = Logger(service="throttler", log_uncaught_exceptions=True)
-metrics = Metrics(namespace=NAMESPACE, service="throttler")
-tracer = Tracer(service="throttler", disabled=os.environ.get("POWERTOOLS_TRACE_DISABLED", "true") == "true")
+logger = Logger(service=SERVICE, log_uncaught_exceptions=True)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+# A worker batch that ran no job has nothing to publish: that is normal, not worth a warning per invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+
+Result = TypeVar("Result")
+
+
+def set_stage_dimension(stage: str | None = None) -> str:
+    """Put the stage (default: THROTTLER_STAGE) on every metric from now on; returns it."""
+    stage = stage or os.environ.get(STAGE_ENV) or "unknown"
+    metrics.set_default_dimensions(**{STAGE_DIMENSION: stage})
+    return stage
+
+
+def instrumented(handler: Callable[[Any, Any], Result]) -> Callable[[Any, Any], Result]:
+    """A Lambda handler with the Lambda context in its logs and its metrics (with the stage) flushed at the end.
+
+    The stage dimension is set when the handler runs, not at import, so that a test or the local stack that
+    changes THROTTLER_STAGE gets the right one.
+    """
+
+    @functools.wraps(handler)
+    def with_stage(event: Any, context: Any) -> Result:
+        set_stage_dimension()
+        return handler(event, context)
+
+    # (Any context: the local stack and the tests pass a stand-in for Lambda's.)
+    return cast(Callable[[Any, Any], Result], logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage)))

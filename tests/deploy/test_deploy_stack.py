@@ -14,7 +14,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -23,6 +23,7 @@ from freezegun import freeze_time
 from moto import mock_aws
 
 from tests.deploy.conftest import Packaged
+from tests.deploy.iam_eval import Call, allowed
 from throttler.core.clock import FakeClock
 from throttler.composition import build_run, build_worker
 from throttler_tools.fakeapi import FakeApi, session_for
@@ -40,8 +41,10 @@ START = "2026-03-02 09:00:00"
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 # Resource types moto's CloudFormation does not implement (it skips them with a warning); their wiring is
 # checked on the templates instead (tests/deploy/test_package.py).
-MOTO_UNSUPPORTED = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::CloudWatch::Alarm"}
-CLIENTS = ("cloudformation", "s3", "sqs", "dynamodb", "lambda", "iam", "logs", "sns", "kms")
+MOTO_UNSUPPORTED = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::CloudWatch::Alarm",
+                    "AWS::Lambda::EventInvokeConfig"}
+CLIENTS = ("cloudformation", "s3", "sqs", "dynamodb", "lambda", "iam", "logs", "sns", "kms", "events")
+ACCOUNT = "123456789012"  # moto's
 
 # moto warns about them again whenever it re-reads the stack.
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto:UserWarning")
@@ -141,11 +144,33 @@ def test_functions_have_the_contract_names_handlers_runtime_and_own_roles(deploy
     env = deployed.env("throttler")
     assert throttler["Timeout"] > float(env["RUN_BUDGET_S"]) + float(env["WORKER_TIMEOUT_S"]) / 2
     lam = deployed.client("lambda")
-    assert lam.get_function_concurrency(FunctionName=f"{STACK}-throttler")["ReservedConcurrentExecutions"] == 1
+    # Two: a run hands over to its successor without a gap; the lease keeps one dispatcher at a time.
+    assert lam.get_function_concurrency(FunctionName=f"{STACK}-throttler")["ReservedConcurrentExecutions"] == 2
     assert throttler["Role"] != worker["Role"]
     iam = deployed.client("iam")
     assert throttler["Role"] == iam.get_role(RoleName=deployed.physical_id("ThrottlerRole"))["Role"]["Arn"]
     assert worker["Role"] == iam.get_role(RoleName=deployed.physical_id("WorkerRole"))["Role"]["Arn"]
+    # Role names carry the region: the same stage in two regions does not collide (IAM names are global).
+    for logical, name in (("ThrottlerRole", "throttler"), ("WorkerRole", "worker")):
+        assert deployed.physical_id(logical) == f"{STACK}-{REGION}-{name}"
+
+
+def test_the_schedule_runs_the_throttler_without_asynchronous_retries_and_drops_events_older_than_a_minute(
+    deployed: Deployed,
+) -> None:
+    """What CloudFormation holds for the stack (moto's CloudFormation does not create EventInvokeConfig itself)."""
+    body = deployed.client("cloudformation").get_template(StackName=STACK)["TemplateBody"]
+    template = json.loads(body) if isinstance(body, str) else body
+    configs = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    assert len(configs) == 1
+    config = configs[0]
+    assert config["FunctionName"] == {"Ref": "ThrottlerLambdaFunction"} and config["Qualifier"] == "$LATEST"
+    assert (config["MaximumRetryAttempts"], config["MaximumEventAgeInSeconds"]) == (0, 60)
+    # The rule invokes the unqualified function, that is $LATEST: the configuration above is the one that applies.
+    events = deployed.client("events")
+    rule = deployed.physical_id("ThrottlerEventsRuleSchedule1")
+    targets = events.list_targets_by_rule(Rule=rule)["Targets"]
+    assert [t["Arn"] for t in targets] == [deployed.function("throttler")["FunctionArn"]]
 
 
 def test_deployed_environment_names_the_resources_that_came_up(deployed: Deployed) -> None:
@@ -224,6 +249,8 @@ def test_each_role_allows_only_the_calls_its_function_makes_on_its_own_resources
         "dynamodb:UpdateItem": {table_arn},
         "dynamodb:DeleteItem": {table_arn},
         "dynamodb:BatchGetItem": {table_arn},
+        "dynamodb:BatchWriteItem": {table_arn},
+        "dynamodb:ConditionCheckItem": {table_arn},
         "lambda:InvokeFunction": {worker_arn},
     }
 
@@ -233,6 +260,9 @@ def test_each_role_allows_only_the_calls_its_function_makes_on_its_own_resources
     assert worker == {
         "logs:CreateLogStream": {groups[f"/aws/lambda/{STACK}-worker"]},
         "logs:PutLogEvents": {groups[f"/aws/lambda/{STACK}-worker"]},
+        "dynamodb:GetItem": {table_arn},
+        "dynamodb:PutItem": {table_arn},
+        "dynamodb:UpdateItem": {table_arn},
         "dynamodb:BatchGetItem": {table_arn},
         "dynamodb:BatchWriteItem": {table_arn},
         "ssm:GetParameter": {params_arn},
@@ -244,6 +274,54 @@ def test_each_role_allows_only_the_calls_its_function_makes_on_its_own_resources
     assert decrypt["Condition"]["StringEquals"] == {"kms:ViaService": f"ssm.{REGION}.amazonaws.com"}
     assert decrypt["Condition"]["StringLike"] == {"kms:EncryptionContext:PARAMETER_ARN": params_arn}
     assert fnmatch.fnmatch(f"arn:aws:ssm:{REGION}:123456789012:parameter/throttler/{STAGE}/api-token", params_arn)
+    # Every grant of the state table to the worker is fenced to its own items.
+    state = [s for s in statements if any(a.startswith("dynamodb:") for a in s["Action"])]
+    assert state and all(s["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["worker#*"]}}
+                         for s in state), state
+
+
+# Every kind of item in the state table (docs/DESIGN.md, "State table items").
+STAGE_ITEMS = ("quotas", "quotas#last-good", "pause", "lease", "usage", "usage#key#acme", "attempts#job-1", "done#job-1")
+WORKER_ITEMS = ("worker#batch#x", "worker#throttle")
+WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem",
+          "dynamodb:ConditionCheckItem")
+READS = ("dynamodb:GetItem", "dynamodb:BatchGetItem")
+
+
+def _table_arn(deployed: Deployed) -> str:
+    name = deployed.env("worker")["STATE_TABLE"]
+    return str(deployed.client("dynamodb").describe_table(TableName=name)["Table"]["TableArn"])
+
+
+def test_the_worker_role_cannot_change_the_stages_state_only_its_own_items(deployed: Deployed) -> None:
+    """Promise 8: whatever a message makes the worker do, it cannot write quotas, pause, lease or usage.
+
+    Evaluated on the policies IAM holds for the deployed role, with their LeadingKeys condition."""
+    worker = _statements(deployed, "WorkerRole", "worker")
+    table = _table_arn(deployed)
+
+    for pk in STAGE_ITEMS:
+        for action in WRITES + READS:
+            assert not allowed(worker, Call(action, table, {"dynamodb:LeadingKeys": [pk]})), (action, pk)
+    for pk in WORKER_ITEMS:
+        for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem", *READS):
+            assert allowed(worker, Call(action, table, {"dynamodb:LeadingKeys": [pk]})), (action, pk)
+    # A batch is allowed only if every item in it is the worker's own.
+    assert not allowed(worker, Call("dynamodb:BatchWriteItem", table, {"dynamodb:LeadingKeys": ["worker#batch#x", "usage"]}))
+    # Calls that name no key (where ForAllValues would hold vacuously) are not granted at all; nor another table.
+    for action in ("dynamodb:Scan", "dynamodb:Query", "dynamodb:PartiQLUpdate", "dynamodb:DeleteTable"):
+        assert not allowed(worker, Call(action, table))
+    other_table = table.replace(f"{STACK}-state", "throttler-prod-state")
+    assert not allowed(worker, Call("dynamodb:PutItem", other_table, {"dynamodb:LeadingKeys": ["worker#batch#x"]}))
+
+
+def test_the_throttler_role_can_write_every_item_of_its_own_table(deployed: Deployed) -> None:
+    throttler = _statements(deployed, "ThrottlerRole", "throttler")
+    table = _table_arn(deployed)
+    for pk in STAGE_ITEMS + WORKER_ITEMS:
+        for action in WRITES + READS:
+            assert allowed(throttler, Call(action, table, {"dynamodb:LeadingKeys": [pk]})), (action, pk)
+    assert not allowed(throttler, Call("dynamodb:Scan", table))
 
 
 def test_deployed_resources_carry_service_stage_and_cost_tags(deployed: Deployed) -> None:
@@ -262,11 +340,60 @@ def test_deployed_resources_carry_service_stage_and_cost_tags(deployed: Deployed
 
 # Batch calls are authorised as their single forms.
 BATCH_ACTIONS = {"DeleteMessageBatch": "DeleteMessage", "SendMessageBatch": "SendMessage",
-                 "ChangeMessageVisibilityBatch": "ChangeMessageVisibility"}
+                 "ChangeMessageVisibilityBatch": "ChangeMessageVisibility", "Invoke": "InvokeFunction"}
+# A transaction is authorised item by item, each as its single form (there is no TransactWriteItems action).
+TRANSACT_ACTIONS = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem",
+                    "Get": "GetItem"}
+PARTITION_KEY = "pk"
 
 
-def _recording_clients(actions: set[str]) -> dict[str, Any]:
-    """Fresh clients on the same (moto) endpoint that note the IAM action of every call they make."""
+def _arn(service: str, resource: str) -> str:
+    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{resource}"
+
+
+def _dynamodb_calls(operation: str, params: dict[str, Any]) -> list[Call]:
+    """One IAM request per table, naming the partition key of every item the call touches (dynamodb:LeadingKeys)."""
+    def pk(key: dict[str, Any]) -> str:
+        return str(next(iter(key[PARTITION_KEY].values())))
+
+    def call(action: str, table: str, keys: list[str]) -> Call:
+        return Call(f"dynamodb:{action}", _arn("dynamodb", f"table/{table}"), {"dynamodb:LeadingKeys": keys} if keys else {})
+
+    if operation in ("GetItem", "UpdateItem", "DeleteItem", "PutItem"):
+        return [call(operation, params["TableName"], [pk(params.get("Key") or params["Item"])])]
+    if operation == "BatchGetItem":
+        return [call(operation, t, [pk(k) for k in r["Keys"]]) for t, r in params["RequestItems"].items()]
+    if operation == "BatchWriteItem":
+        return [call(operation, t, [pk(w.get("PutRequest", {}).get("Item") or w["DeleteRequest"]["Key"]) for w in ws])
+                for t, ws in params["RequestItems"].items()]
+    if operation in ("TransactWriteItems", "TransactGetItems"):
+        calls = []
+        for item in params["TransactItems"]:
+            (kind, body), = item.items()
+            calls.append(call(TRANSACT_ACTIONS[kind], body["TableName"], [pk(body.get("Key") or body["Item"])]))
+        return calls
+    return [call(operation, params.get("TableName", "*"), [])]  # Query, Scan...: no key in the request context
+
+
+def _authorisations(service: str, operation: str, params: dict[str, Any]) -> list[Call]:
+    """The IAM requests that one API call makes: action, resource ARN, and the condition keys this project uses."""
+    if service == "dynamodb":
+        return _dynamodb_calls(operation, params)
+    action = f"{service}:{BATCH_ACTIONS.get(operation, operation)}"
+    if service == "sqs":
+        name = params["QueueUrl"].rstrip("/").rsplit("/", 1)[-1] if "QueueUrl" in params else params["QueueName"]
+        return [Call(action, _arn("sqs", name))]
+    if service == "lambda":
+        return [Call(action, _arn("lambda", f"function:{params['FunctionName'].rsplit(':', 1)[-1]}"))]
+    if service == "ssm":
+        names = params.get("Names") or [params["Name"]]
+        return [Call(action, _arn("ssm", f"parameter/{n.lstrip('/')}")) for n in names]
+    raise NotImplementedError(f"{service}:{operation}")
+
+
+def _recording_clients(actions: set[str], calls: list[Call] | None = None) -> dict[str, Any]:
+    """Fresh clients on the same (moto) endpoint that note the IAM action of every call they make (and, in
+    `calls`, every IAM request it makes, with its resource and keys)."""
     clients = {}
     for name in ("sqs", "dynamodb", "lambda", "ssm"):
         client = boto3.client(name, region_name=REGION)
@@ -275,7 +402,12 @@ def _recording_clients(actions: set[str]) -> dict[str, Any]:
             operation = BATCH_ACTIONS.get(model.name, model.name)
             actions.add(f"{model.service_model.signing_name}:{operation}")
 
+        def authorise(params: dict[str, Any], model: Any, **_: Any) -> None:
+            if calls is not None:
+                calls.extend(_authorisations(model.service_model.signing_name, model.name, params))
+
         client.meta.events.register("before-call", note)
+        client.meta.events.register("before-parameter-build", authorise)
         clients[name] = client
     return clients
 
@@ -285,6 +417,8 @@ class PipelineRun:
     api: FakeApi
     throttler_actions: set[str]
     worker_actions: set[str]
+    throttler_calls: list[Call] = field(default_factory=list)
+    worker_calls: list[Call] = field(default_factory=list)
 
 
 def _run_pipeline(deployed: Deployed, jobs: list[tuple[str, str, str]]) -> PipelineRun:
@@ -298,7 +432,10 @@ def _run_pipeline(deployed: Deployed, jobs: list[tuple[str, str, str]]) -> Pipel
     api = FakeApi(tiers=[(1, 5), (60, 100)], clock=clock)  # the dev stage's DEFAULT_QUOTAS, enforced by the API
     throttler_actions: set[str] = set()
     worker_actions: set[str] = set()
-    throttler_clients, worker_clients = _recording_clients(throttler_actions), _recording_clients(worker_actions)
+    throttler_calls: list[Call] = []
+    worker_calls: list[Call] = []
+    throttler_clients = _recording_clients(throttler_actions, throttler_calls)
+    worker_clients = _recording_clients(worker_actions, worker_calls)
     worker = build_worker(worker_settings, clock=clock, get_client=worker_clients.__getitem__,
                           session=session_for(api), executor_factory=lambda n: InlineExecutor())
     JobQueue(deployed.client("sqs"), throttler_settings.jobs_queue_url, throttler_settings.dlq_url).send(jobs)
@@ -309,7 +446,7 @@ def _run_pipeline(deployed: Deployed, jobs: list[tuple[str, str, str]]) -> Pipel
         if _depth(deployed, throttler_settings.jobs_queue_url) == 0:
             break
         clock.sleep(3)
-    return PipelineRun(api, throttler_actions, worker_actions)
+    return PipelineRun(api, throttler_actions, worker_actions, throttler_calls, worker_calls)
 
 
 def _job(path: str, group: str, seq: int) -> tuple[str, str, str]:
@@ -355,3 +492,27 @@ def test_failed_job_reaches_the_deployed_dlq_within_the_throttlers_grants(deploy
 def _depth(deployed: Deployed, url: str) -> int:
     attributes = deployed.queue_attributes(url)
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(deployed: Deployed) -> PipelineRun:
+    return _run_pipeline(deployed, [_job("/v1/items", "hooli", seq) for seq in range(4)])
+
+
+@pytest.mark.parametrize(("side", "role", "policy"), [
+    ("throttler", "ThrottlerRole", "throttler"),
+    pytest.param("worker", "WorkerRole", "worker", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+        "the worker still reads and writes done#<job id> records (before the rewrite that gives it worker# items "
+        "only, docs/DESIGN.md); remove this mark with it"))),
+])
+def test_every_call_of_the_pipeline_is_allowed_by_its_deployed_role_with_the_conditions(
+    deployed: Deployed, pipeline_run: PipelineRun, side: str, role: str, policy: str
+) -> None:
+    """Each AWS request the pipeline makes, evaluated on the deployed policy: action, resource and LeadingKeys."""
+    calls = pipeline_run.throttler_calls if side == "throttler" else pipeline_run.worker_calls
+    if not any(c.action.startswith("dynamodb:") for c in calls):
+        pytest.fail(f"the {side} made no state-table call: nothing was checked")
+    statements = _statements(deployed, role, policy)
+    denied = sorted({(c.action, c.resource, tuple(c.context.get("dynamodb:LeadingKeys", []))[:3])
+                     for c in calls if not allowed(statements, c)})
+    assert not denied, denied

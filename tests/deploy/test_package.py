@@ -6,9 +6,11 @@ import json
 import zipfile
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.deploy.conftest import STAGES, Packaged
+from throttler import observability
 from throttler_tools.stackdef import params
 
 TAG_KEYS = {"service", "stage", "cost-center"}
@@ -28,9 +30,9 @@ def test_make_package_passes_offline_with_clean_cfn_lint_and_checkov(packaged: P
 def test_code_zip_holds_handlers_library_and_arm64_requirements_only(packaged: Packaged) -> None:
     with zipfile.ZipFile(packaged.stage_dir("dev") / "throttler.zip") as zf:
         names = set(zf.namelist())
-    assert {"handlers/throttler.py", "handlers/worker.py", "throttler/dispatcher.py", "throttler/worker.py"} <= names
-    assert {"throttler/fakeapi.py", "throttler/demo.py", "throttler/bench.py", "throttler/local.py"}.isdisjoint(names)
-    assert not any(n.startswith(("tests/", "node_modules/", ".venv/", "scripts/")) for n in names)
+    assert {"handlers/throttler.py", "handlers/worker.py", "throttler/__init__.py"} <= names
+    # (test_runtime_imports.py checks the zip's own code file by file, and that it starts with requirements.txt alone.)
+    assert not any(n.startswith(("throttler_tools/", "tests/", "node_modules/", ".venv/", "scripts/")) for n in names)
     tops = {n.split("/", 1)[0] for n in names}
     assert {"requests", "tenacity", "aws_lambda_powertools", "pydantic", "boto3"} <= tops
     assert not {"moto", "pytest", "freezegun", "yaml"} & tops  # dev requirements stay out
@@ -42,22 +44,40 @@ def _resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]
     return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
 
 
+def _alarm_key(alarm: dict[str, Any]) -> tuple[str, str, str]:
+    """(namespace, metric, the function it watches, if any)."""
+    functions = [d["Value"]["Ref"] for d in alarm["Dimensions"] if d["Name"] == "FunctionName"]
+    return alarm["Namespace"], alarm["MetricName"], functions[0] if functions else ""
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_has_its_alarms_thresholds_retention_and_recovery(packaged: Packaged, stage: str) -> None:
     template = packaged.template(stage)
     stage_params = params(stage)
     alarms = _resources(template, "AWS::CloudWatch::Alarm")
-    by_metric = {(a["Namespace"], a["MetricName"]): a for a in (r["Properties"] for r in alarms.values())}
-    dlq = by_metric[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
+    by_metric = {_alarm_key(a): a for a in (r["Properties"] for r in alarms.values())}
+    assert len(by_metric) == len(alarms)
+    dlq = by_metric[("AWS/SQS", "ApproximateNumberOfMessagesVisible", "")]
     assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
     assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (0, "GreaterThanThreshold")
-    age = by_metric[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
+    age = by_metric[("AWS/SQS", "ApproximateAgeOfOldestMessage", "")]
     assert age["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsQueue", "QueueName"]}
     assert age["Threshold"] == stage_params["oldestJobAlarmSeconds"]
-    errors = by_metric[("AWS/Lambda", "Errors")]
-    assert errors["Dimensions"][0]["Value"] == {"Ref": "ThrottlerLambdaFunction"}
+    assert by_metric[("AWS/Lambda", "Errors", "ThrottlerLambdaFunction")]["Threshold"] == \
+        stage_params["throttlerErrorsAlarmThreshold"]
+    assert by_metric[("AWS/Lambda", "Errors", "WorkerLambdaFunction")]["Threshold"] == stage_params["workerErrorsAlarmThreshold"]
+    assert by_metric[("AWS/Lambda", "Throttles", "WorkerLambdaFunction")]["Threshold"] == 1
+    # The code's own metrics, with exactly the dimensions every metric carries (throttler/observability.py).
+    for metric in ("InvalidQuotaConfig", "SecretsUnavailable"):
+        alarm = by_metric[(observability.NAMESPACE, metric, "")]
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": observability.SERVICE},
+                                       {"Name": observability.STAGE_DIMENSION, "Value": stage}]
+        assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == \
+            ("Sum", 1, "GreaterThanOrEqualToThreshold")
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Properties"]["OKActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Properties"]["TreatMissingData"] == "notBreaching"
         assert alarm["Properties"]["AlarmName"].startswith(f"throttler-{stage}-")
     topic = template["Resources"]["AlarmTopic"]["Properties"]
     assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
@@ -74,11 +94,51 @@ def test_each_stage_has_its_alarms_thresholds_retention_and_recovery(packaged: P
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_the_schedule_has_no_async_retries_and_the_throttler_its_concurrency_timeout_and_budget(
+    packaged: Packaged, stage: str
+) -> None:
+    template = packaged.template(stage)
+    configs = _resources(template, "AWS::Lambda::EventInvokeConfig")
+    assert [c["Properties"] for c in configs.values()] == [{
+        "FunctionName": {"Ref": "ThrottlerLambdaFunction"}, "DestinationConfig": {}, "Qualifier": "$LATEST",
+        "MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0,
+    }]
+    throttler = template["Resources"]["ThrottlerLambdaFunction"]["Properties"]
+    env = throttler["Environment"]["Variables"]
+    assert (throttler["ReservedConcurrentExecutions"], throttler["Timeout"], env["RUN_BUDGET_S"]) == (2, 170, "110")
+    assert throttler["Timeout"] > float(env["RUN_BUDGET_S"]) + float(env["WORKER_TIMEOUT_S"])
+    assert env["DEFAULT_LATENCY"] == ("low" if stage == "prod" else "cost")
+    assert (env["RESPONSE_MAX_BYTES"], env["WORKER_MAX_PARALLEL"]) == ("1048576", "64")
+    assert template["Resources"]["WorkerLambdaFunction"]["Properties"]["Environment"]["Variables"] == env
+    dlq = template["Resources"]["DeadLetterQueue"]["Properties"]
+    assert dlq["MaximumMessageSize"] == 1048576  # a job of MAX_MESSAGE_BYTES plus its dead-letter attributes
+    assert int(env["MAX_MESSAGE_BYTES"]) < dlq["MaximumMessageSize"]
+
+
+def _longest_region() -> str:
+    session = boto3.session.Session()
+    regions = [r for p in session.get_available_partitions() for r in session.get_available_regions("lambda", p)]
+    return max(regions, key=len)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_role_names_carry_the_region_and_fit_iams_64_characters_in_every_region(packaged: Packaged, stage: str) -> None:
+    template = packaged.template(stage)
+    region = _longest_region()
+    for role in _resources(template, "AWS::IAM::Role").values():
+        separator, parts = role["Properties"]["RoleName"]["Fn::Join"]
+        assert {"Ref": "AWS::Region"} in parts
+        name = separator.join(region if p == {"Ref": "AWS::Region"} else p for p in parts)
+        assert len(name) <= 64, name
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_every_taggable_resource_and_the_stack_carry_service_stage_and_cost(packaged: Packaged, stage: str) -> None:
     template = packaged.template(stage)
     expected = {"service": "throttler", "stage": stage, "cost-center": params(stage)["costCenter"]}
     # Resources whose type has no Tags property get the stack's tags from CloudFormation.
-    untaggable = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::Lambda::Permission"}
+    untaggable = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::Lambda::Permission",
+                  "AWS::Lambda::EventInvokeConfig"}
     generated = {"ServerlessDeploymentBucket", "ThrottlerLogGroup", "WorkerLogGroup", "ThrottlerEventsRuleSchedule1"}
     for logical, resource in template["Resources"].items():
         if resource["Type"] in untaggable or logical in generated:
