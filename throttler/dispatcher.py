@@ -26,6 +26,8 @@ from throttler.queue import DeadLetter, JobQueue, QueuedMessage
 from throttler.core.quotas import QuotaConfig, defaults_item, parse_quota_item
 from throttler.settings import Settings
 from throttler.store import StateStore
+from throttler.tasks import default_registry
+from throttler.tasks.registry import ValidationContext
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,10 @@ class ThrottlerRun:
         self.invoker = invoker
         self.clock = clock
         self.known_tasks = known_tasks
+        self.tasks = default_registry.view(known_tasks)
+        self.validation = ValidationContext.build(
+            settings.allowed_hosts, settings.stage, (header for header, _ in settings.secret_headers)
+        )
         self.summary = RunSummary(owner=owner or uuid.uuid4().hex)
         self.config: QuotaConfig | None = None
         self.pacer: Pacer | None = None
@@ -258,8 +264,8 @@ class ThrottlerRun:
                     msg.body,
                     msg.group,
                     msg.dedup_id,
-                    known_tasks=self.known_tasks,
-                    allowed_hosts=self.s.allowed_hosts,
+                    tasks=self.tasks,
+                    validation=self.validation,
                     max_bytes=self.s.max_message_bytes,
                 )
             except InvalidJob as exc:

@@ -21,10 +21,18 @@ import requests
 
 from throttler.core.clock import Clock
 from throttler.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, Job, parse_job
-from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, StoreError, ThrottledTaskError
+from throttler.core.errors import (
+    InvalidJob,
+    PermanentTaskError,
+    RetryableTaskError,
+    SecretsUnavailable,
+    StoreError,
+    ThrottledTaskError,
+)
 from throttler.core.outcome import JobResult, Outcome
 from throttler.store import StateStore
-from throttler.tasks.registry import TaskContext, TaskRegistry
+from throttler.tasks.http import new_session
+from throttler.tasks.registry import TaskContext, TaskRegistry, ValidationContext
 
 logger = logging.getLogger(__name__)
 # Success records are written together, at most this long after a success: one request per batch
@@ -74,6 +82,9 @@ class WorkerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     done_ttl_s: float = 7 * 86400
     max_parallel: int = 32
+    stage: str = ""  # `*` in allowed_hosts is accepted on the local stage only
+    secret_header_names: tuple[str, ...] = ()  # headers a message may not set
+    call_budget_s: float = 30.0  # each call's total deadline, from its start
 
 
 class WorkerService:
@@ -92,8 +103,9 @@ class WorkerService:
         self.store = store
         self.clock = clock
         self.registry = registry
-        self.session = session or requests.Session()
+        self.session = session or new_session(config.max_parallel)
         self.secret_headers = secret_headers
+        self.validation = ValidationContext.build(config.allowed_hosts, config.stage, config.secret_header_names)
         self.executor_factory = executor_factory or (lambda n: ThreadPoolExecutor(max_workers=n))
 
     def run_batch(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -196,8 +208,8 @@ class WorkerService:
                 spec["body"],
                 spec["group"],
                 job_id,
-                known_tasks=self.registry.names,
-                allowed_hosts=self.config.allowed_hosts,
+                tasks=self.registry,
+                validation=self.validation,
                 max_bytes=self.config.max_message_bytes,
             )
         except InvalidJob as exc:
@@ -208,14 +220,21 @@ class WorkerService:
         fn = self.registry.get(job.task)
         if fn is None:
             return JobResult(job.job_id, Outcome.INVALID, f"unknown task {job.task!r}")
+        try:
+            secret_headers = self.secret_headers()
+        except SecretsUnavailable as exc:
+            # The stage's failure, not the job's: no attempt is counted (SKIPPED jobs are rescheduled).
+            logger.error("secrets unavailable", extra={"job_id": job.job_id, "error": str(exc)})
+            return JobResult(job.job_id, Outcome.SKIPPED, "the stage's secrets could not be read")
         ctx = TaskContext(
             job_id=job.job_id,
             group=job.group,
             clock=self.clock,
             session=self.session,
-            allowed_hosts=self.config.allowed_hosts,
+            validation=self.validation,
             not_after=not_after,
-            secret_headers=self.secret_headers,
+            deadline=self.clock.now() + self.config.call_budget_s,
+            secret_headers=secret_headers,
         )
         sent_at = self.clock.now()
         try:
