@@ -22,7 +22,7 @@ from throttler.invoker import Invoker, LambdaInvoker
 from throttler.queue import JobQueue
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore
-from throttler.tasks import default_registry
+from throttler.tasks import default_registry, secrets
 from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
 from throttler.worker import WorkerConfig, WorkerService
 
@@ -72,18 +72,7 @@ def load_tasks(settings: Settings) -> frozenset[str]:
 
 def secret_headers_getter(settings: Settings) -> Callable[[], dict[str, str]]:
     """Headers whose values live in SSM Parameter Store (SecureString), cached for 5 minutes."""
-    if not settings.secret_headers:
-        return dict
-
-    def fetch() -> dict[str, str]:
-        from aws_lambda_powertools.utilities import parameters
-
-        return {
-            header: str(parameters.get_parameter(name, decrypt=True, max_age=300))
-            for header, name in settings.secret_headers
-        }
-
-    return fetch
+    return secrets.secret_headers_getter(settings.secret_headers)
 
 
 def _clients(get_client: Callable[[str], Any] | None) -> Callable[[str], Any]:
@@ -115,7 +104,13 @@ def build_worker(
 ) -> WorkerService:
     load_tasks(settings)
     return WorkerService(
-        config=WorkerConfig(settings.allowed_hosts, settings.max_message_bytes, settings.done_ttl_s),
+        config=WorkerConfig(
+            settings.allowed_hosts,
+            settings.max_message_bytes,
+            settings.done_ttl_s,
+            stage=settings.stage,
+            secret_header_names=tuple(header for header, _ in settings.secret_headers),
+        ),
         store=build_store(settings, get_client),
         clock=clock or _wiring.clock or SystemClock(),
         registry=default_registry,
