@@ -26,12 +26,12 @@ def test_no_cookie_is_carried_from_one_job_to_the_next_in_one_session() -> None:
         session = new_session(2)
         run(session, f"{api.url}/set-cookie", "job-1")
         run(session, f"{api.url}/ok", "job-2")
-        session.cookies.set("planted", "by-someone-else")  # even a cookie put in the jar is never sent
+        session.cookies.set("planted", "by-someone-else")  # nothing can even be put in the jar
         run(session, f"{api.url}/ok", "job-3")
         session.close()
     assert api.seen[0].path == "/set-cookie"
     assert api.seen[1].all("Cookie") == [] and api.seen[2].all("Cookie") == []
-    assert [c.name for c in session.cookies] == ["planted"]  # the API's cookie was not stored
+    assert list(session.cookies) == []
 
 
 def test_nothing_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

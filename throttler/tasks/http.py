@@ -22,6 +22,7 @@ from typing import Any
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_exponential
 from tenacity.stop import stop_base
@@ -57,6 +58,15 @@ READ_CHUNK_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _CTL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 Scalar = str | int | float | bool
+# requests errors that mean the message itself cannot be sent: bad input, never retryable
+_MALFORMED = (
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
 
 
 # --------------------------------------------------------------------------------------------- the payload
@@ -152,13 +162,21 @@ def validate_http_payload(payload: dict[str, Any], validation: ValidationContext
 
 # --------------------------------------------------------------------------------------------- the session
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    """Stores no cookie and sends none: jobs of different groups share a session, never state."""
+    """Accepts no cookie and returns none: jobs of different groups share a session, never state."""
 
     def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
 
     def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
+
+
+class _NoCookieJar(RequestsCookieJar):
+    """A jar that stays empty, whoever tries to fill it: requests copies a session's cookies into a fresh jar
+    (with the default policy) for every request, so an empty jar is what keeps them from being sent."""
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _CallWatch:
@@ -252,7 +270,7 @@ def new_session(pool_size: int) -> requests.Session:
     """
     session = requests.Session()
     session.trust_env = False
-    session.cookies.set_policy(_NoCookies())
+    session.cookies = _NoCookieJar(policy=_NoCookies())
     adapter = DeadlineAdapter(pool_maxsize=max(1, pool_size), max_retries=Retry(total=0, read=False, redirect=False))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -345,25 +363,24 @@ def _check_secrets(secret_headers: Mapping[str, str]) -> None:
             raise SecretsUnavailable(f"secret header {_shown(name)} cannot be sent: check its SSM parameter")
 
 
-def _prepare(request: HttpRequest, ctx: TaskContext) -> requests.PreparedRequest:
-    """The request exactly as it will be sent, prepared without the session (no session headers, auth or cookies)."""
+def _request_kwargs(request: HttpRequest, ctx: TaskContext) -> dict[str, Any]:
+    """What `Session.request` gets, checked first: prepared once without the session, the request must build
+    (else InvalidJob) and its URL must still lead to the checked host and port."""
     payload = request.payload
-    data: Any = payload.data.encode("utf-8") if isinstance(payload.data, str) else payload.data
+    kwargs: dict[str, Any] = {
+        "headers": outgoing_headers(payload.headers, ctx.secret_headers, ctx.job_id),
+        "params": payload.params or None,
+        "json": payload.json_body,
+        "data": payload.data.encode("utf-8") if isinstance(payload.data, str) else payload.data,
+    }
     try:
-        prepared = requests.Request(
-            payload.method,
-            request.url.url,
-            headers=outgoing_headers(payload.headers, ctx.secret_headers, ctx.job_id),
-            params=payload.params or None,
-            json=payload.json_body,
-            data=data,
-        ).prepare()
+        prepared = requests.Request(payload.method, request.url.url, **kwargs).prepare()
     except (requests.exceptions.RequestException, LocationParseError, UnicodeError, ValueError) as exc:
         # Never the exception's text: it may quote a header value.
         raise InvalidJob(f"request cannot be built: {type(exc).__name__}") from None
     if connect_target(prepared.url or "") != (request.url.scheme, request.url.host, request.url.port):
         raise InvalidJob("url is ambiguous once prepared: refused")
-    return prepared
+    return kwargs
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -391,10 +408,10 @@ class _PastSlot(stop_base):
         return then > self.ctx.not_after or then >= self.ctx.deadline
 
 
-def _read_capped(response: requests.Response, cap: int, deadline: float, ctx: TaskContext) -> None:
+def _read_capped(response: requests.Response, method: str, cap: int, deadline: float, ctx: TaskContext) -> None:
     """Read (and drop) the body up to `cap` bytes and the deadline, so that the connection can be reused.
     Past either, the connection is closed instead. The status decides the outcome, whatever the body does."""
-    if response.raw is None or response.request.method == "HEAD" or response.status_code in (204, 304):
+    if response.raw is None or method == "HEAD" or response.status_code in (204, 304):
         return  # (no `raw`: an in-process adapter that holds the body already)
     read = 0
     try:
@@ -406,7 +423,7 @@ def _read_capped(response: requests.Response, cap: int, deadline: float, ctx: Ta
         return
 
 
-def _call_once(request: HttpRequest, prepared: requests.PreparedRequest, ctx: TaskContext) -> TaskResult:
+def _call_once(request: HttpRequest, kwargs: dict[str, Any], ctx: TaskContext) -> TaskResult:
     now = ctx.clock.now()
     deadline = min(ctx.deadline, now + request.payload.timeout)
     remaining_s = deadline - now
@@ -414,22 +431,25 @@ def _call_once(request: HttpRequest, prepared: requests.PreparedRequest, ctx: Ta
         raise RetryableTaskError("timeout: the call's deadline passed before it was sent")
     watch = _CallWatch()
     timer = None
-    if isinstance(ctx.session.get_adapter(prepared.url or ""), DeadlineAdapter):
+    if isinstance(ctx.session.get_adapter(request.url.url), DeadlineAdapter):
         timer = threading.Timer(remaining_s, watch.expire)
         timer.daemon = True
         timer.start()
     _current.watch = watch
     try:
         try:
-            response = ctx.session.send(
-                prepared, stream=True, timeout=(remaining_s, remaining_s), allow_redirects=False, proxies={}
+            # The session adds no cookie (its policy refuses all), no credentials or proxies from the
+            # environment (trust_env is off in `new_session`); `proxies={}` holds even for another session.
+            response = ctx.session.request(
+                request.payload.method, request.url.url, **kwargs,
+                timeout=remaining_s, allow_redirects=False, stream=True, proxies={},
             )
         except requests.exceptions.RequestException as exc:
             if watch.expired:
                 raise RetryableTaskError(f"timeout: no answer within the call's {remaining_s:.1f}s deadline") from None
             if isinstance(exc, requests.exceptions.Timeout):
                 raise RetryableTaskError(f"timeout after {remaining_s:.1f}s: {type(exc).__name__}") from exc
-            if isinstance(exc, requests.exceptions.InvalidHeader | requests.exceptions.InvalidURL):
+            if isinstance(exc, _MALFORMED):
                 raise InvalidJob(f"request refused by requests: {type(exc).__name__}") from None
             raise RetryableTaskError(f"connection error: {type(exc).__name__}") from exc
         except (LocationParseError, UnicodeError, ValueError) as exc:  # a message that http.client cannot send
@@ -442,7 +462,7 @@ def _call_once(request: HttpRequest, prepared: requests.PreparedRequest, ctx: Ta
             response.close()
             raise RetryableTaskError(f"timeout: no whole answer within the call's {remaining_s:.1f}s deadline")
         try:
-            _read_capped(response, ctx.max_body_bytes, deadline, ctx)
+            _read_capped(response, request.payload.method, ctx.max_body_bytes, deadline, ctx)
         finally:
             if response.raw is not None:
                 response.close()  # back to the pool when the body was read whole, else the connection is closed
@@ -476,7 +496,7 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     validation = ValidationContext(ctx.validation.allow_list, secret_names, ctx.validation.max_body_bytes)
     try:
         request = validate_http_payload(payload, validation)
-        prepared = _prepare(request, ctx)
+        kwargs = _request_kwargs(request, ctx)
         for attempt in Retrying(
             retry=retry_if_exception(_never_sent),
             stop=stop_any(stop_after_attempt(3), _PastSlot(ctx)),
@@ -485,7 +505,7 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
             reraise=True,
         ):
             with attempt:
-                return _call_once(request, prepared, ctx)
+                return _call_once(request, kwargs, ctx)
     except (TaskError, InvalidJob) as exc:
         clean = _scrubbed(exc, ctx.secret_headers)
         if clean is not None:
