@@ -299,7 +299,7 @@ def urls(draw: st.DrawFn) -> str:
     return f"{scheme}{sep}{userinfo}{host}{port}{tail}"
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
 @given(url=st.one_of(urls(), urls(), st.text(max_size=60).map(lambda t: "https://api.example.com" + t),
                      st.text(max_size=60).map(lambda t: "http://127.0.0.1" + t)))
 @example(url="http://127.0.0.1:9001\\@api.example.com/steal")
