@@ -4,9 +4,11 @@ by a deadline under a second; the servers give up on their own after a few secon
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
+from urllib3.connection import HTTPSConnection
 
 from tests.unit.http_servers import Dribbler, LocalApi
 from throttler.core.clock import SystemClock
@@ -96,3 +98,17 @@ def test_a_body_within_the_cap_is_read_whole_and_the_connection_is_reused() -> N
             http_task({"method": "GET", "url": f"{api.url}/bytes/{100 * 1024}"}, ctx)
         ctx.session.close()
     assert len({seen.client for seen in api.seen}) == 1
+
+
+def test_a_tls_handshake_that_never_completes_ends_at_the_deadline() -> None:
+    checks = ValidationContext.build(["127.0.0.1:*"], "dev")  # https only
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # the kernel completes TCP; nobody answers TLS
+        port = listener.getsockname()[1]
+        ctx, start = context(checks=checks)
+        pool = ctx.session.get_adapter("https://127.0.0.1/").poolmanager.connection_from_host("127.0.0.1", port, "https")
+        assert issubclass(pool.ConnectionCls, HTTPSConnection) and pool.ConnectionCls.__name__ == "_WatchedHTTPSConnection"
+        with pytest.raises(RetryableTaskError, match="timeout"):
+            http_task({"method": "GET", "url": f"https://127.0.0.1:{port}/x", "timeout": 30}, ctx)
+        elapsed = time.time() - start
+        ctx.session.close()
+    assert DEADLINE_S - 0.05 <= elapsed <= DEADLINE_S + SLACK_S
