@@ -61,7 +61,6 @@ def stage_allowed_hosts(stage: str) -> tuple[str, ...]:
 def known_task_names() -> frozenset[str]:
     """The built-in tasks plus those of TASKS_MODULE (the same module the worker loads)."""
     from throttler.tasks import default_registry
-    from throttler.tasks import http as _http  # noqa: F401 - registers the built-in http task
 
     default_registry.load_module(os.environ.get("TASKS_MODULE", ""))
     return default_registry.names
@@ -84,16 +83,26 @@ class JobBuilder:
         allowed_hosts: Iterable[str],
         known_tasks: Iterable[str] | None = None,
         max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        stage: str = "",
+        secret_header_names: Iterable[str] = (),
     ):
+        from throttler.tasks import ValidationContext, default_registry
+
         self.allowed_hosts = tuple(allowed_hosts)
         self.known_tasks = frozenset(known_tasks) if known_tasks is not None else known_task_names()
         self.max_bytes = max_bytes
+        self.stage = stage
+        # ConfigError for a malformed ALLOWED_HOSTS entry, or `*` outside the local stage.
+        self.validation = ValidationContext.build(self.allowed_hosts, stage, secret_header_names)
+        self.tasks = default_registry.view(self.known_tasks)
 
     @classmethod
     def for_stage(cls, stage: str) -> JobBuilder:
         """Validation settings as the stage's worker has them (ALLOWED_HOSTS, MAX_MESSAGE_BYTES, TASKS_MODULE)."""
         max_bytes = int(os.environ.get("MAX_MESSAGE_BYTES") or DEFAULT_MAX_MESSAGE_BYTES)
-        return cls(stage_allowed_hosts(stage), max_bytes=max_bytes)
+        secret_names = json.loads(os.environ.get("SECRET_HEADERS") or "{}")
+        return cls(stage_allowed_hosts(stage), max_bytes=max_bytes, stage=stage, secret_header_names=secret_names)
 
     def build(self, task: str, payload: Any, group: str, job_id: str | None = None) -> OutgoingJob:
         """Validate one job; raises InvalidJob with a one-line reason."""
@@ -113,8 +122,8 @@ class JobBuilder:
             body,
             group,
             dedup_id,
-            known_tasks=self.known_tasks,
-            allowed_hosts=self.allowed_hosts,
+            tasks=self.tasks,
+            validation=self.validation,
             max_bytes=self.max_bytes,
         )
         return OutgoingJob(body, group, job.job_id)
@@ -146,9 +155,12 @@ class Producer:
         allowed_hosts: Iterable[str],
         known_tasks: Iterable[str] | None = None,
         max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        stage: str = "",
+        secret_header_names: Iterable[str] = (),
     ):
         self.queue = JobQueue(sqs_client, queue_url, "")
-        self.builder = JobBuilder(allowed_hosts, known_tasks, max_bytes)
+        self.builder = JobBuilder(allowed_hosts, known_tasks, max_bytes, stage=stage, secret_header_names=secret_header_names)
 
     @classmethod
     def for_stage(cls, stage: str, sqs_client: Any = None) -> Producer:
@@ -159,7 +171,10 @@ class Producer:
             sqs_client = boto3.client("sqs")
         builder = JobBuilder.for_stage(stage)
         url = queue_url(sqs_client, resource_names(stage)["jobs_queue"])
-        return cls(sqs_client, url, builder.allowed_hosts, builder.known_tasks, builder.max_bytes)
+        return cls(
+            sqs_client, url, builder.allowed_hosts, builder.known_tasks, builder.max_bytes,
+            stage=stage, secret_header_names=builder.validation.secret_header_names,
+        )
 
     def build(self, task: str, payload: Any, group: str, job_id: str | None = None) -> OutgoingJob:
         """Validate one job without sending it; raises InvalidJob with a one-line reason."""

@@ -119,7 +119,7 @@ class Composition:
         if "worker" not in self._cache:
             s = self.settings
             self._cache["worker"] = WorkerService(
-                config=WorkerConfig(self.validation(), s.max_message_bytes, s.response_max_bytes, s.worker_max_parallel),
+                config=WorkerConfig(self.validation(), s.max_message_bytes, s.worker_max_parallel),
                 records=DynamoWorkerRecords(self.client("dynamodb"), s.state_table),
                 clock=self.clock,
                 registry=self.tasks(),

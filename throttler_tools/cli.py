@@ -382,7 +382,8 @@ def enqueue(group: str | None, job_id: str | None, task: str | None, payload: st
         built = [builder.build(task, data, group, job_id)]
     if not built:
         raise Invalid("no jobs on stdin")
-    producer = Producer(aws.client("sqs"), aws.jobs_url, builder.allowed_hosts, builder.known_tasks, builder.max_bytes)
+    producer = Producer(aws.client("sqs"), aws.jobs_url, builder.allowed_hosts, builder.known_tasks, builder.max_bytes,
+                        stage=builder.stage, secret_header_names=builder.validation.secret_header_names)
     for sent in producer.send_many(built):
         click.echo(sent)
     if len(built) > 1:

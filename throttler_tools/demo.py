@@ -265,7 +265,8 @@ def run(jobs: int, groups: int, show_progress: bool = True) -> tuple[dict[str, A
             stack.start(schedule=False)
             console.print(f"local stack at {stack.endpoint}, fake API at {server.url}, quotas {quota_item()}")
             DynamoStateStore(stack.client("dynamodb"), stack.env["STATE_TABLE"]).put_quotas(quota_item())
-            producer = Producer(stack.client("sqs"), stack.env["JOBS_QUEUE_URL"], stack.env["ALLOWED_HOSTS"].split(","))
+            producer = Producer(stack.client("sqs"), stack.env["JOBS_QUEUE_URL"], stack.env["ALLOWED_HOSTS"].split(","),
+                                stage="local")
             producer.send_many(
                 {
                     "task": "http",

@@ -65,7 +65,7 @@ def worker_with(task: Callable[[dict[str, Any], TaskContext], TaskResult | None]
     registry = TaskRegistry()
     registry.register("step", task)
     worker = WorkerService(
-        config=WorkerConfig(allowed_hosts=("127.0.0.1",)),
+        config=WorkerConfig(allowed_hosts=("http://127.0.0.1:*",)),
         store=MemoryStateStore(),
         clock=clock,
         registry=registry,
@@ -155,7 +155,7 @@ def test_dispatcher_plans_send_times_after_the_turns_receive_not_before_it() -> 
         return {"results": [JobResult(j["id"], Outcome.SUCCEEDED).to_dict() for j in request["jobs"]]}
 
     settings = Settings(
-        stage="t", jobs_queue_url="q", dlq_url="d", state_table="s", worker_function="w", allowed_hosts=("127.0.0.1",)
+        stage="t", jobs_queue_url="q", dlq_url="d", state_table="s", worker_function="w", allowed_hosts=("http://127.0.0.1:*",)
     )
     body = json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok"}})
     queue = SlowReceiveQueue(clock, [body] * 3, receive_s=0.4)

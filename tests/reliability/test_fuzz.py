@@ -35,9 +35,11 @@ from tests.reliability.conftest import (
 from throttler.core.envelope import parse_job
 from throttler.core.errors import ConfigError, InvalidJob
 from throttler.core.quotas import parse_quota_item
+from throttler.tasks import ValidationContext, default_registry
 
 MAX_BYTES = 4096  # the stage's MAX_MESSAGE_BYTES here, so that "huge" stays under SQS's own 256 KiB
 ALLOWED = ("127.0.0.1", "localhost")
+CHECKS = ValidationContext.build([f"http://{host}:*" for host in ALLOWED], "local")
 SQS_INVALID = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -119,7 +121,7 @@ mutations = st.one_of(
 def verdict(body: str, job_id: str) -> str:
     """The validator's own verdict: '' for a job it accepts, else its reason."""
     try:
-        parse_job(body, "g", job_id, known_tasks=frozenset({"http"}), allowed_hosts=ALLOWED, max_bytes=MAX_BYTES)
+        parse_job(body, "g", job_id, tasks=default_registry.view({"http"}), validation=CHECKS, max_bytes=MAX_BYTES)
     except InvalidJob as exc:
         return str(exc)
     return ""

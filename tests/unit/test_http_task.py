@@ -1,22 +1,33 @@
-"""The http task's outcome classification (SPEC job envelope) and header parsing (promise 6)."""
+"""The http task: outcome classification (SPEC job envelope), no redirects, the API's headers carried, bad
+input refused before any call (promise 7), and the payload model owned by the task (its validator runs in
+parse_job, so the throttler refuses a bad payload)."""
 
 from __future__ import annotations
 
 import email.utils
+import json
+from typing import Any
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from throttler.core.clock import FakeClock
-from throttler.core.errors import PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from tests.unit.http_servers import LocalApi, second_loopback_host
+from throttler.core.clock import FakeClock, SystemClock
+from throttler.core.envelope import parse_job
+from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
+from throttler.tasks import ValidationContext, default_registry
+from throttler.tasks.http import REDIRECT_REASON, http_task, new_session, parse_rate_headers, parse_retry_after
+from throttler.tasks.registry import TaskContext, TaskRegistry, TaskResult, task
 from throttler_tools.fakeapi import FakeApi, session_for
-from throttler.tasks.http import http_task, parse_rate_headers, parse_retry_after
-from throttler.tasks.registry import TaskContext, TaskRegistry, task
+
+LOCAL = ValidationContext.build(["http://127.0.0.1:*", "http://127.0.0.2:*"], "local")
 
 
-def ctx(session: requests.Session, clock: FakeClock, secret: dict | None = None) -> TaskContext:
-    return TaskContext("job-1", "g", clock, session, ("127.0.0.1",), not_after=clock.now() + 1,
-                       secret_headers=lambda: dict(secret or {}))
+def ctx(session: requests.Session, clock: Any, secret: dict | None = None, validation: ValidationContext = LOCAL,
+        deadline_s: float = 30.0) -> TaskContext:
+    return TaskContext("job-1", "g", clock, session, validation, not_after=clock.now() + 1,
+                       deadline=clock.now() + deadline_s, secret_headers=dict(secret or {}))
 
 
 def call(path: str, **payload: object) -> tuple[FakeApi, object]:
@@ -28,7 +39,7 @@ def call(path: str, **payload: object) -> tuple[FakeApi, object]:
 
 def test_2xx_succeeds_and_sends_the_job_id_as_idempotency_key() -> None:
     api, out = call("/ok", json={"a": 1})
-    assert out.status == 200 and api.calls[0].key == "job-1"
+    assert isinstance(out, TaskResult) and out.status == 200 and api.calls[0].key == "job-1"
 
 
 @pytest.mark.parametrize(("path", "error"), [
@@ -56,44 +67,122 @@ class Exploding(requests.adapters.BaseAdapter):
         return None
 
 
-@pytest.mark.parametrize("exc", [requests.exceptions.ReadTimeout("slow"), requests.exceptions.ConnectionError("reset")])
-def test_timeouts_and_connection_errors_are_retryable(exc: Exception) -> None:
-    session = requests.Session()
-    adapter = Exploding(exc)
+def exploding_session(exc: Exception) -> tuple[requests.Session, Exploding]:
+    session, adapter = requests.Session(), Exploding(exc)
     session.mount("http://", adapter)
+    return session, adapter
+
+
+@pytest.mark.parametrize("exc", [requests.exceptions.ReadTimeout("slow"), requests.exceptions.ConnectionError("reset"),
+                                 requests.exceptions.ChunkedEncodingError("cut")])
+def test_timeouts_and_connection_errors_are_retryable(exc: Exception) -> None:
+    session, adapter = exploding_session(exc)
     with pytest.raises(RetryableTaskError):
         http_task({"method": "GET", "url": "http://127.0.0.1/x"}, ctx(session, FakeClock()))
     assert adapter.calls == 1  # it may have reached the API: no unreserved retry
 
 
-def test_a_call_that_never_left_is_retried_within_its_slot() -> None:
-    session = requests.Session()
-    adapter = Exploding(requests.exceptions.ConnectTimeout("connect timed out"))
-    session.mount("http://", adapter)
+@pytest.mark.parametrize("exc", [
+    requests.exceptions.ConnectTimeout("connect timed out"),
+    requests.exceptions.ConnectionError(MaxRetryError(None, "/x", NewConnectionError(None, "refused"))),  # type: ignore[arg-type]
+])
+def test_a_call_that_never_left_is_retried_within_its_slot(exc: Exception) -> None:
+    session, adapter = exploding_session(exc)
     with pytest.raises(RetryableTaskError):
         http_task({"method": "GET", "url": "http://127.0.0.1/x"}, ctx(session, FakeClock()))
     assert adapter.calls == 3
 
 
-def test_secret_headers_are_added_and_the_message_cannot_override_the_idempotency_key() -> None:
-    clock = FakeClock()
-    seen = {}
+@pytest.mark.parametrize("exc", [requests.exceptions.InvalidHeader("bad"), requests.exceptions.InvalidURL("bad"),
+                                 UnicodeEncodeError("latin-1", "\u2028", 0, 1, "no"), ValueError("Invalid header value")])
+def test_an_error_that_means_the_message_is_malformed_is_bad_input_never_retryable(exc: Exception) -> None:
+    session, adapter = exploding_session(exc)
+    with pytest.raises(InvalidJob):
+        http_task({"method": "GET", "url": "http://127.0.0.1/x"}, ctx(session, FakeClock()))
+    assert adapter.calls == 1
 
-    class Capture(requests.adapters.BaseAdapter):
-        def send(self, request, **kwargs):
-            seen.update(request.headers)
-            response = requests.Response()
-            response.status_code = 204
-            return response
 
-        def close(self) -> None:
-            return None
+def test_a_call_past_its_deadline_is_a_retryable_timeout_and_is_not_sent() -> None:
+    session, adapter = exploding_session(AssertionError("must not be called"))
+    with pytest.raises(RetryableTaskError, match="timeout"):
+        http_task({"method": "GET", "url": "http://127.0.0.1/x"}, ctx(session, FakeClock(), deadline_s=0))
+    assert adapter.calls == 0
 
-    session = requests.Session()
-    session.mount("http://", Capture())
-    http_task({"method": "GET", "url": "http://127.0.0.1/x", "headers": {"Idempotency-Key": "forged"}},
-              ctx(session, clock, secret={"Authorization": "Bearer s3cret"}))
-    assert seen["Authorization"] == "Bearer s3cret" and seen["Idempotency-Key"] == "job-1"
+
+@pytest.mark.parametrize(("code", "method"), [(301, "GET"), (302, "GET"), (303, "POST"), (307, "POST"), (308, "PUT")])
+def test_a_redirect_is_not_followed_and_the_other_host_receives_nothing(code: int, method: str) -> None:
+    with LocalApi() as api, LocalApi(host=second_loopback_host()) as elsewhere:
+        session = new_session(2)
+        url = f"{api.url}/redirect/{code}?to={elsewhere.url}/steal"
+        with pytest.raises(PermanentTaskError) as info:
+            http_task({"method": method, "url": url, "json": {"secret": "body"}},
+                      ctx(session, SystemClock(), secret={"X-Api-Key": "k3y"}))
+        session.close()
+    assert str(info.value) == REDIRECT_REASON and info.value.status == code
+    assert len(api.seen) == 1 and elsewhere.seen == []
+
+
+def test_the_apis_rate_limit_headers_are_carried_lowercased_and_bounded() -> None:
+    with LocalApi() as api:
+        session = new_session(1)
+        out = http_task({"method": "GET", "url": f"{api.url}/ratelimit"}, ctx(session, SystemClock()))
+        with pytest.raises(ThrottledTaskError) as info:
+            http_task({"method": "GET", "url": f"{api.url}/throttle"}, ctx(session, SystemClock()))
+        session.close()
+    assert isinstance(out, TaskResult) and out.status == 200
+    assert next(iter(out.headers)) == "retry-after" and out.headers["x-ratelimit-remaining"] == "3"
+    assert len(out.headers) <= 20 and all(len(v) <= 256 for v in out.headers.values())
+    assert all(k == k.lower() and (k == "retry-after" or k.startswith(("ratelimit", "x-ratelimit"))) for k in out.headers)
+    assert info.value.retry_after_s == 7.0
+    assert info.value.headers == {"retry-after": "7", "ratelimit": "limit=10, remaining=0, reset=7", "ratelimit-policy": "10;w=1"}
+
+
+def test_the_body_data_is_sent_as_utf8_and_params_join_the_checked_url() -> None:
+    with LocalApi() as api:
+        session = new_session(1)
+        payload = {"method": "POST", "url": f"{api.url}/ok?a=1", "params": {"b": ["x", 2], "c": True},
+                   "data": "h\u00e9llo \u2603"}
+        http_task(payload, ctx(session, SystemClock()))
+        session.close()
+    assert api.seen[0].path == "/ok?a=1&b=x&b=2&c=True" and api.seen[0].body == "h\u00e9llo \u2603".encode()
+
+
+# ---------------------------------------------------------------------------- the task owns its payload
+def parse(payload: dict, validation: ValidationContext = LOCAL) -> object:
+    body = json.dumps({"task": "http", "payload": payload})
+    return parse_job(body, "g", "dedup-1", tasks=default_registry.view({"http"}), validation=validation)
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    ({"method": "GET", "url": "http://127.0.0.1:8080\\@api.example.com/"}, "backslash"),
+    ({"method": "GET", "url": "http://127.1:8080/"}, "not in ALLOWED_HOSTS"),
+    ({"method": "GET", "url": "http://127.0.0.1/", "headers": {"X-A": "a\r\nHost: evil"}}, "CR, LF or NUL"),
+    ({"method": "GET", "url": "http://127.0.0.1/", "headers": {"Host": "evil.example"}}, "cannot be set"),
+    ({"method": "GET", "url": "http://127.0.0.1/", "json": float("nan")}, "NaN"),
+    ({"method": "GET", "url": "http://127.0.0.1/", "params": {"a": {"b": 1}}}, "params"),
+    ({"method": "GET", "url": "http://127.0.0.1/", "timeout": 31}, "timeout"),
+    ({"method": "BREW", "url": "http://127.0.0.1/"}, "method"),
+    ({"method": "GET", "url": 5}, "url"),
+])
+def test_a_bad_http_payload_is_refused_by_parse_job_before_any_call(payload: dict, reason: str) -> None:
+    with pytest.raises(InvalidJob, match=reason):
+        parse(payload)
+
+
+def test_parse_job_runs_a_custom_tasks_validator_and_a_validator_bug_refuses_the_job_without_crashing() -> None:
+    registry = TaskRegistry()
+
+    def strict(payload: dict, checks: ValidationContext) -> None:
+        if "invoice" not in payload:
+            raise InvalidJob("send_invoice payload needs an invoice")
+
+    registry.register("send_invoice", lambda payload, context: None, validate=strict)
+    registry.register("buggy", lambda payload, context: None, validate=lambda payload, checks: 1 / 0)
+    with pytest.raises(InvalidJob, match="needs an invoice"):
+        parse_job('{"task": "send_invoice", "payload": {}}', "g", "d", tasks=registry, validation=LOCAL)
+    assert parse_job('{"task": "send_invoice", "payload": {"invoice": 1}}', "g", "d", tasks=registry, validation=LOCAL)
+    with pytest.raises(InvalidJob, match="ZeroDivisionError"):
+        parse_job('{"task": "buggy", "payload": {}}', "g", "d", tasks=registry, validation=LOCAL)
 
 
 def test_retry_after_in_seconds_or_http_date_or_malformed() -> None:
@@ -125,6 +214,5 @@ def test_custom_tasks_register_by_name() -> None:
     def other(payload: dict, context: TaskContext) -> None:
         return None
 
-    from throttler.tasks import default_registry
-
     assert default_registry.get("unit_test_task") is other
+    assert default_registry.validator("http") is not None  # the built-in task always brings its validator

@@ -14,7 +14,7 @@ from throttler.worker import InlineExecutor, WorkerConfig, WorkerService
 
 def make_worker(clock: FakeClock, api: FakeApi, store: MemoryStateStore | None = None) -> WorkerService:
     return WorkerService(
-        config=WorkerConfig(("127.0.0.1",)),
+        config=WorkerConfig(("http://127.0.0.1:*",)),
         store=store or MemoryStateStore(),
         clock=clock,
         registry=default_registry,
@@ -102,7 +102,7 @@ def test_threaded_execution_keeps_group_order() -> None:
 
     clock = SystemClock()
     api = FakeApi(tiers=[(1, 1000)], clock=clock)
-    worker = WorkerService(config=WorkerConfig(("127.0.0.1",)), store=MemoryStateStore(), clock=clock,
+    worker = WorkerService(config=WorkerConfig(("http://127.0.0.1:*",)), store=MemoryStateStore(), clock=clock,
                            registry=default_registry, session=session_for(api))
     now = clock.now()
     jobs = [spec(f"{g}{i}", g, "/ok", now + 0.01 * (i * 3 + k), i) for i in range(5) for k, g in enumerate("abc")]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from throttler.core.errors import InvalidJob
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 _ID = re.compile(r"[\x21-\x7e]+")
-MAX_TIMEOUT_S = 30.0
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
 class Envelope(BaseModel):
@@ -37,39 +35,6 @@ class Envelope(BaseModel):
         return value
 
 
-class HttpPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    method: str
-    url: str = Field(min_length=1, max_length=8192)
-    headers: dict[str, str] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)
-    json_body: Any = Field(default=None, alias="json")
-    data: str | dict[str, Any] | None = None
-    timeout: float = Field(default=10.0, gt=0, le=MAX_TIMEOUT_S)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        if value.upper() not in HTTP_METHODS:
-            raise ValueError(f"method must be one of {', '.join(HTTP_METHODS)}")
-        return value.upper()
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an absolute http(s) URL with a host")
-        return value
-
-    @model_validator(mode="after")
-    def _one_body(self) -> HttpPayload:
-        if self.json_body is not None and self.data is not None:
-            raise ValueError("give json or data, not both")
-        return self
-
-
 @dataclass(frozen=True)
 class Job:
     """A validated job: what the worker runs."""
@@ -89,25 +54,13 @@ def reason_from(exc: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def host_allowed(url: str, allowed_hosts: tuple[str, ...]) -> bool:
-    """Exact host, `host:port`, or `*.domain` suffix; `*` allows any host."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    port = parts.port
-    for entry in allowed_hosts:
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        name, _, entry_port = entry.partition(":") if not entry.startswith("[") else (entry, "", "")
-        if entry_port and str(port) != entry_port:
-            continue
-        if name.startswith("*.") and host.endswith(name[1:]):
-            return True
-        if host == name:
-            return True
-    return False
+class TaskCatalog(Protocol):
+    """The tasks a job may name and their payload validators (`throttler.tasks.registry.TaskRegistry`)."""
+
+    @property
+    def names(self) -> frozenset[str]: ...
+
+    def validator(self, name: str) -> Callable[[dict[str, Any], Any], object] | None: ...
 
 
 def parse_job(
@@ -115,11 +68,16 @@ def parse_job(
     group: str,
     default_id: str,
     *,
-    known_tasks: frozenset[str] | set[str],
-    allowed_hosts: tuple[str, ...],
+    tasks: TaskCatalog,
+    validation: Any,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Job:
-    """Validate a message body; raises InvalidJob with a one-line reason."""
+    """Validate a message body; raises InvalidJob with a one-line reason.
+
+    `tasks` names the known tasks and gives each one's payload validator, called as
+    `validator(payload, validation)` (for the built-in tasks, `validation` is a
+    `throttler.tasks.registry.ValidationContext`: allow-list, secret header names, body cap).
+    """
     size = len(body.encode("utf-8"))
     if size > max_bytes:
         raise InvalidJob(f"message body is {size} bytes, over the {max_bytes}-byte limit")
@@ -133,19 +91,16 @@ def parse_job(
         envelope = Envelope.model_validate(data)
     except ValidationError as exc:
         raise InvalidJob(f"envelope {reason_from(exc)}") from exc
-    if envelope.task not in known_tasks:
+    if envelope.task not in tasks.names:
         raise InvalidJob(f"unknown task {envelope.task!r}")
-    if envelope.task == "http":
-        payload = validate_http_payload(envelope.payload, allowed_hosts)
-        del payload  # validated here; the worker builds the request from the same model
+    validate = tasks.validator(envelope.task)
+    if validate is not None:
+        try:
+            validate(envelope.payload, validation)
+        except InvalidJob:
+            raise
+        except ValidationError as exc:
+            raise InvalidJob(f"{envelope.task} payload {reason_from(exc)}") from exc
+        except Exception as exc:
+            raise InvalidJob(f"{envelope.task} payload refused: {type(exc).__name__}: {str(exc)[:120]!r}") from exc
     return Job(envelope.id or default_id, group, envelope.task, envelope.payload, envelope.key, envelope.cost)
-
-
-def validate_http_payload(payload: dict[str, Any], allowed_hosts: tuple[str, ...]) -> HttpPayload:
-    try:
-        model = HttpPayload.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidJob(f"http payload {reason_from(exc)}") from exc
-    if not host_allowed(model.url, allowed_hosts):
-        raise InvalidJob(f"host {urlsplit(model.url).hostname!r} is not in ALLOWED_HOSTS")
-    return model

@@ -30,11 +30,28 @@ class PermanentTaskError(TaskError):
 
 
 class ThrottledTaskError(TaskError):
-    """The API said 'too many requests' (429); pause everyone, spend no attempt."""
+    """The API said 'too many requests' (429); pause everyone, spend no attempt.
 
-    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = 429):
+    `headers` holds the response's rate-limit headers (lowercased names), as `TaskResult.headers` does.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float | None = None,
+        status: int | None = 429,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message, status)
         self.retry_after_s = retry_after_s
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class SecretsUnavailable(ThrottlerError):
+    """The stage's secrets could not be read: the worker's failure, not the job's (no attempt is counted).
+
+    Its message names the parameter that failed, never a value.
+    """
 
 
 class StoreError(ThrottlerError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ from throttler.core.envelope import parse_job
 from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import JobSpec
-from throttler.tasks.registry import TaskContext, TaskRegistry
+from throttler.tasks.registry import TaskContext, TaskRegistry, ValidationContext
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +25,19 @@ class CallSetup:
     registry: TaskRegistry
     clock: Clock
     session: Any
-    allowed_hosts: Any
+    validation: ValidationContext
     secret_headers: Mapping[str, str] = field(default_factory=dict)
     max_message_bytes: int = 256 * 1024
-    response_max_bytes: int = 1024 * 1024
     cost_header: str | None = None
-    validate_context: Callable[[], Any] | None = None
+    call_timeout_s: float = 30.0  # no call runs longer than this (and never past the worker's own deadline)
 
 
 def call_job(spec: JobSpec, setup: CallSetup, deadline: float) -> JobResult:
     """Run one job now; every failure is a result, never an exception (the batch must go on)."""
     clock = setup.clock
     try:
-        job = parse_job(
-            spec.body, spec.group, spec.id,
-            known_tasks=setup.registry.names, allowed_hosts=setup.allowed_hosts, max_bytes=setup.max_message_bytes,
-        )
+        job = parse_job(spec.body, spec.group, spec.id, tasks=setup.registry, validation=setup.validation,
+                        max_bytes=setup.max_message_bytes)
     except InvalidJob as exc:
         return JobResult(spec.id, Outcome.INVALID, str(exc))
     fn = setup.registry.get(job.task)
@@ -51,9 +48,11 @@ def call_job(spec: JobSpec, setup: CallSetup, deadline: float) -> JobResult:
         group=job.group,
         clock=clock,
         session=setup.session,
-        allowed_hosts=setup.allowed_hosts,
+        validation=setup.validation,
         not_after=spec.not_after,
-        secret_headers=lambda: dict(setup.secret_headers),
+        deadline=min(deadline, clock.now() + setup.call_timeout_s),
+        secret_headers=dict(setup.secret_headers),
+        keep_headers=frozenset({setup.cost_header.lower()}) if setup.cost_header else frozenset(),
     )
     sent_at = clock.now()
     try:

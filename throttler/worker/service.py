@@ -20,7 +20,7 @@ from throttler.core.errors import SecretsUnavailable, StoreError
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
 from throttler.store.base import WorkerRecords
-from throttler.tasks.registry import TaskRegistry
+from throttler.tasks.registry import TaskRegistry, ValidationContext
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
 
@@ -35,9 +35,8 @@ EARLY_WAKE_S = 0.002
 
 @dataclass
 class WorkerConfig:
-    allowed_hosts: Any
+    validation: ValidationContext  # the allow-list, secret header names and body cap (as the throttler checked them)
     max_message_bytes: int = 256 * 1024
-    response_max_bytes: int = 1024 * 1024
     max_parallel: int = 64
 
 
@@ -80,9 +79,8 @@ class WorkerService:
                               len({j.group for j in request.jobs})))
         session = self.new_session(parallel)
         setup = CallSetup(
-            registry=self.registry, clock=self.clock, session=session, allowed_hosts=self.config.allowed_hosts,
-            secret_headers=secrets, max_message_bytes=self.config.max_message_bytes,
-            response_max_bytes=self.config.response_max_bytes, cost_header=request.cost_header,
+            registry=self.registry, clock=self.clock, session=session, validation=self.config.validation,
+            secret_headers=secrets, max_message_bytes=self.config.max_message_bytes, cost_header=request.cost_header,
         )
         execution = BatchExecution(request)
         try:

@@ -78,7 +78,7 @@ class World:
         self.api = FakeApi(tiers=list(cfg.api_tiers), clock=self.clock)
         self.session = session_for(self.api)
         self.registry = TaskRegistry()
-        self.registry.register("http", http_task.http_task, http_task.validate)
+        self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
         self.validation = ValidationContext.build(LOCAL_HOSTS, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
         self.workers = SimWorkers(self.loop, self.clock, self.store, self._setup, cfg.latency_s, self.rng, cfg.faults,

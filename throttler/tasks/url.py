@@ -1,0 +1,245 @@
+"""The http task's URL check: the stage's allow-list, urllib3's own parser, and a URL rebuilt from what was checked.
+
+requests parses a URL with urllib3's `parse_url` and connects to the host of the URL it prepares. So the check
+parses with that same function, refuses what parsers are known to read differently (userinfo, backslashes,
+whitespace and control characters, percent-encoded hosts), compares the host to the allow-list as a string
+(exact match: no DNS, no suffixes, no IP arithmetic) and hands back a URL rebuilt from the checked parts only,
+which is the URL the request is sent to: what was checked is what is connected to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
+from throttler.core.errors import ConfigError, InvalidJob
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_CHARS = 8192
+LOCAL_STAGE = "local"
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_ENTRY = re.compile(r"(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?(?P<host>\[[^\]]*\]|[^:\[\]/@?#%\\\s]*)(?::(?P<port>[^:]*))?")
+_DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+# What urllib3 (and inet_aton) read as an IPv4 address: 1 to 4 parts, decimal, octal or hex.
+_IPV4_ISH = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
+# Characters refused anywhere in a URL besides ASCII controls and space: other whitespace, format characters
+# (zero-width, bidi overrides), surrogates, private-use and unassigned code points.
+_UNFIT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+@dataclass(frozen=True)
+class AllowedHost:
+    """One ALLOWED_HOSTS entry: an exact host, whether plain http is allowed, and which ports besides the default."""
+
+    host: str  # lowercase ASCII: a DNS name, a dotted-quad IPv4 address, or a bracketed IPv6 address
+    plain_http: bool = False  # the entry said `http://host`: http is allowed as well as https
+    port: int | None = None  # a port allowed besides the scheme's default (`host:8443`)
+    any_port: bool = False  # `host:*`
+
+    def permits_scheme(self, scheme: str) -> bool:
+        return scheme == "https" or (scheme == "http" and self.plain_http)
+
+    def permits_port(self, scheme: str, port: int) -> bool:
+        return port == DEFAULT_PORTS[scheme] or self.any_port or port == self.port
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The hosts a job may call, parsed once from the stage's ALLOWED_HOSTS entries.
+
+    Entries: `host`, `host:port`, `host:*` (https only), `http://host`, `http://host:port`, `http://host:*`
+    (plain http too). The scheme's default port is always allowed for a listed host; another port only if an
+    entry names it or says `*`. Hosts match exactly (after lowercasing and IDNA), never by suffix. A bare `*`
+    (any host, either scheme, any port) is accepted on the local stage only.
+    """
+
+    hosts: tuple[AllowedHost, ...] = ()
+    any_host: bool = False
+
+    @classmethod
+    def parse(cls, entries: Iterable[str], stage: str) -> AllowList:
+        """Raises ConfigError with a one-line reason for a malformed entry, or `*` outside the local stage."""
+        hosts: list[AllowedHost] = []
+        any_host = False
+        for raw in entries:
+            entry = raw.strip()
+            if not entry:
+                continue
+            if entry == "*":
+                if stage != LOCAL_STAGE:
+                    raise ConfigError(f"ALLOWED_HOSTS entry '*' (any host) is allowed on the {LOCAL_STAGE} stage only")
+                any_host = True
+                continue
+            hosts.append(_parse_entry(entry))
+        return cls(tuple(hosts), any_host)
+
+    def permits(self, scheme: str, host: str, port: int) -> bool:
+        if self.any_host:
+            return scheme in DEFAULT_PORTS
+        return any(e.host == host and e.permits_scheme(scheme) and e.permits_port(scheme, port) for e in self.hosts)
+
+    def why_not(self, scheme: str, host: str, port: int) -> str:
+        """A one-line reason why this target is refused ('' when it is allowed)."""
+        if self.permits(scheme, host, port):
+            return ""
+        same_host = [e for e in self.hosts if e.host == host]
+        if not same_host:
+            return f"host {host!r} is not in ALLOWED_HOSTS"
+        if not any(e.permits_scheme(scheme) for e in same_host):
+            return f"plain http to {host!r} is not allowed: ALLOWED_HOSTS lists it for https only"
+        return f"port {port} of {host!r} is not in ALLOWED_HOSTS"
+
+
+def _parse_entry(entry: str) -> AllowedHost:
+    try:
+        match = _ENTRY.fullmatch(entry)
+        if match is None:
+            raise ValueError("expected host, host:port, host:* or http://host[:port|:*]")
+        scheme = (match["scheme"] or "https").lower()
+        if scheme not in DEFAULT_PORTS:
+            raise ValueError("the scheme must be http:// or https://")
+        host = _entry_host(match["host"])
+        port_text = match["port"]
+        port: int | None = None
+        if port_text is not None and port_text != "*":
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError("the port must be a number from 1 to 65535, or *")
+            port = int(port_text)
+    except ValueError as exc:
+        raise ConfigError(f"ALLOWED_HOSTS entry {entry!r}: {exc}") from None
+    return AllowedHost(host, plain_http=scheme == "http", port=port, any_port=port_text == "*")
+
+
+def _entry_host(text: str) -> str:
+    """The entry's host as urllib3 normalises a URL's host; ValueError says why it cannot be one."""
+    if text.startswith("["):
+        inner = text[1:-1]
+        if "%" in inner:
+            raise ValueError("an IPv6 zone id cannot be allowed")
+        try:
+            return f"[{ipaddress.IPv6Address(inner).compressed}]"
+        except ValueError:
+            raise ValueError("not a valid IPv6 address") from None
+    if not text:
+        raise ValueError("no host")
+    if "*" in text:
+        raise ValueError("hosts match exactly: no wildcards (list each host)")
+    if text.endswith("."):
+        raise ValueError("no trailing dot: hosts match exactly")
+    try:  # the same lowercasing and IDNA encoding that urllib3 applies to a URL's host
+        host = parse_url(f"https://{text}/").host or ""
+    except LocationParseError:
+        raise ValueError("not a valid host name") from None
+    if _IPV4_ISH.fullmatch(host):
+        try:
+            canonical = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            canonical = ""
+        if canonical != host:
+            raise ValueError("write an IPv4 address as four decimal numbers (e.g. 127.0.0.1)")
+        return host
+    if not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
+        raise ValueError("not a valid host name")
+    return host
+
+
+@dataclass(frozen=True)
+class CheckedUrl:
+    """A URL that passed `check_url`: its parts as urllib3 read them, and `url` rebuilt from those parts alone
+    (no userinfo, no fragment; the port only when it is not the scheme's default)."""
+
+    scheme: str
+    host: str  # lowercase ASCII, IPv6 in brackets: the host that is connected to
+    port: int  # the port that is connected to
+    path: str
+    query: str | None = None
+
+    @property
+    def url(self) -> str:
+        port = "" if self.port == DEFAULT_PORTS[self.scheme] else f":{self.port}"
+        query = "" if self.query is None else f"?{self.query}"
+        return f"{self.scheme}://{self.host}{port}{self.path}{query}"
+
+
+def unfit_char(ch: str) -> bool:
+    """Whitespace or a control, format, surrogate, private-use or unassigned character."""
+    code = ord(ch)
+    if code < 0x80:
+        return code <= 0x20 or code == 0x7F
+    return ch.isspace() or unicodedata.category(ch) in _UNFIT_CATEGORIES
+
+
+def check_url(url: object, allow_list: AllowList) -> CheckedUrl:
+    """Check a job's URL against the allow-list; raises InvalidJob with a one-line reason.
+
+    Refused: anything but an absolute http(s) URL with a host, backslashes, whitespace or control characters
+    anywhere, userinfo or any `@` before the host, percent-encoded or otherwise unparsable hosts, a host, scheme
+    or port that the allow-list does not permit. IP literals, shorthand IPv4 (`127.1`, `0x7f000001`), trailing
+    dots and IDNA names are compared as urllib3 normalises them, so they pass only when they equal an entry.
+    """
+    if not isinstance(url, str):
+        raise InvalidJob("url must be a string")
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidJob(f"url is longer than {MAX_URL_CHARS} characters")
+    for position, ch in enumerate(url):
+        if ch == "\\":
+            raise InvalidJob(f"url holds a backslash at position {position}")
+        if unfit_char(ch):
+            raise InvalidJob(f"url holds whitespace or a control character (U+{ord(ch):04X}) at position {position}")
+    scheme_match = _SCHEME.match(url)
+    if scheme_match is None:
+        raise InvalidJob("url must be an absolute URL starting with https://")
+    scheme = scheme_match[1].lower()
+    if scheme not in DEFAULT_PORTS:
+        raise InvalidJob(f"url scheme {scheme!r} is not allowed: https only (http where ALLOWED_HOSTS says http://host)")
+    authority = re.split(r"[/?#]", url[scheme_match.end() :], maxsplit=1)[0]
+    if not authority:
+        raise InvalidJob("url has no host")
+    if "@" in authority:
+        raise InvalidJob("url holds userinfo ('@' before the host): refused")
+    if "%" in authority:
+        raise InvalidJob("url holds a percent-encoded host or port: refused")
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        raise InvalidJob("url has an invalid host or port") from None
+    host = parsed.host or ""
+    if parsed.scheme != scheme or parsed.auth is not None or not host or not host.isascii():
+        raise InvalidJob("url has an invalid host")
+    if parsed.port == 0:
+        raise InvalidJob("url port 0 is not allowed")
+    port = parsed.port if parsed.port is not None else DEFAULT_PORTS[scheme]
+    why = allow_list.why_not(scheme, host, port)
+    if why:
+        raise InvalidJob(why)
+    checked = CheckedUrl(scheme, host, port, parsed.path or "/", parsed.query)
+    if connect_target(checked.url) != (scheme, host, port):
+        # Defence in depth: the rebuilt URL must read the same to urllib3 and to the standard library (which
+        # requests' adapter uses to pick the connection pool).
+        raise InvalidJob("url is ambiguous: refused")
+    return checked
+
+
+def connect_target(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL as urllib3 and urllib.parse both read it; None when they disagree."""
+    try:
+        ours = parse_url(url)
+        theirs = urlsplit(url)
+        their_port = theirs.port
+    except (LocationParseError, ValueError):
+        return None
+    if ours.scheme not in DEFAULT_PORTS or not ours.host or ours.auth is not None:
+        return None
+    port = ours.port if ours.port is not None else DEFAULT_PORTS[ours.scheme]
+    bare = ours.host[1:-1] if ours.host.startswith("[") else ours.host
+    if theirs.scheme != ours.scheme or theirs.hostname != bare or (their_port or DEFAULT_PORTS[ours.scheme]) != port:
+        return None
+    return ours.scheme, ours.host, port
