@@ -28,7 +28,7 @@ from throttler.dispatcher import RunSummary, ThrottlerRun
 from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
 from throttler_tools.provision import provision
-from throttler.queue import JobQueue
+from throttler.queue import JobQueue, SqsJobQueue
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore
 from throttler.worker import InlineExecutor, WorkerService
@@ -59,7 +59,7 @@ class Stage:
 
     @property
     def queue(self) -> JobQueue:
-        return JobQueue(self.sqs, self.env["JOBS_QUEUE_URL"], self.env["DLQ_URL"])
+        return SqsJobQueue(self.sqs, self.env["JOBS_QUEUE_URL"], self.env["DLQ_URL"], clock=self.clock)
 
     @property
     def store(self) -> DynamoStateStore:

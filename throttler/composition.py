@@ -19,7 +19,7 @@ from botocore.config import Config
 from throttler.core.clock import Clock, SystemClock
 from throttler.dispatcher import ThrottlerRun
 from throttler.invoker import Invoker, LambdaInvoker
-from throttler.queue import JobQueue
+from throttler.queue import JobQueue, SqsJobQueue
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore
 from throttler.tasks import default_registry
@@ -95,7 +95,7 @@ def build_store(settings: Settings, get_client: Callable[[str], Any] | None = No
 
 
 def build_queue(settings: Settings, get_client: Callable[[str], Any] | None = None) -> JobQueue:
-    return JobQueue(_clients(get_client)("sqs"), settings.jobs_queue_url, settings.dlq_url)
+    return SqsJobQueue(_clients(get_client)("sqs"), settings.jobs_queue_url, settings.dlq_url)
 
 
 def worker_service(settings: Settings) -> WorkerService:

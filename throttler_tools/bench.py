@@ -351,11 +351,11 @@ class World:
         depth = self.feed_depth
         if self.sent >= self.jobs or self.sent - self.removed >= 0.7 * depth:
             return
-        from throttler.queue import JobQueue
+        from throttler.queue import SqsJobQueue
 
         with self.meter.section("feeder"):
             target = min(self.jobs, self.removed + depth)
-            queue = JobQueue(self.admin_sqs, self.queue_url, self.env["DLQ_URL"])
+            queue = SqsJobQueue(self.admin_sqs, self.queue_url, self.env["DLQ_URL"])
             while self.sent < target:
                 n = min(100, target - self.sent)
                 queue.send([self.job(i) for i in range(self.sent, self.sent + n)])

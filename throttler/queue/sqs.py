@@ -1,149 +1,155 @@
-"""SQS FIFO adapter: receive, delete, change visibility, dead-letter and send, all in batches of 10."""
+"""The JobQueue contract on Amazon SQS: an injected boto3 client, the two queues' URLs."""
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import logging
-import re
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from throttler.core.errors import StoreError
+from throttler.core.clock import Clock, SystemClock
+from throttler.queue.base import (
+    MAX_MESSAGE_BYTES,
+    JobQueue,
+    MessageAttribute,
+    OutgoingMessage,
+    QueueDepth,
+    QueuedMessage,
+    QueueError,
+    SendFailure,
+    Target,
+    message_size_bytes,
+)
 
 logger = logging.getLogger(__name__)
-SQS_BATCH = 10
-MAX_VISIBILITY_S = 43_200  # SQS's ceiling: 12 hours
-# Characters SQS refuses in a body or a string attribute (outside XML's Char production).
-_NOT_SQS_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+SYSTEM_ATTRIBUTES = ["MessageGroupId", "MessageDeduplicationId", "ApproximateReceiveCount", "SentTimestamp"]
 
 
-def sqs_text(text: str) -> str:
-    """`text` with every character SQS would refuse escaped (`\\x08`): a reason that quotes a bad
-    message (a key name, say) must never make the dead-lettering itself fail."""
-    return _NOT_SQS_TEXT.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+class SqsJobQueue(JobQueue):
+    """The jobs queue and its DLQ on SQS. `jobs_max_bytes` / `dlq_max_bytes` are the queues'
+    MaximumMessageSize; by default they are read once from SQS (GetQueueAttributes), and where that
+    is not allowed (a producer's role may only send) the size is left to SQS to judge."""
 
-
-@dataclass(frozen=True)
-class QueuedMessage:
-    message_id: str
-    receipt: str
-    body: str
-    group: str
-    dedup_id: str
-    receive_count: int
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    message: QueuedMessage
-    reason: str
-    attempts: int
-
-
-def _chunks(items: Sequence[Any], size: int = SQS_BATCH) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class JobQueue:
-    """The jobs queue and its dead-letter queue (injected client, URLs from settings)."""
-
-    def __init__(self, client: Any, queue_url: str, dlq_url: str):
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        dlq_url: str,
+        clock: Clock | None = None,
+        jobs_max_bytes: int | None = None,
+        dlq_max_bytes: int | None = None,
+    ):
+        super().__init__(clock or SystemClock())
         self._sqs = client
         self.queue_url = queue_url
         self.dlq_url = dlq_url
+        self._max_bytes: dict[Target, int | None] = {"jobs": jobs_max_bytes, "dlq": dlq_max_bytes}
 
-    def receive(self, max_messages: int, visibility_s: int, wait_s: int = 0) -> list[QueuedMessage]:
+    def _url(self, target: Target) -> str:
+        return self.queue_url if target == "jobs" else self.dlq_url
+
+    def _receive(self, target: Target, max_messages: int, visibility_s: int, wait_s: int) -> list[QueuedMessage]:
         response = self._call(
             "receive_message",
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=max(1, min(SQS_BATCH, max_messages)),
-            VisibilityTimeout=max(1, min(MAX_VISIBILITY_S, int(visibility_s))),
+            QueueUrl=self._url(target),
+            MaxNumberOfMessages=max_messages,
+            VisibilityTimeout=visibility_s,
             WaitTimeSeconds=wait_s,
-            MessageSystemAttributeNames=["MessageGroupId", "MessageDeduplicationId", "ApproximateReceiveCount"],
+            MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
+            MessageAttributeNames=["All"],  # they count in the size, and the DLQ's carry the reason
         )
-        return [
-            QueuedMessage(
-                message_id=m["MessageId"],
-                receipt=m["ReceiptHandle"],
-                body=m["Body"],
-                group=m["Attributes"].get("MessageGroupId", ""),
-                dedup_id=m["Attributes"].get("MessageDeduplicationId", m["MessageId"]),
-                receive_count=int(m["Attributes"].get("ApproximateReceiveCount", "1")),
-            )
-            for m in response.get("Messages", [])
-        ]
+        return [_queued(m) for m in response.get("Messages", [])]
 
-    def delete(self, receipts: Sequence[str]) -> list[str]:
-        """Delete in batches; returns the receipts that failed (they will simply be seen again)."""
-        failed: list[str] = []
-        for chunk in _chunks(list(receipts)):
-            entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)]
-            response = self._call("delete_message_batch", QueueUrl=self.queue_url, Entries=entries)
-            failed += [chunk[int(f["Id"])] for f in response.get("Failed", [])]
-        return failed
+    def _delete(self, target: Target, receipts: Sequence[str]) -> list[str]:
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
+        response = self._call("delete_message_batch", QueueUrl=self._url(target), Entries=entries)
+        return [receipts[int(f["Id"])] for f in response.get("Failed", [])]
 
-    def change_visibility(self, changes: Sequence[tuple[str, float]]) -> None:
-        """Set each receipt's visibility (seconds from now); 0 releases the message at once."""
-        for chunk in _chunks(list(changes)):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": max(0, min(MAX_VISIBILITY_S, int(s)))}
-                for i, (r, s) in enumerate(chunk)
-            ]
-            response = self._call("change_message_visibility_batch", QueueUrl=self.queue_url, Entries=entries)
-            for failure in response.get("Failed", []):
-                # A receipt that expired meanwhile: the message is already visible again, which is what
-                # releasing wanted; a longer timeout that failed only means an earlier retry.
-                logger.info("visibility change failed", extra={"code": failure.get("Code")})
+    def _change_visibility(self, target: Target, changes: Sequence[tuple[str, int]]) -> list[str]:
+        entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": s} for i, (r, s) in enumerate(changes)]
+        response = self._call("change_message_visibility_batch", QueueUrl=self._url(target), Entries=entries)
+        failed = response.get("Failed", [])
+        for failure in failed:
+            logger.info("visibility change failed", extra={"code": failure.get("Code")})
+        return [changes[int(f["Id"])][0] for f in failed]
 
-    def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Move messages to the DLQ with their reason and attempts, then delete them from the queue.
+    def _send(self, target: Target, messages: Sequence[OutgoingMessage]) -> list[SendFailure]:
+        entries = []
+        for i, m in enumerate(messages):
+            entry: dict[str, Any] = {
+                "Id": str(i),
+                "MessageBody": m.body,
+                "MessageGroupId": m.group,
+                "MessageDeduplicationId": m.dedup_id,
+            }
+            if m.attributes:
+                entry["MessageAttributes"] = {name: _attribute_json(a) for name, a in m.attributes.items()}
+            entries.append(entry)
+        response = self._call("send_message_batch", QueueUrl=self._url(target), Entries=entries)
+        return [SendFailure(int(f["Id"]), str(f.get("Code", "")), str(f.get("Message", ""))) for f in response.get("Failed", [])]
 
-        The deduplication id is derived from this copy's message id, so a run that dies between the
-        send and the delete and is retried within SQS's 5-minute window does not duplicate it, while
-        a job redriven from the DLQ (a new message id) that fails again does reach the DLQ again.
-        """
-        for chunk in _chunks(list(letters)):
-            entries = [
-                {
-                    "Id": str(i),
-                    "MessageBody": d.message.body,
-                    "MessageGroupId": d.message.group or "ungrouped",
-                    "MessageDeduplicationId": hashlib.sha256(f"dlq:{d.message.message_id}".encode()).hexdigest()[:64],
-                    "MessageAttributes": {
-                        "error_reason": {"DataType": "String", "StringValue": sqs_text(d.reason[:1000]) or "unknown"},
-                        "attempts": {"DataType": "Number", "StringValue": str(d.attempts)},
-                        "job_id": {"DataType": "String", "StringValue": d.message.dedup_id},
-                    },
-                }
-                for i, d in enumerate(chunk)
-            ]
-            response = self._call("send_message_batch", QueueUrl=self.dlq_url, Entries=entries)
-            if response.get("Failed"):
-                raise StoreError(f"dead-lettering failed for {len(response['Failed'])} message(s)")
-            self.delete([d.message.receipt for d in chunk])
+    def _max_message_bytes(self, target: Target) -> int:
+        known = self._max_bytes[target]
+        if known is None:
+            try:
+                attributes = self._sqs.get_queue_attributes(QueueUrl=self._url(target), AttributeNames=["MaximumMessageSize"])
+                known = int(attributes["Attributes"]["MaximumMessageSize"])
+            except (ClientError, KeyError, ValueError) as exc:
+                logger.info("queue size limit unknown", extra={"queue": target, "error": type(exc).__name__})
+                known = MAX_MESSAGE_BYTES  # SQS itself still refuses what its queue cannot take
+            self._max_bytes[target] = known
+        return known
 
-    def send(self, entries: Sequence[tuple[str, str, str | None]], queue_url: str | None = None) -> list[str]:
-        """Send (body, group, dedup id) triples; returns the deduplication ids used."""
-        ids: list[str] = []
-        for chunk in _chunks(list(entries)):
-            batch = []
-            for i, (body, group, dedup) in enumerate(chunk):
-                dedup = dedup or uuid.uuid4().hex
-                ids.append(dedup)
-                batch.append({"Id": str(i), "MessageBody": body, "MessageGroupId": group, "MessageDeduplicationId": dedup})
-            response = self._call("send_message_batch", QueueUrl=queue_url or self.queue_url, Entries=batch)
-            if response.get("Failed"):
-                first = response["Failed"][0]
-                raise StoreError(f"send failed: {first.get('Code')}: {first.get('Message', '')}")
-        return ids
+    def _depth(self, target: Target) -> QueueDepth:
+        response = self._call(
+            "get_queue_attributes",
+            QueueUrl=self._url(target),
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )
+        attributes = response.get("Attributes", {})
+        return QueueDepth(
+            visible=int(attributes.get("ApproximateNumberOfMessages", 0)),
+            in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+        )
 
     def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return getattr(self._sqs, operation)(**kwargs)
         except ClientError as exc:
-            raise StoreError(f"sqs {operation} failed: {exc.response['Error']['Code']}") from exc
+            raise QueueError(f"sqs {operation} failed: {exc.response['Error']['Code']}") from exc
+
+
+def _attribute_json(attribute: MessageAttribute) -> dict[str, Any]:
+    key = "BinaryValue" if isinstance(attribute.value, bytes) else "StringValue"
+    return {"DataType": attribute.data_type, key: attribute.value}
+
+
+def _attribute(value: Mapping[str, Any]) -> MessageAttribute:
+    if "BinaryValue" in value:
+        raw = value["BinaryValue"]
+        return MessageAttribute(value["DataType"], raw if isinstance(raw, bytes) else base64.b64decode(raw))
+    return MessageAttribute(value["DataType"], str(value.get("StringValue", "")))
+
+
+def _queued(m: Mapping[str, Any]) -> QueuedMessage:
+    system = m.get("Attributes", {})
+    attributes = {name: _attribute(value) for name, value in m.get("MessageAttributes", {}).items()}
+    return QueuedMessage(
+        message_id=m["MessageId"],
+        receipt=m["ReceiptHandle"],
+        body=m["Body"],
+        group=system.get("MessageGroupId", ""),
+        dedup_id=system.get("MessageDeduplicationId", m["MessageId"]),
+        receive_count=int(system.get("ApproximateReceiveCount", "1")),
+        sent_at=int(system.get("SentTimestamp", "0")) / 1000.0,
+        size_bytes=message_size_bytes(m["Body"], attributes),
+        attributes=attributes,
+    )
