@@ -142,7 +142,7 @@ class Stage:
 def stage() -> Iterator[Stage]:
     # moto 5.2 can hand out a FIFO group's later message first after a release; SQS never does.
     # Patched for every test (idempotent), so results do not depend on which tests ran before.
-    from throttler_tools.local import patch_moto_fifo_order
+    from throttler_tools.moto_patches import patch_moto_fifo_order
 
     patch_moto_fifo_order()
     with freeze_time(START) as frozen, mock_aws():
