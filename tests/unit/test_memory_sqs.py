@@ -10,7 +10,7 @@ import pytest
 
 from throttler.core.clock import FakeClock
 from throttler.queue import MemoryJobQueue, MemorySqs, MessageAttribute, MessageView, OutgoingMessage
-from throttler.queue.model import SqsError
+from throttler.queue.sqs_rules import SqsError
 
 JOBS, DLQ = "jobs.fifo", "dlq.fifo"
 Attributes = dict[str, MessageAttribute]
@@ -196,3 +196,28 @@ def test_a_standard_queue_does_not_hold_messages_back_by_group(clock: FakeClock)
     model.send_message_batch("plain", [OutgoingMessage("a", "", ""), OutgoingMessage("b", "", "")])
     assert [m.body for m in model.receive_message("plain", 1, 30)] == ["a"]
     assert [m.body for m in model.receive_message("plain", 1, 30)] == ["b"]
+
+
+# ------------------------------------------------------------------------------------------ FIFO quotas
+def test_nothing_more_is_delivered_while_the_in_flight_quota_is_used_up(clock: FakeClock) -> None:
+    model = MemorySqs(clock, in_flight_quota=3)  # SQS: 120,000, and no error when reached
+    model.create_queue(QueueName=JOBS, Attributes={"FifoQueue": "true"})
+    model.send_message_batch(JOBS, [out(f"m{i}", group=f"g{i}") for i in range(5)])
+    held = model.receive_message(JOBS, 10, 60)
+    assert len(held) == 3 and model.receive_message(JOBS, 10, 60) == []
+    assert model.delete_message_batch(JOBS, [held[0].receipt]) == []
+    assert [m.body for m in model.receive_message(JOBS, 10, 60)] == ["m3"]
+    clock.advance(60)
+    assert len(model.receive_message(JOBS, 10, 60)) == 3
+
+
+def test_a_backlog_in_one_group_hides_later_groups_beyond_the_fifo_scan(clock: FakeClock) -> None:
+    model = MemorySqs(clock, scan_depth=5)  # SQS scans the first 120,000 messages for free groups
+    model.create_queue(QueueName=JOBS, Attributes={"FifoQueue": "true"})
+    model.send_message_batch(JOBS, [out(f"a{i}", group="A") for i in range(5)])
+    model.send_message_batch(JOBS, [out("b0", group="B")])
+    held = model.receive_message(JOBS, 10, 60)
+    assert [m.body for m in held] == ["a0", "a1", "a2", "a3", "a4"]
+    assert model.receive_message(JOBS, 10, 60) == []  # B lies beyond the scan while A's backlog stays
+    model.delete_message_batch(JOBS, [held[0].receipt])
+    assert [m.body for m in model.receive_message(JOBS, 10, 60)] == ["b0"]

@@ -31,7 +31,8 @@ from throttler.queue.base import (
     SendFailure,
     Target,
 )
-from throttler.queue.model import Message, ModelQueue, QueueConfig, SqsError, validate_batch
+from throttler.queue.model import FIFO_IN_FLIGHT_QUOTA, FIFO_SCAN_DEPTH, Message, ModelQueue
+from throttler.queue.sqs_rules import QueueConfig, SqsError, validate_batch
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,15 @@ class MemorySqs:
     """Named SQS queues in memory. The control plane is boto3-shaped (`create_queue(QueueName=...,
     Attributes=...)`, `get_queue_attributes`, `set_queue_attributes`, `get_queue_url`) so that the
     stage's queues can be built from serverless.yml exactly as in moto; the data plane takes plain
-    arguments. Times come from `clock`."""
+    arguments. Times come from `clock`; the FIFO quotas default to SQS's (a test may lower them)."""
 
     ACCOUNT = "000000000000"
     REGION = "us-east-1"
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, in_flight_quota: int = FIFO_IN_FLIGHT_QUOTA, scan_depth: int = FIFO_SCAN_DEPTH):
         self.clock = clock
+        self.in_flight_quota = in_flight_quota
+        self.scan_depth = scan_depth
         self.on_send: list[Callable[[str, MessageView], None]] = []
         self.redrive_moves: list[RedriveMove] = []
         self._queues: dict[str, ModelQueue] = {}
@@ -87,7 +90,8 @@ class MemorySqs:
         attributes = dict(Attributes or {})
         if QueueName not in self._queues:
             arn = f"arn:aws:sqs:{self.REGION}:{self.ACCOUNT}:{QueueName}"
-            self._queues[QueueName] = ModelQueue(QueueConfig.from_attributes(QueueName, arn, attributes, self._dlq_name))
+            config = QueueConfig.from_attributes(QueueName, arn, attributes, self._dlq_name)
+            self._queues[QueueName] = ModelQueue(config, self.in_flight_quota, self.scan_depth)
         return {"QueueUrl": QueueName}
 
     def set_queue_attributes(self, QueueUrl: str, Attributes: Mapping[str, Any]) -> None:

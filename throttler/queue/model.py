@@ -16,51 +16,35 @@ Sources for each rule (AWS documentation unless said otherwise):
   deleted (using-messagededuplicationid-property.html).
 - Retention: MessageRetentionPeriod from the enqueue time; a FIFO DLQ restarts it
   (setting-up-dead-letter-queue-retention.html).
-- Sizes: body UTF-8 bytes plus attribute names, types and values (API_MessageAttributeValue.html),
-  within MaximumMessageSize (1,024..1,048,576, API_SetQueueAttributes.html); a batch 10 entries and
-  1 MiB in all (API_SendMessageBatch.html); allowed characters (API_SendMessage.html).
+- Quotas: "FIFO queues support a maximum of 120,000 in-flight messages ... If this limit is reached,
+  Amazon SQS does not return an error", and "FIFO queues scan the first 120,000 messages to determine
+  available message groups" (quotas-fifo.html, avoid-backlog-with-the-same-message-group-id.html).
+- What a request may hold (sizes, ids, attributes, characters): sqs_rules.py.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
-import json
-import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from throttler.queue.base import (
     DEDUPLICATION_WINDOW_S,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    MAX_BATCH_BYTES,
-    MAX_MESSAGE_BYTES,
     MAX_VISIBILITY_S,
-    NOT_SQS_TEXT,
     MessageAttribute,
-    OutgoingMessage,
     QueueDepth,
     QueuedMessage,
     message_size_bytes,
 )
+from throttler.queue.sqs_rules import QueueConfig
 
-SQS_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # MessageGroupId, MessageDeduplicationId
-ATTRIBUTE_NAME = re.compile(r"^(?!\.)(?!.*\.\.)(?!(?i:aws\.|amazon\.))[A-Za-z0-9_.\-]{1,256}(?<!\.)$")
+FIFO_IN_FLIGHT_QUOTA = 120_000
+FIFO_SCAN_DEPTH = 120_000
 EXPIRED = "InvalidParameterValue"  # "Reason: The receipt handle has expired."
 INVALID_RECEIPT = "ReceiptHandleIsInvalid"
-
-
-class SqsError(Exception):
-    """What SQS answers with an error code (the whole request failed)."""
-
-    def __init__(self, code: str, message: str, size_bytes: int = 0, limit_bytes: int = 0):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.size_bytes = size_bytes
-        self.limit_bytes = limit_bytes
 
 
 @dataclass(eq=False)
@@ -99,145 +83,61 @@ class Message:
         )
 
 
-def _int(attributes: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
-    raw = attributes.get(name, default)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise SqsError("InvalidAttributeValue", f"Invalid value for the parameter {name}: {raw!r}") from None
-    if not low <= value <= high:
-        raise SqsError("InvalidAttributeValue", f"Invalid value for the parameter {name}: {value} (allowed {low}..{high})")
-    return value
+class _Arrivals:
+    """The queue's live messages in enqueue order: retention walks it from the front, and a message's
+    rank in it says whether a FIFO receive's scan reaches it."""
+
+    def __init__(self) -> None:
+        self._order: deque[Message] = deque()
+        self._live: list[int] = []  # sequence numbers of live messages, ascending
+
+    def add(self, message: Message) -> None:
+        self._order.append(message)
+        self._live.append(message.seq)
+
+    def remove(self, message: Message) -> None:
+        message.gone = True
+        index = bisect.bisect_left(self._live, message.seq)
+        if index < len(self._live) and self._live[index] == message.seq:
+            del self._live[index]
+
+    def rank(self, message: Message) -> int:
+        """How many live messages arrived before this one."""
+        return bisect.bisect_left(self._live, message.seq)
+
+    def oldest(self) -> Message | None:
+        while self._order and self._order[0].gone:
+            self._order.popleft()
+        return self._order[0] if self._order else None
+
+    def live(self) -> Iterator[Message]:
+        return (m for m in self._order if not m.gone)
 
 
-def _bool(attributes: Mapping[str, Any], name: str) -> bool:
-    return str(attributes.get(name, "false")).lower() == "true"
+class _InFlight:
+    """Messages received and not visible again yet, counted for the in-flight quota."""
 
+    def __init__(self) -> None:
+        self._until: dict[Message, float] = {}
+        self._heap: list[tuple[float, int, Message]] = []
+        self._tie = itertools.count()
 
-@dataclass(frozen=True)
-class QueueConfig:
-    """A queue's attributes, validated as CreateQueue / SetQueueAttributes validate them."""
+    def hold(self, message: Message, until: float, now: float) -> None:
+        if until <= now:
+            self._until.pop(message, None)
+            return
+        self._until[message] = until
+        heapq.heappush(self._heap, (until, next(self._tie), message))
 
-    name: str
-    arn: str
-    fifo: bool
-    visibility_timeout_s: int = 30
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    retention_s: int = 345_600
-    delay_s: int = 0
-    content_based_deduplication: bool = False
-    redrive: tuple[str, int] | None = None  # (DLQ name, maxReceiveCount)
-    redrive_json: str | None = None
+    def drop(self, message: Message) -> None:
+        self._until.pop(message, None)
 
-    @classmethod
-    def from_attributes(cls, name: str, arn: str, attributes: Mapping[str, Any], dlq_name: Callable[[str], str]) -> QueueConfig:
-        fifo = _bool(attributes, "FifoQueue")
-        if fifo != name.endswith(".fifo"):
-            raise SqsError("InvalidParameterValue", "a FIFO queue's name must end in .fifo, and only a FIFO queue's")
-        return cls(name, arn, fifo).updated(attributes, dlq_name)
-
-    def updated(self, attributes: Mapping[str, Any], dlq_name: Callable[[str], str]) -> QueueConfig:
-        redrive, redrive_json = self.redrive, self.redrive_json
-        if "RedrivePolicy" in attributes:
-            policy = attributes["RedrivePolicy"]
-            policy = json.loads(policy) if isinstance(policy, str) and policy else policy
-            if policy:
-                count = _int(policy, "maxReceiveCount", 10, 1, 1000)
-                redrive = (dlq_name(str(policy["deadLetterTargetArn"])), count)
-                redrive_json = json.dumps({"deadLetterTargetArn": policy["deadLetterTargetArn"], "maxReceiveCount": count})
-            else:
-                redrive, redrive_json = None, None
-        return replace(
-            self,
-            visibility_timeout_s=_int(attributes, "VisibilityTimeout", self.visibility_timeout_s, 0, MAX_VISIBILITY_S),
-            max_message_bytes=_int(attributes, "MaximumMessageSize", self.max_message_bytes, 1024, MAX_MESSAGE_BYTES),
-            retention_s=_int(attributes, "MessageRetentionPeriod", self.retention_s, 60, 1_209_600),
-            delay_s=_int(attributes, "DelaySeconds", self.delay_s, 0, 900),
-            content_based_deduplication=_bool(attributes, "ContentBasedDeduplication")
-            if "ContentBasedDeduplication" in attributes
-            else self.content_based_deduplication,
-            redrive=redrive,
-            redrive_json=redrive_json,
-        )
-
-    def attributes(self) -> dict[str, str]:
-        values = {
-            "QueueArn": self.arn,
-            "FifoQueue": str(self.fifo).lower(),
-            "VisibilityTimeout": str(self.visibility_timeout_s),
-            "MaximumMessageSize": str(self.max_message_bytes),
-            "MessageRetentionPeriod": str(self.retention_s),
-            "DelaySeconds": str(self.delay_s),
-            "ContentBasedDeduplication": str(self.content_based_deduplication).lower(),
-        }
-        if self.redrive_json:
-            values["RedrivePolicy"] = self.redrive_json
-        return values
-
-
-def validate_batch(config: QueueConfig, entries: Sequence[OutgoingMessage]) -> None:
-    """Refuse the whole SendMessageBatch as SQS would: entry count, total size, then each entry."""
-    if not entries:
-        raise SqsError("AWS.SimpleQueueService.EmptyBatchRequest", "There should be at least one SendMessageBatchRequestEntry")
-    if len(entries) > 10:
-        raise SqsError("AWS.SimpleQueueService.TooManyEntriesInBatchRequest", f"{len(entries)} entries: at most 10")
-    total = sum(e.size_bytes for e in entries)
-    if total > MAX_BATCH_BYTES:
-        raise SqsError(
-            "AWS.SimpleQueueService.BatchRequestTooLong",
-            f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes. You have sent {total} bytes.",
-            total,
-            MAX_BATCH_BYTES,
-        )
-    for entry in entries:
-        validate_message(config, entry)
-
-
-def validate_message(config: QueueConfig, entry: OutgoingMessage) -> None:
-    if not entry.body:
-        raise SqsError("MissingParameter", "The request must contain the parameter MessageBody.")
-    if NOT_SQS_TEXT.search(entry.body):
-        raise SqsError("InvalidMessageContents", "Invalid characters found in the message body.")
-    size = entry.size_bytes
-    if size > config.max_message_bytes:
-        raise SqsError(
-            "InvalidParameterValue",
-            f"One or more parameters are invalid. Reason: Message must be shorter than {config.max_message_bytes} bytes.",
-            size,
-            config.max_message_bytes,
-        )
-    if config.fifo:
-        if not SQS_ID.match(entry.group or ""):
-            raise SqsError("MissingParameter" if not entry.group else "InvalidParameterValue", f"MessageGroupId {entry.group!r}")
-        if not entry.dedup_id and not config.content_based_deduplication:
-            raise SqsError(
-                "InvalidParameterValue",
-                "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly",
-            )
-        if entry.dedup_id and not SQS_ID.match(entry.dedup_id):
-            raise SqsError("InvalidParameterValue", f"MessageDeduplicationId {entry.dedup_id!r}")
-    if len(entry.attributes) > 10:
-        raise SqsError("InvalidParameterValue", f"{len(entry.attributes)} message attributes: at most 10")
-    for name, attribute in entry.attributes.items():
-        _validate_attribute(name, attribute)
-
-
-def _validate_attribute(name: str, attribute: MessageAttribute) -> None:
-    if not ATTRIBUTE_NAME.match(name):
-        raise SqsError("InvalidParameterValue", f"The message attribute name '{name}' is invalid.")
-    kind = attribute.data_type.split(".", 1)[0]
-    value = attribute.value
-    if kind not in ("String", "Number", "Binary") or (kind == "Binary") != isinstance(value, bytes):
-        raise SqsError("InvalidParameterValue", f"The message attribute '{name}' has an invalid message attribute type.")
-    if not value:
-        raise SqsError("InvalidParameterValue", f"The message attribute '{name}' must contain a non-empty value.")
-    if isinstance(value, str) and NOT_SQS_TEXT.search(value):
-        raise SqsError("InvalidParameterValue", f"The message attribute '{name}' contains invalid characters.")
-    if kind == "Number":
-        try:
-            Decimal(str(value))
-        except InvalidOperation:
-            raise SqsError("InvalidParameterValue", f"The message attribute '{name}' is not a number.") from None
+    def count(self, now: float) -> int:
+        while self._heap and self._heap[0][0] <= now:
+            until, _, message = heapq.heappop(self._heap)
+            if self._until.get(message) == until:
+                del self._until[message]
+        return len(self._until)
 
 
 @dataclass
@@ -251,12 +151,15 @@ class ModelQueue:
     (until their in-flight messages or delay run out), so a receive costs what it returns, not the
     depth of the queue."""
 
-    def __init__(self, config: QueueConfig):
+    def __init__(self, config: QueueConfig, in_flight_quota: int = FIFO_IN_FLIGHT_QUOTA, scan_depth: int = FIFO_SCAN_DEPTH):
         self.config = config
+        self.in_flight_quota = in_flight_quota
+        self.scan_depth = scan_depth
         self._groups: dict[str, _Group] = {}
         self._ready: list[tuple[int, int, str]] = []  # (head seq, version, group key)
         self._waiting: list[tuple[float, int, str]] = []  # (free at, version, group key)
-        self._arrivals: deque[Message] = deque()  # enqueue order, for retention
+        self._arrivals = _Arrivals()
+        self._in_flight = _InFlight()
         self._receipts: dict[str, Message] = {}
         self._deleted: dict[str, float] = {}  # receipts of deleted messages: deleting again succeeds
         self._dedup: dict[str, tuple[float, str]] = {}
@@ -290,7 +193,7 @@ class ModelQueue:
         key = self._key(message)
         group = self._groups.setdefault(key, _Group())
         group.messages.append(message)
-        self._arrivals.append(message)
+        self._arrivals.add(message)
         if len(group.messages) == 1:
             self._schedule(key, now)
 
@@ -299,20 +202,28 @@ class ModelQueue:
         self, max_messages: int, timeout_s: int, now: float, new_receipt: Callable[[], str]
     ) -> tuple[list[QueuedMessage], list[Message]]:
         """Deliver up to `max_messages`, a group at a time, oldest head first; returns them and the
-        messages the redrive policy takes out instead (the caller moves them to the DLQ)."""
+        messages the redrive policy takes out instead (the caller moves them to the DLQ). Nothing more
+        is delivered while the in-flight quota is used up, and a FIFO receive sees only the groups
+        whose head is among the first `scan_depth` messages."""
         self.expire(now)
         self._wake(now)
         received: list[QueuedMessage] = []
         moved: list[Message] = []
         touched: list[str] = []
-        while len(received) < max_messages and self._ready:
-            _, version, key = heapq.heappop(self._ready)
-            group = self._groups.get(key)
-            if group is None or group.version != version:
+        while len(received) < max_messages and self._ready and self._in_flight.count(now) < self.in_flight_quota:
+            entry = heapq.heappop(self._ready)
+            group = self._groups.get(entry[2])
+            if group is None or group.version != entry[1]:
                 continue
+            if self.config.fifo and self._arrivals.rank(group.messages[0]) >= self.scan_depth:
+                heapq.heappush(self._ready, entry)  # this group and every later one lie beyond the scan
+                break
+            key = entry[2]
             touched.append(key)
             index = 0
             while index < len(group.messages) and len(received) < max_messages:
+                if self._in_flight.count(now) >= self.in_flight_quota:
+                    break
                 message = group.messages[index]
                 if message.available_at > now:
                     break  # a delayed message holds its group's later ones back
@@ -334,6 +245,7 @@ class ModelQueue:
         message.received_at = now
         message.visible_at = now + timeout_s
         self._receipts[receipt] = message
+        self._in_flight.hold(message, message.visible_at, now)
         return message.queued(receipt)
 
     # ------------------------------------------------------------------ receipts
@@ -367,11 +279,13 @@ class ModelQueue:
         if now + seconds - message.received_at > MAX_VISIBILITY_S:
             return "InvalidParameterValue"  # "Total VisibilityTimeout for the message is beyond the limit"
         message.visible_at = now + seconds
+        self._in_flight.hold(message, message.visible_at, now)
         self._schedule(self._key(message), now)
         return None
 
     def _forget(self, message: Message, now: float) -> None:
-        message.gone = True
+        self._arrivals.remove(message)
+        self._in_flight.drop(message)
         for old in message.receipts:
             self._receipts.pop(old, None)
         while self._deleted:
@@ -383,10 +297,7 @@ class ModelQueue:
     # ------------------------------------------------------------------ time
     def expire(self, now: float) -> None:
         """Drop messages past MessageRetentionPeriod, in flight or not."""
-        while self._arrivals and (self._arrivals[0].gone or self._arrivals[0].enqueued_at + self.config.retention_s <= now):
-            message = self._arrivals.popleft()
-            if message.gone:
-                continue
+        while (message := self._arrivals.oldest()) is not None and message.enqueued_at + self.config.retention_s <= now:
             key = self._key(message)
             self._groups[key].messages.remove(message)
             self._forget(message, now)
@@ -432,7 +343,7 @@ class ModelQueue:
 
     # ------------------------------------------------------------------ inspection
     def all_messages(self) -> Iterator[Message]:
-        return (m for m in self._arrivals if not m.gone)
+        return self._arrivals.live()
 
     def depth(self, now: float) -> QueueDepth:
         self.expire(now)
