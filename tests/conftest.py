@@ -28,7 +28,7 @@ from throttler.dispatcher import RunSummary, ThrottlerRun
 from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
 from throttler_tools.provision import provision
-from throttler.queue import JobQueue
+from throttler.queue import JobQueue, SqsJobQueue
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore
 from throttler.worker import InlineExecutor, WorkerService
@@ -59,7 +59,7 @@ class Stage:
 
     @property
     def queue(self) -> JobQueue:
-        return JobQueue(self.sqs, self.env["JOBS_QUEUE_URL"], self.env["DLQ_URL"])
+        return SqsJobQueue(self.sqs, self.env["JOBS_QUEUE_URL"], self.env["DLQ_URL"], clock=self.clock)
 
     @property
     def store(self) -> DynamoStateStore:
@@ -142,7 +142,7 @@ class Stage:
 def stage() -> Iterator[Stage]:
     # moto 5.2 can hand out a FIFO group's later message first after a release; SQS never does.
     # Patched for every test (idempotent), so results do not depend on which tests ran before.
-    from throttler_tools.local import patch_moto_fifo_order
+    from throttler_tools.moto_patches import patch_moto_fifo_order
 
     patch_moto_fifo_order()
     with freeze_time(START) as frozen, mock_aws():

@@ -19,7 +19,7 @@ from typing import Any
 
 from throttler.core.envelope import DEFAULT_MAX_MESSAGE_BYTES, parse_job
 from throttler.core.errors import InvalidJob, StoreError
-from throttler.queue import JobQueue
+from throttler.queue import SqsJobQueue
 
 # SQS's rule for MessageGroupId and MessageDeduplicationId: 1-128 printable ASCII characters.
 SQS_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -159,7 +159,7 @@ class Producer:
         stage: str = "",
         secret_header_names: Iterable[str] = (),
     ):
-        self.queue = JobQueue(sqs_client, queue_url, "")
+        self.queue = SqsJobQueue(sqs_client, queue_url, "")
         self.builder = JobBuilder(allowed_hosts, known_tasks, max_bytes, stage=stage, secret_header_names=secret_header_names)
 
     @classmethod
@@ -194,134 +194,3 @@ class Producer:
         built = [j if isinstance(j, OutgoingJob) else self.builder.build_mapping(j, f"job {i + 1}") for i, j in enumerate(jobs)]
         self.queue.send([(j.body, j.group, j.job_id) for j in built])
         return [j.job_id for j in built]
-
-
-@dataclass(frozen=True)
-class DeadLetterMessage:
-    """A job in the dead-letter queue, with why it is there."""
-
-    message_id: str
-    group: str
-    error_reason: str
-    attempts: int | None
-    job_id: str | None
-    body: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-# A peeked message is hidden this long; a redriven one long enough to be sent and deleted.
-PEEK_VISIBILITY_S = 30
-REDRIVE_VISIBILITY_S = 60
-
-
-class DeadLetters:
-    """Inspect a stage's dead-letter queue and move its jobs back to the jobs queue."""
-
-    def __init__(self, sqs_client: Any, dlq_url: str, jobs_url: str):
-        self._sqs = sqs_client
-        self.dlq_url = dlq_url
-        self.jobs_url = jobs_url
-
-    def _receive(self, count: int, visibility_s: int) -> list[dict[str, Any]]:
-        response = self._sqs.receive_message(
-            QueueUrl=self.dlq_url,
-            MaxNumberOfMessages=max(1, min(10, count)),
-            VisibilityTimeout=visibility_s,
-            WaitTimeSeconds=0,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["MessageGroupId"],
-        )
-        messages: list[dict[str, Any]] = response.get("Messages", [])
-        return messages
-
-    @staticmethod
-    def _describe(message: dict[str, Any]) -> DeadLetterMessage:
-        attributes = message.get("MessageAttributes", {})
-
-        def attribute(name: str) -> str | None:
-            value = attributes.get(name, {}).get("StringValue")
-            return str(value) if value is not None else None
-
-        attempts = attribute("attempts")
-        return DeadLetterMessage(
-            message_id=message["MessageId"],
-            group=message.get("Attributes", {}).get("MessageGroupId", ""),
-            error_reason=attribute("error_reason") or "(none: moved by SQS's redrive policy)",
-            attempts=int(float(attempts)) if attempts is not None else None,
-            job_id=attribute("job_id"),
-            body=message["Body"],
-        )
-
-    def peek(self, limit: int = 100) -> list[DeadLetterMessage]:
-        """Up to `limit` dead-lettered jobs, left in the queue (visible again at once).
-
-        FIFO delivers a group's later messages only once its earlier ones are gone, so one look sees at
-        most 10 messages per group: `redrive` or a second look after it sees the rest.
-        """
-        found: dict[str, dict[str, Any]] = {}
-        try:
-            while len(found) < limit:
-                messages = self._receive(limit - len(found), PEEK_VISIBILITY_S)
-                new = [m for m in messages if m["MessageId"] not in found]
-                if not new:
-                    break
-                found.update((m["MessageId"], m) for m in new)
-        finally:
-            receipts = [m["ReceiptHandle"] for m in found.values()]
-            for start in range(0, len(receipts), 10):
-                entries = [
-                    {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(receipts[start : start + 10])
-                ]
-                self._sqs.change_message_visibility_batch(QueueUrl=self.dlq_url, Entries=entries)
-        return [self._describe(m) for m in found.values()]
-
-    def redrive(self, limit: int | None = None) -> int:
-        """Move up to `limit` jobs (all by default) back to the jobs queue with their group ids; returns how many.
-
-        Safe to interrupt and to run again:
-        - each message is sent to the jobs queue before it is deleted from the DLQ, so an interruption
-          between the two leaves it in the DLQ (visible again after REDRIVE_VISIBILITY_S): never lost;
-        - its deduplication id is derived from its DLQ message id, which stays the same however often it
-          is received, so sending it again within SQS's 5-minute deduplication window is dropped by SQS;
-          later than that, the second copy carries the same job id, and the worker's success record for
-          that id stops a second call: at worst a duplicate message, never a duplicate call;
-        - the id is new for each stay in the DLQ (each dead-lettering makes a new message), so a job that
-          fails again after redrive reaches the DLQ again, and gets a fresh count of attempts.
-        Jobs keep their order within a group; they queue behind that group's jobs already waiting.
-        """
-        import hashlib
-
-        moved = 0
-        while limit is None or moved < limit:
-            messages = self._receive(10 if limit is None else limit - moved, REDRIVE_VISIBILITY_S)
-            if not messages:
-                break
-            entries = [
-                {
-                    "Id": str(i),
-                    "MessageBody": m["Body"],
-                    "MessageGroupId": m.get("Attributes", {}).get("MessageGroupId") or "ungrouped",
-                    "MessageDeduplicationId": hashlib.sha256(f"redrive:{m['MessageId']}".encode()).hexdigest()[:64],
-                }
-                for i, m in enumerate(messages)
-            ]
-            response = self._call("send_message_batch", QueueUrl=self.jobs_url, Entries=entries)
-            failed = {f["Id"] for f in response.get("Failed", [])}
-            sent = [m for i, m in enumerate(messages) if str(i) not in failed]
-            if sent:
-                delete = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(sent)]
-                self._call("delete_message_batch", QueueUrl=self.dlq_url, Entries=delete)
-            moved += len(sent)
-            if failed:
-                raise StoreError(f"redrive stopped after {moved} job(s): {len(failed)} could not be sent to the jobs queue")
-        return moved
-
-    def _call(self, operation: str, **kwargs: Any) -> Any:
-        from botocore.exceptions import ClientError
-
-        try:
-            return getattr(self._sqs, operation)(**kwargs)
-        except ClientError as exc:
-            raise StoreError(f"sqs {operation} failed: {exc.response['Error']['Code']}") from exc

@@ -18,7 +18,6 @@ job with the emulator's and the fake API's own work taken out. BENCHMARKS.md exp
 
 from __future__ import annotations
 
-import functools
 import gc
 import io
 import json
@@ -29,7 +28,7 @@ import sys
 import time
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,85 +183,6 @@ class RequestCounter:
         return sum(self.counts.values())
 
 
-# ---------------------------------------------------------------------------------------------- emulator
-class _LazyQueueAttributes(Mapping[str, Any]):
-    """moto's `Queue.attributes` with the three message counts computed only when one is read.
-
-    moto builds every attribute, counting the queue's messages three times, whenever it needs one of
-    them: four times per message sent and twice per message received. The values are the same; only
-    the cost changes.
-    """
-
-    COUNTS = (
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesDelayed",
-        "ApproximateNumberOfMessagesNotVisible",
-    )
-
-    def __init__(self, queue: Any):
-        self._queue = queue
-        names = list(queue.BASE_ATTRIBUTES)
-        if queue.fifo_queue:
-            names += queue.FIFO_ATTRIBUTES
-        if queue.kms_master_key_id:
-            names += queue.KMS_ATTRIBUTES
-        self._values: dict[str, Any] = {}
-        for name in names:
-            if name not in self.COUNTS:
-                self._values[name] = self._plain(getattr(queue, _snake(name)))
-            else:
-                self._values[name] = None  # placeholder: computed on read
-        if queue.policy:
-            self._values["Policy"] = queue.policy
-        if queue.redrive_policy:
-            self._values["RedrivePolicy"] = json.dumps(queue.redrive_policy)
-
-    @staticmethod
-    def _plain(value: Any) -> Any:
-        return str(value).lower() if isinstance(value, bool) else value
-
-    def __getitem__(self, name: str) -> Any:
-        if name in self.COUNTS and name in self._values:
-            return getattr(self._queue, _snake(name))
-        return self._values[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
-@functools.cache
-def _snake(name: str) -> str:
-    from moto.core.utils import camelcase_to_underscores
-
-    return str(camelcase_to_underscores(name))
-
-
-@contextmanager
-def quick_emulator(clock: Any) -> Iterator[None]:
-    """Speed moto's SQS up without changing what it answers: it reads the virtual clock directly (the
-    same time freezegun shows, without building a datetime per message scanned) and computes queue
-    attributes lazily. Everything else in moto still runs on freezegun's time."""
-    import moto.sqs.models as sqs_models
-
-    original = sqs_models.unix_time
-
-    def unix_time(dt: Any = None) -> float:
-        return float(clock.now()) if dt is None else float(original(dt))
-
-    def unix_time_millis(dt: Any = None) -> float:
-        return unix_time(dt) * 1000.0
-
-    with (
-        mock.patch.object(sqs_models, "unix_time", unix_time),
-        mock.patch.object(sqs_models, "unix_time_millis", unix_time_millis),
-        mock.patch.object(sqs_models.Queue, "attributes", property(_LazyQueueAttributes)),
-    ):
-        yield
-
-
 # ---------------------------------------------------------------------------------------------- world
 @dataclass
 class World:
@@ -351,11 +271,11 @@ class World:
         depth = self.feed_depth
         if self.sent >= self.jobs or self.sent - self.removed >= 0.7 * depth:
             return
-        from throttler.queue import JobQueue
+        from throttler.queue import SqsJobQueue
 
         with self.meter.section("feeder"):
             target = min(self.jobs, self.removed + depth)
-            queue = JobQueue(self.admin_sqs, self.queue_url, self.env["DLQ_URL"])
+            queue = SqsJobQueue(self.admin_sqs, self.queue_url, self.env["DLQ_URL"])
             while self.sent < target:
                 n = min(100, target - self.sent)
                 queue.send([self.job(i) for i in range(self.sent, self.sent + n)])
@@ -386,9 +306,10 @@ def world(jobs: int, groups: int, tiers: Tiers) -> Iterator[World]:
     from moto import mock_aws
 
     from throttler.core.clock import FakeClock
-    from throttler_tools.fakeapi import FakeApi
-    from throttler_tools.provision import provision
     from throttler.store import DynamoStateStore
+    from throttler_tools.fakeapi import FakeApi
+    from throttler_tools.moto_patches import quick_emulator
+    from throttler_tools.provision import provision
 
     meter = CpuMeter()
 
@@ -471,10 +392,10 @@ def _measured(w: World) -> Iterator[None]:
 def run_throttler(w: World) -> Outcome:
     """This project, unchanged: one ThrottlerRun per virtual minute, as the EventBridge rule starts it."""
     from throttler.composition import build_run, build_worker
-    from throttler_tools.fakeapi import session_for
     from throttler.invoker import InProcessInvoker
     from throttler.settings import Settings
     from throttler.worker import InlineExecutor
+    from throttler_tools.fakeapi import session_for
 
     settings = Settings.from_env(w.env)
     clients = {name: w.counted_client(name) for name in ("sqs", "dynamodb", "lambda")}

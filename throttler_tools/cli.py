@@ -679,7 +679,7 @@ def dlq_list(limit: int, as_json: bool, stage: str | None) -> None:
     FIFO shows at most 10 jobs per group at a time (a group's later messages appear only once its
     earlier ones are gone).
     """
-    from throttler.client import DeadLetters
+    from throttler.queue.dead_letters import DeadLetters
 
     aws = _aws(stage)
     letters = DeadLetters(aws.client("sqs"), aws.dlq_url, "").peek(limit)
@@ -706,7 +706,7 @@ def dlq_redrive(limit: int | None, stage: str | None) -> None:
     Safe to interrupt and run again: each job is sent before it is deleted from the DLQ, with a
     deduplication id that SQS uses to drop a second copy. A redriven job gets a fresh attempt count.
     """
-    from throttler.client import DeadLetters
+    from throttler.queue.dead_letters import DeadLetters
 
     aws = _aws(stage)
     moved = DeadLetters(aws.client("sqs"), aws.dlq_url, aws.jobs_url).redrive(limit)

@@ -248,7 +248,8 @@ def run(jobs: int, groups: int, show_progress: bool = True) -> tuple[dict[str, A
     from rich.console import Console
     from rich.live import Live
 
-    from throttler.client import DeadLetters, Producer
+    from throttler.client import Producer
+    from throttler.queue.dead_letters import DeadLetters
     from throttler_tools.local import DEFAULT_PORT, LocalStack, logs_to_stderr, port_is_free
     from throttler.store import DynamoStateStore
 

@@ -10,7 +10,6 @@ throttler local`, the demo and the end-to-end tests.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -105,33 +104,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def patch_moto_fifo_order() -> None:
-    """Make moto deliver a FIFO group's messages in order after they become visible again.
-
-    When several messages of one group are received and then become visible again together (their
-    visibility timeout ran out, or was set to 0 or a few seconds to release them), moto 5.2 delivers
-    the group's *last* such message first: it forgets them as in flight one by one while it walks the
-    queue, and the group looks busy until it reaches the last one. SQS delivers the first one. The fix:
-    forget every timed-out receipt before walking the queue. Process-wide and idempotent.
-    """
-    from moto.sqs.models import SQSBackend
-
-    original = SQSBackend.receive_message
-    if getattr(original, "throttler_fifo_fix", False):
-        return
-
-    @functools.wraps(original)
-    def receive_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
-        queue = self.get_queue(queue_name)
-        if queue.fifo_queue:
-            for message in [m for m in list(queue.pending_messages) if m.visible]:
-                queue.pending_messages.discard(message)
-        return original(self, queue_name, *args, **kwargs)
-
-    receive_message.throttler_fifo_fix = True  # type: ignore[attr-defined]
-    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
 
 
 def scheduled_event() -> dict[str, Any]:
@@ -244,6 +216,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         from throttler import composition
+        from throttler_tools.moto_patches import patch_moto_fifo_order
         from throttler_tools.provision import provision
 
         self.clock = LocalClock()

@@ -15,11 +15,11 @@ SQS_ATTRIBUTES = (
     "ContentBasedDeduplication",
     "VisibilityTimeout",
     "MessageRetentionPeriod",
+    "MaximumMessageSize",
     "SqsManagedSseEnabled",
     "KmsMasterKeyId",
     "DelaySeconds",
     "ReceiveMessageWaitTimeSeconds",
-    "MaximumMessageSize",
 )
 
 
@@ -29,13 +29,7 @@ def _attr(value: Any) -> str:
     return str(value)
 
 
-def provision(sqs: Any, dynamodb: Any | None, stage: str) -> dict[str, str]:
-    """Create the stage's queues (and its table, unless `dynamodb` is None: an in-memory store needs none)."""
-    definition = stage_definition(stage)
-    resources: dict[str, dict[str, Any]] = definition["resources"]
-    refs: dict[str, str] = {}
-    arns: dict[str, str] = {}
-
+def _intrinsic(refs: dict[str, str], arns: dict[str, str]) -> Any:
     def intrinsic(value: Any) -> Any:
         if isinstance(value, dict) and "Ref" in value:
             return refs[value["Ref"]]
@@ -48,6 +42,17 @@ def provision(sqs: Any, dynamodb: Any | None, stage: str) -> dict[str, str]:
             return {k: intrinsic(v) for k, v in value.items()}
         return value
 
+    return intrinsic
+
+
+def provision_queues(sqs: Any, stage: str, definition: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Create the stage's queues through `sqs` (a boto3 client, or throttler.queue.MemorySqs, whose
+    control plane has the same shape); returns ({logical id: queue URL}, {logical id: ARN})."""
+    definition = definition or stage_definition(stage)
+    resources: dict[str, dict[str, Any]] = definition["resources"]
+    refs: dict[str, str] = {}
+    arns: dict[str, str] = {}
+    intrinsic = _intrinsic(refs, arns)
     queues = {k: v for k, v in resources.items() if v["Type"] == "AWS::SQS::Queue"}
     # Queues referenced by others (the DLQ) first.
     ordered = sorted(queues, key=lambda k: "RedrivePolicy" in queues[k]["Properties"])
@@ -59,14 +64,24 @@ def provision(sqs: Any, dynamodb: Any | None, stage: str) -> dict[str, str]:
         url = sqs.create_queue(QueueName=props["QueueName"], Attributes=attributes)["QueueUrl"]
         refs[logical] = url
         arns[logical] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return refs, arns
+
+
+def provision(sqs: Any, dynamodb: Any | None, stage: str) -> dict[str, str]:
+    """Create the stage's queues (and its table, unless `dynamodb` is None: an in-memory store needs none);
+    returns the functions' environment."""
+    definition = stage_definition(stage)
+    resources: dict[str, dict[str, Any]] = definition["resources"]
+    refs, arns = provision_queues(sqs, stage, definition)
+    intrinsic = _intrinsic(refs, arns)
     for logical, resource in resources.items():
         if resource["Type"] != "AWS::DynamoDB::Table":
             continue
-        if dynamodb is None:
-            refs[logical] = resource["Properties"]["TableName"]
-            arns[logical] = f"arn:aws:dynamodb:us-east-1:000000000000:table/{refs[logical]}"
-            continue
         props = resource["Properties"]
+        if dynamodb is None:
+            refs[logical] = props["TableName"]
+            arns[logical] = f"arn:aws:dynamodb:us-east-1:000000000000:table/{props['TableName']}"
+            continue
         kwargs: dict[str, Any] = {
             "TableName": props["TableName"],
             "AttributeDefinitions": props["AttributeDefinitions"],

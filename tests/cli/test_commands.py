@@ -14,9 +14,8 @@ import types
 import pytest
 
 from tests.cli.conftest import Cli, last_json, one_line_error
-from throttler.client import DeadLetters
 from throttler.core.pacing import Pacer, Usage
-from throttler.queue import DeadLetter, JobQueue
+from throttler.queue import DeadLetter, SqsJobQueue
 from throttler.core.quotas import parse_quota_item
 
 OK_URL = "http://127.0.0.1:8080/ok"
@@ -110,14 +109,14 @@ def test_enqueue_stdin_lines_may_take_task_and_group_from_the_command(run: Cli) 
 
 def test_enqueue_sends_stdin_in_batches_of_ten(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
-    original = JobQueue._call
+    original = SqsJobQueue._call
 
-    def spy(self: JobQueue, operation: str, **kwargs: object) -> object:
+    def spy(self: SqsJobQueue, operation: str, **kwargs: object) -> object:
         if operation == "send_message_batch":
             sizes.append(len(kwargs["Entries"]))  # type: ignore[arg-type]
         return original(self, operation, **kwargs)
 
-    monkeypatch.setattr(JobQueue, "_call", spy)
+    monkeypatch.setattr(SqsJobQueue, "_call", spy)
     lines = "\n".join(json.dumps({"task": "http", "payload": json.loads(payload()), "group": "g"}) for _ in range(23))
     assert run("enqueue", "-", input=lines).exit_code == 0
     assert sizes == [10, 10, 3]
@@ -311,7 +310,7 @@ def test_pause_refuses_an_invalid_duration(run: Cli, duration: str) -> None:
 
 # ----------------------------------------------------------------------------- status
 def test_status_reports_depth_in_flight_dlq_limits_use_and_drain_time(run: Cli) -> None:
-    queue = JobQueue(run.sqs, run.jobs_url, run.dlq_url)
+    queue = SqsJobQueue(run.sqs, run.jobs_url, run.dlq_url)
     queue.send([(json.dumps({"task": "http", "payload": {}}), f"g{i % 3}", f"j{i}") for i in range(30)])
     queue.receive(2, 60)  # two in flight
     queue.dead_letter([DeadLetter(m, "http 400", 1) for m in queue.receive(1, 60)])
@@ -372,7 +371,7 @@ def test_status_with_an_invalid_item_shows_the_last_good_configuration(run: Cli)
 
 # ----------------------------------------------------------------------------- dlq
 def _dead_letter(run: Cli, bodies: list[tuple[str, str]], reason: str = "http 400", attempts: int = 1) -> None:
-    queue = JobQueue(run.sqs, run.jobs_url, run.dlq_url)
+    queue = SqsJobQueue(run.sqs, run.jobs_url, run.dlq_url)
     queue.send([(body, group, None) for body, group in bodies])
     moved = 0
     while moved < len(bodies):  # FIFO: a group's next messages come once the earlier ones are gone
@@ -434,19 +433,19 @@ def test_dlq_redrive_limit(run: Cli) -> None:
 
 def test_dlq_redrive_interrupted_after_sending_does_not_double_the_job(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     _dead_letter(run, [(json.dumps({"task": "http", "payload": {"n": 1}}), "g")])
-    original = DeadLetters._call
+    original = SqsJobQueue._call
     receipts: list[str] = []
 
-    def interrupted_before_delete(self: DeadLetters, operation: str, **kwargs: object) -> object:
-        if operation == "delete_message_batch":
+    def interrupted_before_delete(self: SqsJobQueue, operation: str, **kwargs: object) -> object:
+        if operation == "delete_message_batch" and kwargs["QueueUrl"] == run.dlq_url:
             receipts.extend(e["ReceiptHandle"] for e in kwargs["Entries"])  # type: ignore[attr-defined]
             raise KeyboardInterrupt  # the operator's Ctrl-C, between the send and the delete
         return original(self, operation, **kwargs)
 
-    monkeypatch.setattr(DeadLetters, "_call", interrupted_before_delete)
+    monkeypatch.setattr(SqsJobQueue, "_call", interrupted_before_delete)
     assert run("dlq", "redrive").exit_code == 1
     assert run.depth() == 1 and run.depth(run.dlq_url) == 1  # sent, not deleted: nothing lost
-    monkeypatch.setattr(DeadLetters, "_call", original)
+    monkeypatch.setattr(SqsJobQueue, "_call", original)
     # Its visibility timeout runs out (here at once) and the operator runs the command again.
     run.sqs.change_message_visibility(QueueUrl=run.dlq_url, ReceiptHandle=receipts[0], VisibilityTimeout=0)
     assert "redrove 1 job(s)" in run("dlq", "redrive").stdout
@@ -457,7 +456,7 @@ def test_dlq_redrive_interrupted_after_sending_does_not_double_the_job(run: Cli,
 def test_dlq_redriven_job_that_fails_again_reaches_the_dlq_again(run: Cli) -> None:
     _dead_letter(run, [(json.dumps({"task": "http", "payload": {"n": 1}}), "g")])
     run("dlq", "redrive")
-    queue = JobQueue(run.sqs, run.jobs_url, run.dlq_url)
+    queue = SqsJobQueue(run.sqs, run.jobs_url, run.dlq_url)
     [again] = queue.receive(1, 60)
     queue.dead_letter([DeadLetter(again, "http 400", 1)])
     assert run.depth(run.dlq_url) == 1 and run.depth() == 0

@@ -28,7 +28,7 @@ from throttler.core.clock import FakeClock
 from throttler.composition import build_run, build_worker
 from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
-from throttler.queue import JobQueue
+from throttler.queue import SqsJobQueue
 from throttler.settings import Settings
 from throttler_tools.stackdef import stage_definition
 from throttler.store import TTL_ATTRIBUTE
@@ -438,7 +438,7 @@ def _run_pipeline(deployed: Deployed, jobs: list[tuple[str, str, str]]) -> Pipel
     worker_clients = _recording_clients(worker_actions, worker_calls)
     worker = build_worker(worker_settings, clock=clock, get_client=worker_clients.__getitem__,
                           session=session_for(api), executor_factory=lambda n: InlineExecutor())
-    JobQueue(deployed.client("sqs"), throttler_settings.jobs_queue_url, throttler_settings.dlq_url).send(jobs)
+    SqsJobQueue(deployed.client("sqs"), throttler_settings.jobs_queue_url, throttler_settings.dlq_url).send(jobs)
     for _ in range(5):
         run = build_run(throttler_settings, invoker=InProcessInvoker(worker.run_batch), clock=clock,
                         get_client=throttler_clients.__getitem__, owner="deploy-test")

@@ -22,7 +22,7 @@ from throttler.core.clock import FakeClock
 from throttler.dispatcher import BATCH_LEAD_S, ThrottlerRun
 from throttler.core.errors import PermanentTaskError
 from throttler.invoker import InProcessInvoker
-from throttler_tools.local import patch_moto_fifo_order
+from throttler_tools.moto_patches import patch_moto_fifo_order
 from throttler.core.outcome import JobResult, Outcome
 from throttler.queue import QueuedMessage
 from throttler.settings import Settings

@@ -10,7 +10,6 @@ the queues), and the `campaign` fixture collects the figures published in the RE
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -34,6 +33,7 @@ from throttler.dispatcher import RunSummary, ThrottlerRun
 from throttler_tools.fakeapi import FakeApi, session_for
 from throttler.invoker import InProcessInvoker
 from throttler.core.pacing import Ledger
+from throttler_tools.moto_patches import FrozenTime, patch_moto_fifo_order, quick_emulator
 from throttler_tools.provision import provision
 from throttler.worker import RECORD_EVERY_S, InlineExecutor, WorkerService
 
@@ -481,72 +481,16 @@ def wall_clock() -> float:
 
 # ------------------------------------------------------------------------------------------- stages
 @pytest.fixture(autouse=True)
-def fifo_order_in_moto(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Work around a moto 5 FIFO bug: when several messages of a group become visible again (their
-    visibility ran out, or they were released), moto takes each out of its in-flight set only as its
-    receive loop reaches it, so a *later* message of the group can be delivered before earlier ones.
-    Real SQS never does that. Taking visible messages out of the in-flight set first restores FIFO order.
-    """
-    from moto.sqs.models import SQSBackend
-
-    original = SQSBackend.receive_message
-
-    def receive_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
-        queue = self.get_queue(queue_name)
-        for message in [m for m in queue.pending_messages if m.visible]:
-            queue.pending_messages.discard(message)
-        return original(self, queue_name, *args, **kwargs)
-
-    monkeypatch.setattr(SQSBackend, "receive_message", receive_message)
+def fifo_order_in_moto() -> None:
+    """moto 5.2 can hand out a FIFO group's later message first after a release; SQS never does."""
+    patch_moto_fifo_order()
 
 
 @pytest.fixture(autouse=True)
-def fast_moto_sqs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Speed only: moto's SQS reads the time through a chain of datetime calls for every message it
-    looks at (several full passes over the queue per request), and freezegun makes each read walk the
-    stack. Reading the frozen instant straight from freezegun (cached until it moves) gives the same
-    time, hundreds of times faster."""
-    import calendar
-
-    import moto.sqs.models as sqs_models
-    from freezegun import api as freezegun_api
-
-    original = sqs_models.unix_time
-    cache: list[Any] = [None, 0.0]
-
-    def unix_time(dt: Any = None) -> float:
-        if dt is not None:
-            return float(original(dt))
-        if not freezegun_api.freeze_factories:
-            return time.time()
-        frozen = freezegun_api.freeze_factories[-1]()
-        if frozen is not cache[0]:
-            cache[:] = [frozen, calendar.timegm(frozen.timetuple()) + frozen.microsecond / 1e6]
-        return float(cache[1])
-
-    monkeypatch.setattr(sqs_models, "unix_time", unix_time)
-    monkeypatch.setattr(sqs_models, "unix_time_millis", lambda dt=None: unix_time(dt) * 1000.0)
-
-    # moto also recounts the whole queue (three passes) every time anything reads a queue attribute,
-    # which it does for every message sent and received: count only when a caller asks for the counts.
-    counting = [0]
-    original_get = sqs_models.SQSBackend.get_queue_attributes
-
-    def get_queue_attributes(self: Any, queue_name: str, attribute_names: list[str]) -> Any:
-        wanted = "All" in attribute_names or any(n.startswith("Approximate") for n in attribute_names)
-        counting[0] += wanted
-        try:
-            return original_get(self, queue_name, attribute_names)
-        finally:
-            counting[0] -= wanted
-
-    monkeypatch.setattr(sqs_models.SQSBackend, "get_queue_attributes", get_queue_attributes)
-    snake_case = functools.lru_cache(sqs_models.camelcase_to_underscores)
-    monkeypatch.setattr(sqs_models, "camelcase_to_underscores", snake_case)
-    for name in ("approximate_number_of_messages", "approximate_number_of_messages_delayed",
-                 "approximate_number_of_messages_not_visible"):
-        count = getattr(sqs_models.Queue, name).fget
-        monkeypatch.setattr(sqs_models.Queue, name, property(lambda q, count=count: count(q) if counting[0] else 0))
+def fast_moto_sqs() -> Iterator[None]:
+    """Speed only: moto's SQS reads freezegun's instant directly and counts a queue only when asked."""
+    with quick_emulator(FrozenTime()):
+        yield
 
 
 @contextmanager
