@@ -67,6 +67,7 @@ class BatchRequest:
     pool_size: int = 0  # calls at once the worker should allow (0: its own default)
     cost_header: str | None = None  # the response header that says how many units a call used
     key_scoped_429: bool = False  # signals_scope=key: a 429 on a keyed job stops only that key
+    watch_throttle: bool = False  # a long batch: look at the shared throttle record (429s, an operator's pause)
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"batch": self.batch_id, "run": self.run_id, "jobs": [j.to_dict() for j in self.jobs],
@@ -79,6 +80,8 @@ class BatchRequest:
             data["cost_header"] = self.cost_header
         if self.key_scoped_429:
             data["key_scoped_429"] = True
+        if self.watch_throttle:
+            data["watch_throttle"] = True
         return encode(data)
 
     @classmethod
@@ -86,7 +89,7 @@ class BatchRequest:
         return cls(
             str(data["batch"]), str(data.get("run", "")), tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
             tuple(str(b) for b in data.get("watch", ())), float(data.get("planned_at", 0.0)), int(data.get("pool", 0)),
-            data.get("cost_header"), bool(data.get("key_scoped_429", False)),
+            data.get("cost_header"), bool(data.get("key_scoped_429", False)), bool(data.get("watch_throttle", False)),
         )
 
 

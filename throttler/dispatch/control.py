@@ -11,7 +11,7 @@ from typing import Any
 
 from throttler.core.errors import ConfigError
 from throttler.core.quotas import QuotaConfig, defaults_item, parse_quota_item, plain_item
-from throttler.store.base import Control, ThrottleSignal
+from throttler.store.base import OPERATOR_SIGNAL, Control, ThrottleSignal
 
 STATE_TABLE = "state table"
 STAGE_DEFAULT = "stage default"
@@ -76,7 +76,7 @@ class Pauses:
             # `resume` forgets the latest 429: so does the run.
             self.api_until = None
             self.keys.clear()
-        elif control.throttle.at > self.last_signal_at:
+        elif control.throttle.at > self.last_signal_at and control.throttle.batch_id != OPERATOR_SIGNAL:
             self.on_429(control.throttle, auto_window_s)
 
     def on_429(self, signal: ThrottleSignal, auto_window_s: float | None) -> float:

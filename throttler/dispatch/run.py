@@ -31,7 +31,7 @@ from throttler.dispatch.planner import Planner, PlanRequest
 from throttler.dispatch.summary import RunSettings, RunSummary
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue, QueuedMessage
-from throttler.store.base import OpenBatch, StateStore
+from throttler.store.base import OPERATOR_SIGNAL, OpenBatch, StateStore, ThrottleSignal
 from throttler.worker.invoker import Invoker
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ DELETE_FLUSH_S = 1.0
 MAX_HELD = 3000
 RECEIVES_PER_STEP = 30
 BATCH_TARGET_JOBS = 20  # a batch spans up to 2 s at low rates, so that its fixed cost is shared
+# A batch longer than this watches the shared throttle record, where an operator's pause is published too:
+# a pause stops calls within CONTROL_REFRESH_S plus a worker's look, whatever the batch's length.
+WATCHED_HORIZON_S = 2.0
+MAX_HORIZON_S = 5.0
 
 
 class Phase(StrEnum):
@@ -158,7 +162,11 @@ class ThrottlerRun:
             self._begin_end("lease lost")
             return
         self._use_quotas(resolve_quotas(control, self.s.default_quotas), now)
+        newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         self.pauses.from_control(control, now, self._auto_window(None))
+        if newly_paused and self.outbox.in_flight:
+            # Workers of long batches look at the shared throttle record: tell them too.
+            self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))
         if self.pacer is not None:
             self.pacer.expire(now)
         self._recover_foreign(now)
@@ -271,11 +279,18 @@ class ThrottlerRun:
         return (config.latency if config is not None and config.latency else None) or self.s.default_latency
 
     def _horizon(self) -> float:
+        """How much time one batch covers: about BATCH_TARGET_JOBS calls (1 to 2 s); longer when the held
+        groups are fewer than its calls. A group's next job waits for its batch to settle, so each batch
+        boundary leaves a group idle for a call's latency: fewer boundaries lose less."""
         assert self.pacer is not None
         rate = self.pacer.stage.rate_per_s(self.clock.now())
         if rate <= 0 or math.isinf(rate):
             return 1.0
-        return max(1.0, min(2.0, BATCH_TARGET_JOBS / rate))
+        base = max(1.0, min(2.0, BATCH_TARGET_JOBS / rate))
+        groups = len(self.inbox.groups)
+        if 0 < groups < rate * base:
+            return min(MAX_HORIZON_S, base * rate * base / groups)
+        return base
 
     def _held_target(self) -> int:
         assert self.pacer is not None
@@ -349,10 +364,13 @@ class ThrottlerRun:
         plan = self.planner.plan(self.inbox, request)
         self._hide_waiting(plan.key_next, now)
         if not plan.jobs:
-            nxt = plan.stage_next if plan.stage_next is not None else now + CONTROL_REFRESH_S
-            self.next_plan_at = min(max(now, nxt - BATCH_LEAD_S), now + CONTROL_REFRESH_S)
-            if self.outbox.in_flight:
-                self.next_plan_at = min(self.next_plan_at, now + 0.1)
+            # Nothing could go: the stage's next slot is later, or every held group waits for a batch in flight
+            # (its settling wakes the run), or a key's own next slot (held for at most HOLD_MAX_S).
+            candidates = [t for t in plan.key_next.values() if t is not None]
+            if plan.stage_next is not None and plan.stage_next > start:
+                candidates.append(plan.stage_next)
+            nxt = min(candidates, default=now + CONTROL_REFRESH_S)
+            self.next_plan_at = min(max(now + 0.01, nxt - BATCH_LEAD_S), now + CONTROL_REFRESH_S)
             return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
@@ -365,9 +383,12 @@ class ThrottlerRun:
         self._extend_visibility(plan.jobs, now)
         watch = self.usage.watch_list(now, self.outbox.unsettled())
         self.outbox.send(batch_id, plan, now, watch, self._tolerance, self._pool_size(plan), config.cost_header,
-                         config.signals_scope == "key")
-        self.planned_until = end
-        self.next_plan_at = now if plan.full else max(now, end - BATCH_LEAD_S)
+                         config.signals_scope == "key", end - start > WATCHED_HORIZON_S + 1e-9)
+        reached_end = plan.full or (plan.stage_next is not None and plan.stage_next >= end)
+        # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
+        # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.
+        self.planned_until = plan.jobs[-1][1] + 1e-6
+        self.next_plan_at = (now if plan.full else max(now, end - BATCH_LEAD_S)) if reached_end else now + 0.2
 
     def _hide_waiting(self, key_next: dict[str, float | None], now: float) -> None:
         for key, when in key_next.items():

@@ -27,6 +27,8 @@ WORKER_PREFIX = "worker#"
 BATCH_PREFIX = "worker#batch#"
 THROTTLE_KEY = "worker#throttle"
 TTL_ATTRIBUTE = "ttl"
+# The batch id of a throttle signal that mirrors an operator's pause (not a 429: no backoff, no learning).
+OPERATOR_SIGNAL = "operator"
 # One transaction writes the usage item and at most this many key items (DynamoDB allows 100 actions).
 MAX_KEYS_PER_COMMIT = 99
 
@@ -117,6 +119,10 @@ class StateStore(ABC):
     @abstractmethod
     def clear_pause(self) -> None:
         """Resume at once: lift the operator's pause and forget the latest 429."""
+
+    @abstractmethod
+    def publish_throttle(self, signal: ThrottleSignal) -> None:
+        """Write the shared throttle record the workers watch (the throttler mirrors an operator's pause there)."""
 
     # ------------------------------------------------------------------ lease and hand-over
     @abstractmethod

@@ -169,6 +169,9 @@ class DynamoStateStore(_Table, StateStore):
     def clear_pause(self) -> None:
         self._write_many([{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in (PAUSE_KEY, THROTTLE_KEY)])
 
+    def publish_throttle(self, signal: ThrottleSignal) -> None:
+        DynamoWorkerRecords(self._client, self._table).throttle(signal)
+
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
         taken = self._conditional(

@@ -76,6 +76,9 @@ class MemoryStateStore(StateStore, WorkerRecords):
             self.items.pop(PAUSE_KEY, None)
             self.items.pop(THROTTLE_KEY, None)
 
+    def publish_throttle(self, signal: ThrottleSignal) -> None:
+        self.throttle(signal)
+
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
         with self._lock:

@@ -15,7 +15,7 @@ from throttler.core.envelope import Job, parse_job
 from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.dispatch.run import ThrottlerRun, Wake
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.queue import MemoryJobQueue, MemorySqs, OutgoingMessage, QueuedMessage
+from throttler.queue import MemoryJobQueue, MemorySqs, QueuedMessage
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import http as http_task
 from throttler.tasks.registry import TaskRegistry, ValidationContext
@@ -151,9 +151,7 @@ class World:
     # ------------------------------------------------------------------ producers and time
     def enqueue(self, jobs: Iterable[tuple[str, str, str]]) -> None:
         """(body, group, job id) triples, sent in order now."""
-        batch = [OutgoingMessage(body, group, job_id) for body, group, job_id in jobs]
-        for start in range(0, len(batch), 10):
-            self.queue.send(batch[start : start + 10])
+        self.queue.send(list(jobs))
 
     def enqueue_at(self, at: float, jobs: list[tuple[str, str, str]]) -> None:
         self.loop.at(at, lambda: self.enqueue(jobs))
