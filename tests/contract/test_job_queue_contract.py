@@ -109,7 +109,6 @@ def test_the_stage_queues_are_the_ones_serverless_yml_defines(backend: Backend) 
     assert policy["deadLetterTargetArn"] == dlq["QueueArn"] and int(policy["maxReceiveCount"]) == 1000
 
 
-@pytest.mark.xfail(strict=True, reason="serverless.yml must set MaximumMessageSize: 262144 on the jobs queue, 1048576 on the DLQ")
 def test_the_stage_dlq_takes_a_dead_lettered_job_of_the_largest_size(backend: Backend) -> None:
     jobs_max = int(backend.attributes("jobs")["MaximumMessageSize"])
     assert jobs_max == 256 * KIB and int(backend.attributes("dlq")["MaximumMessageSize"]) == 1024 * KIB

@@ -17,7 +17,8 @@ from throttler.core.clock import FakeClock, SystemClock
 from throttler.core.envelope import parse_job
 from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
 from throttler.tasks import ValidationContext, default_registry
-from throttler.tasks.http import REDIRECT_REASON, http_task, new_session, parse_rate_headers, parse_retry_after
+from throttler.core.ratelimit import parse_api_word, parse_retry_after
+from throttler.tasks.http import REDIRECT_REASON, http_task, new_session
 from throttler.tasks.registry import TaskContext, TaskRegistry, TaskResult, task
 from throttler_tools.fakeapi import FakeApi, session_for
 
@@ -195,10 +196,13 @@ def test_retry_after_in_seconds_or_http_date_or_malformed() -> None:
 
 def test_rate_limit_headers_in_seconds_or_epoch() -> None:
     now = 1_700_000_000.0
-    assert parse_rate_headers({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "10"}, now) == (3, now + 10)
-    assert parse_rate_headers({"RateLimit-Remaining": "0", "RateLimit-Reset": str(now + 5)}, now) == (0, now + 5)
-    assert parse_rate_headers({"X-RateLimit-Remaining": "x", "X-RateLimit-Reset": "1"}, now) == (None, None)
-    assert parse_rate_headers({}, now) == (None, None)
+    word = parse_api_word({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "10"}, now)
+    assert word is not None and (word.remaining, word.reset_at) == (3, now + 10)
+    word = parse_api_word({"RateLimit-Remaining": "0", "RateLimit-Reset": str(now + 5)}, now)
+    assert word is not None and (word.remaining, word.reset_at) == (0, now + 5)
+    word = parse_api_word({"X-RateLimit-Remaining": "x", "X-RateLimit-Reset": "1"}, now)
+    assert word is None or word.remaining is None
+    assert parse_api_word({}, now) is None
 
 
 def test_custom_tasks_register_by_name() -> None:

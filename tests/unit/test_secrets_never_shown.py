@@ -5,6 +5,7 @@ chain) or a log line, whatever happens to the call."""
 from __future__ import annotations
 
 import json
+import time
 import logging
 import traceback
 from typing import Any
@@ -22,7 +23,7 @@ from throttler.tasks import ValidationContext, default_registry
 from throttler.tasks.http import http_task, new_session
 from throttler.tasks.registry import TaskContext
 from throttler.tasks.secrets import secret_headers_getter
-from throttler.worker import InlineExecutor, WorkerConfig, WorkerService
+from throttler.worker.service import WorkerConfig, WorkerService
 
 SECRET = "sk-live-4f9a0c1e77b2"
 PARAM = "/throttler/prod/api-key"
@@ -173,27 +174,27 @@ def test_no_secret_in_the_workers_results_or_logs_and_an_ssm_failure_counts_no_a
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    clock = FakeClock(start=1000.0)
+    now = time.time()
+    validation = ValidationContext.build(("http://127.0.0.1:*",), "local", ("X-Api-Key",))
 
-    def worker(getter: Any, session: requests.Session) -> WorkerService:
-        return WorkerService(config=WorkerConfig(("http://127.0.0.1:*",), stage="local", secret_header_names=("X-Api-Key",)),
-                             store=MemoryStateStore(), clock=clock, registry=default_registry, session=session,
-                             secret_headers=getter, executor_factory=lambda n: InlineExecutor())
+    def worker(getter: Any) -> WorkerService:
+        return WorkerService(config=WorkerConfig(validation), records=MemoryStateStore(), clock=SystemClock(),
+                             registry=default_registry, secret_headers=getter, new_session=new_session)
 
     def job(job_id: str, url: str, headers: dict | None = None) -> dict:
         body = json.dumps({"task": "http", "payload": {"method": "GET", "url": url, "headers": headers or {}}})
-        return {"id": job_id, "group": job_id, "body": body, "not_before": 1000.0, "not_after": 1030.0}
+        return {"id": job_id, "group": job_id, "body": body, "nb": now, "na": now + 30.0}
 
     with LocalApi() as api:
-        session = new_session(4)
-        ok = worker(secret_headers_getter([("X-Api-Key", PARAM)], get_parameter=lambda name: SECRET), session)
-        results = ok.run_batch({"jobs": [job("a", f"{api.url}/status/500"), job("b", f"{api.url}/status/403"),
-                                         job("c", f"{api.url}/ok"), job("d", f"{api.url}/ok", {"x-api-key": SECRET})]})
-        broken = worker(secret_headers_getter([("X-Api-Key", PARAM)], get_parameter=denied), session)
-        skipped = broken.run_batch({"jobs": [job("e", f"{api.url}/ok")]})
-        session.close()
+        ok = worker(secret_headers_getter([("X-Api-Key", PARAM)], get_parameter=lambda name: SECRET))
+        results = ok.run_batch({"batch": "b1", "run": "r", "jobs": [
+            job("a", f"{api.url}/status/500"), job("b", f"{api.url}/status/403"),
+            job("c", f"{api.url}/ok"), job("d", f"{api.url}/ok", {"x-api-key": SECRET})]})
+        broken = worker(secret_headers_getter([("X-Api-Key", PARAM)], get_parameter=denied))
+        skipped = broken.run_batch({"batch": "b2", "run": "r", "jobs": [job("e", f"{api.url}/ok")]})
     assert {r["job_id"]: r["outcome"] for r in results["results"]} == {
         "a": "retryable", "b": "permanent", "c": "succeeded", "d": "invalid"}
-    assert skipped["results"][0]["outcome"] == Outcome.SKIPPED.value  # the stage's failure: no attempt spent
+    # The stage's failure, not the job's: nothing called, no result, so the throttler counts no attempt.
+    assert skipped["status"] == "secrets_unavailable" and skipped["results"] == []
     assert len(api.seen) == 3  # the job that tried to set the secret header made no call
     assert SECRET not in json.dumps([results, skipped]) and SECRET not in caplog.text

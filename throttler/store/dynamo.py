@@ -314,7 +314,8 @@ class DynamoStateStore(_Table, StateStore):
             error = exc.response["Error"]
             if error["Code"] == "TransactionCanceledException":
                 reasons = exc.response.get("CancellationReasons") or []
-                if not reasons or (reasons[0] or {}).get("Code") == CONDITION_FAILED or CONDITION_FAILED in str(error.get("Message", "")):
+                first = (reasons[0] or {}).get("Code") if reasons else None
+                if first in ("ConditionalCheckFailed", CONDITION_FAILED) or "ConditionalCheckFailed" in str(error.get("Message", "")):
                     return False
             raise StoreError(f"dynamodb transact_write_items failed: {error['Code']}") from exc
 
@@ -383,25 +384,30 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         adds, sets = [], []
         values: dict[str, Any] = {}
         if ok:
-            adds.append("ok :ok")
+            adds.append("#ok :ok")
             values[":ok"] = {"SS": ok}
         if tried:
-            adds.append("called :called")
+            adds.append("#called :called")
             values[":called"] = {"SS": tried}
         if final:
-            sets.append("final = :t")
+            sets.append("#final = :t")
             values[":t"] = {"BOOL": True}
         if throttled_at is not None:
-            sets.append("throttled_at = :th")
+            sets.append("#th = :th")
             values[":th"] = _n(throttled_at)
         if not values:
             return
-        expression = ("SET " + ", ".join(sets) + " " if sets else "") + ("ADD " + ", ".join(adds) if adds else "")
+        # Names always through placeholders: FINAL and CALLED are reserved words.
+        names = {"#ok": "ok", "#called": "called", "#final": "final", "#th": "throttled_at"}
+        expression = " ".join(part for part in (
+            "SET " + ", ".join(sets) if sets else "", "ADD " + ", ".join(adds) if adds else "") if part)
+        used = {k: v for k, v in names.items() if k in expression}
         self._call(
             "update_item",
             TableName=self._table,
             Key={"pk": {"S": BATCH_PREFIX + batch_id}},
-            UpdateExpression=expression.strip(),
+            UpdateExpression=expression,
+            ExpressionAttributeNames=used,
             ExpressionAttributeValues=values,
         )
 

@@ -27,11 +27,12 @@ from throttler.worker.invoker import WorkerFailed, WorkerNotRun
 class EventLoop:
     """A heap of (time, order, action); `now` moves only from one event to the next."""
 
-    def __init__(self, start: float):
+    def __init__(self, start: float, on_advance: Callable[[float], None] | None = None):
         self.now = start
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self.events = 0
+        self.on_advance = on_advance  # e.g. freezegun's tick, so that moto's clock follows virtual time
 
     def at(self, t: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (max(t, self.now), next(self._order), action))
@@ -39,12 +40,17 @@ class EventLoop:
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
         while self._heap and self._heap[0][0] <= end:
             t, _, action = heapq.heappop(self._heap)
-            self.now = t
+            self._move_to(t)
             action()
             self.events += 1
             if stop is not None and stop():
                 return
-        self.now = max(self.now, end)
+        self._move_to(max(self.now, end))
+
+    def _move_to(self, t: float) -> None:
+        if t > self.now and self.on_advance is not None:
+            self.on_advance(t - self.now)
+        self.now = t
 
     @property
     def idle(self) -> bool:

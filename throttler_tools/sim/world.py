@@ -15,7 +15,8 @@ from throttler.core.envelope import Job, parse_job
 from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.dispatch.run import ThrottlerRun, Wake
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.queue import MemoryJobQueue, MemorySqs, QueuedMessage
+from throttler.queue import DeadLetters, JobQueue, MemoryJobQueue, MemorySqs, QueuedMessage
+from throttler.store.base import StateStore, WorkerRecords
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import http as http_task
 from throttler.tasks.registry import TaskRegistry, ValidationContext
@@ -63,16 +64,37 @@ class WorldConfig:
     stage: str = "local"
 
 
+@dataclass
+class Backends:
+    """The AWS side of a world: the in-memory twins by default, or moto's (tests/integration)."""
+
+    queue: JobQueue
+    store: StateStore
+    records: WorkerRecords
+    env: dict[str, str]
+    sqs: Any = None  # the MemorySqs model, when the queues are in memory
+
+
+def memory_backends(clock: SimClock, stage: str) -> Backends:
+    sqs = MemorySqs(clock)
+    env = provision(sqs, None, stage)
+    store = MemoryStateStore()
+    return Backends(MemoryJobQueue(sqs, env["JOBS_QUEUE_URL"], env["DLQ_URL"]), store, store, env, sqs)
+
+
 class World:
-    def __init__(self, config: WorldConfig | None = None):
+    def __init__(self, config: WorldConfig | None = None,
+                 backends: Callable[[SimClock, str], Backends] = memory_backends,
+                 on_advance: Callable[[float], None] | None = None):
         self.config = cfg = config or WorldConfig()
         self.rng = random.Random(cfg.seed)
-        self.loop = EventLoop(cfg.start)
+        self.loop = EventLoop(cfg.start, on_advance)
         self.clock = SimClock(self.loop)
-        self.sqs = MemorySqs(self.clock)
-        self.env = provision(self.sqs, None, cfg.stage)
-        self.queue = MemoryJobQueue(self.sqs, self.env["JOBS_QUEUE_URL"], self.env["DLQ_URL"])
-        self.store = MemoryStateStore()
+        self.backends = backends(self.clock, cfg.stage)
+        self.sqs = self.backends.sqs
+        self.env = self.backends.env
+        self.queue = self.backends.queue
+        self.store = self.backends.store
         if cfg.quotas is not None:
             self.store.put_quotas(cfg.quotas)
         self.api = FakeApi(tiers=list(cfg.api_tiers), clock=self.clock)
@@ -81,12 +103,13 @@ class World:
         self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
         self.validation = ValidationContext.build(LOCAL_HOSTS, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
-        self.workers = SimWorkers(self.loop, self.clock, self.store, self._setup, cfg.latency_s, self.rng, cfg.faults,
+        self.workers = SimWorkers(self.loop, self.clock, self.backends.records, self._setup, cfg.latency_s, self.rng, cfg.faults,
                                   cfg.worker_timeout_s, on_call=lambda spec, at: self.calls.append((spec, at)))
         self.runs: list[ThrottlerRun] = []
         self.summaries: list[RunSummary] = []
         self._long_polling: dict[str, Ticker] = {}
-        self.sqs.on_send.append(lambda _queue, _view: self._wake_pollers())
+        if self.sqs is not None:
+            self.sqs.on_send.append(lambda _queue, _view: self._wake_pollers())
         self._schedule_started = False
 
     # ------------------------------------------------------------------ wiring
@@ -167,4 +190,5 @@ class World:
         return self.queue.depth().total
 
     def dead_letters(self) -> list[Any]:
-        return [m for m in self.sqs.messages(self.env["DLQ_URL"])]
+        """The DLQ's messages, described (reason, attempts, job id, body, group)."""
+        return DeadLetters(self.queue).peek(10_000)
