@@ -1,0 +1,231 @@
+"""The command line, `python -m throttler COMMAND`: the local stack, the demo, and the producer's and
+operator's commands against any stage.
+
+Exit codes: 0 success, 2 usage or validation error (one line on stderr), 1 any other failure (one line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+import click
+
+from throttler import __version__
+from throttler.core.errors import ConfigError, InvalidJob, ThrottlerError
+
+PROG = "python -m throttler"
+LOCAL_REGION = "us-east-1"
+LOCAL_ENDPOINT = "http://127.0.0.1:4566"
+# `pause` without --for: effectively until `resume` (ten years).
+INDEFINITE_PAUSE_S = 10 * 365 * 86400
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,30}$")
+DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Failure(click.ClickException):
+    """Any failure that is not the user's input: exit 1 with one line."""
+
+    exit_code = 1
+
+
+class Invalid(click.ClickException):
+    """A usage or validation error: exit 2 with one line."""
+
+    exit_code = 2
+
+
+def _line(text: object) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Map every error to its exit code and one line on stderr, without a traceback."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+    )
+
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # prints the help
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        raise Invalid(_line(exc.format_message()) + hint) from None
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except (ConfigError, InvalidJob) as exc:
+        raise Invalid(_line(exc)) from None
+    except NoCredentialsError:
+        raise Failure("no AWS credentials found: configure them (AWS_PROFILE, AWS_ACCESS_KEY_ID...)") from None
+    except NoRegionError:
+        raise Failure("no AWS region: set AWS_REGION") from None
+    except EndpointConnectionError as exc:
+        where = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "AWS")
+        hint = f": is `{PROG} local` running?" if "127.0.0.1" in where or "localhost" in where else ""
+        raise Failure(f"cannot reach {where}{hint}") from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise Failure(_line(f"{exc.operation_name} failed: {error.get('Code')}: {error.get('Message', '')}")) from None
+    except (ThrottlerError, BotoCoreError, OSError) as exc:
+        raise Failure(_line(exc)) from None
+    except Exception as exc:
+        if os.environ.get("THROTTLER_DEBUG"):
+            raise
+        raise Failure(_line(f"{type(exc).__name__}: {exc}")) from None
+
+
+class CommandGroup(click.Group):
+    """A click group whose errors all end as one line with the right exit code."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        with _exit_codes():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _exit_codes():
+            return super().invoke(ctx)
+
+
+# ---------------------------------------------------------------------------- a stage's AWS resources
+class StageAws:
+    """The resources of one stage, found by name; clients honour AWS_ENDPOINT_URL, region and credentials."""
+
+    def __init__(self, stage: str):
+        if not STAGE_NAME.match(stage):
+            raise ConfigError(f"invalid stage name {stage!r}: letters, digits and dashes")
+        from throttler.client import resource_names
+
+        self.stage = stage
+        self.names = resource_names(stage)
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def endpoint(self) -> str | None:
+        """AWS_ENDPOINT_URL; for stage `local` without it, the local stack's default address."""
+        return os.environ.get("AWS_ENDPOINT_URL") or (LOCAL_ENDPOINT if self.stage == "local" else None)
+
+    @cached_property
+    def region(self) -> str:
+        import boto3
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or boto3.session.Session().region_name
+        if region:
+            return str(region)
+        if self.endpoint:
+            return LOCAL_REGION
+        raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            session = boto3.session.Session()
+            extra: dict[str, str] = {}
+            if self.endpoint:
+                extra["endpoint_url"] = self.endpoint
+                if session.get_credentials() is None:
+                    # An emulator accepts any credentials; real AWS never gets these.
+                    extra.update(aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+            config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30)
+            self._clients[service] = session.client(service, region_name=self.region, config=config, **extra)  # type: ignore[call-overload]
+        return self._clients[service]
+
+    @cached_property
+    def jobs_url(self) -> str:
+        from throttler.client import queue_url
+
+        return queue_url(self.client("sqs"), self.names["jobs_queue"])
+
+    @cached_property
+    def dlq_url(self) -> str:
+        from throttler.client import queue_url
+
+        return queue_url(self.client("sqs"), self.names["dlq"])
+
+    @cached_property
+    def store(self) -> Any:
+        from throttler.store import DynamoStateStore
+
+        return DynamoStateStore(self.client("dynamodb"), self.names["state_table"])
+
+    @property
+    def default_quotas(self) -> str:
+        """The stage's default quotas (serverless.yml `defaultQuotas`), used until an operator sets any."""
+        from throttler_tools.stackdef import params
+
+        return str(params(self.stage).get("defaultQuotas") or "")
+
+    def depth(self, url: str) -> dict[str, int]:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attributes = self.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        waiting, in_flight, delayed = (int(attributes.get(n, 0)) for n in names)
+        return {"waiting": waiting + delayed, "in_flight": in_flight}
+
+
+def stage_option(fn: Any) -> Any:
+    return click.option(
+        "--stage",
+        metavar="STAGE",
+        default=None,
+        help="Stage to act on: dev, staging, prod, local... [default: $THROTTLER_STAGE, else local]",
+    )(fn)
+
+
+def _aws(stage: str | None) -> StageAws:
+    root = click.get_current_context().find_root()
+    return StageAws(stage or root.params.get("stage") or "local")
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, sort_keys=True, default=str))
+
+
+def _when(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `10m`, `2h`, `1d` to seconds; ConfigError otherwise."""
+    match = DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"invalid duration {text!r}: use a positive number with s, m, h or d (e.g. 10m)")
+    return float(match.group(1)) * UNIT_S[match.group(2)]
+
+
+# ---------------------------------------------------------------------------- the commands
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--stage",
+    envvar="THROTTLER_STAGE",
+    default="local",
+    show_default=True,
+    metavar="STAGE",
+    help="Stage for every command (or THROTTLER_STAGE); a command's own --stage wins.",
+)
+@click.version_option(version=__version__, prog_name="throttler")
+def cli(stage: str) -> None:
+    """Drain an SQS FIFO queue of API jobs as fast as the API's quotas allow, never faster.
+
+    Commands that talk to AWS honour AWS_ENDPOINT_URL (point it at `local`), AWS_REGION and the usual
+    credential settings. Exit codes: 0 success, 2 usage or validation error, 1 any other failure.
+    """
