@@ -2,8 +2,11 @@
 
 The real state machines run unchanged (`ThrottlerRun.step`, `BatchExecution.step`, `call_job`); only
 waiting is simulated. Calls overlap as they would in real time: a call leaves at its send time, reaches
-the API after its outbound latency, and its answer comes back after its full latency. Everything is
-deterministic for a given seed.
+the API after its outbound latency, the API takes its own time, and the answer comes back after the
+inbound latency (a call slower than its timeout ends in a timeout, though the API handled it). A worker
+batch is driven exactly as `worker/service.py` drives it (the same order of claim, calls, records and
+the same handling of store errors), on its own clock, which may be off by a few milliseconds.
+Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import random
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
-from throttler.core.outcome import JobResult
-from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
-from throttler.store.base import WorkerRecords
-from throttler.worker.batch import BatchExecution
+from throttler.core.errors import StoreError
+from throttler.core.outcome import JobResult, Outcome
+from throttler.core.protocol import LAMBDA_PAYLOAD_LIMIT, BatchRequest, BatchResponse, BatchStatus, JobSpec
+from throttler.store.base import ThrottleSignal, WorkerRecords
+from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
 from throttler.worker.invoker import WorkerFailed, WorkerNotRun
+from throttler.worker.service import STOP_BEFORE_TIMEOUT_S
 
 
 class EventLoop:
@@ -101,16 +107,86 @@ class Ticker:
         self.next_at = None
 
 
+def uniform(lo: float, hi: float) -> Callable[[random.Random], float]:
+    return lambda rng: rng.uniform(lo, hi)
+
+
+def with_tail(base: tuple[float, float], tail_share: float, tail_s: float, slow_share: float = 0.0,
+              slow_s: tuple[float, float] = (1.0, 5.0)) -> Callable[[random.Random], float]:
+    """The API's own time: mostly uniform in `base`, a share with an exponential tail (mean `tail_s`),
+    and a few slow calls of several seconds."""
+
+    def draw(rng: random.Random) -> float:
+        x = rng.random()
+        if x < slow_share:
+            return rng.uniform(*slow_s)
+        t = rng.uniform(*base)
+        if x < slow_share + tail_share:
+            t += rng.expovariate(1.0 / tail_s)
+        return t
+
+    return draw
+
+
+@dataclass
+class Latency:
+    """A call's times: outbound (send to the API: its spread must stay within what the margin covers),
+    the API's own time (may have a long tail) and inbound (the answer's way back)."""
+
+    outbound_s: Callable[[random.Random], float] = field(default_factory=lambda: uniform(0.010, 0.012))
+    service_s: Callable[[random.Random], float] = field(default_factory=lambda: uniform(0.005, 0.040))
+    inbound_s: Callable[[random.Random], float] = field(default_factory=lambda: uniform(0.010, 0.030))
+
+    @classmethod
+    def split(cls, total_s: Callable[[random.Random], float]) -> Latency:
+        """The old model: a total latency, half of it on the way out."""
+        draws: dict[str, float] = {}
+
+        def out(rng: random.Random) -> float:
+            draws["t"] = max(0.0005, total_s(rng))
+            return draws["t"] * 0.5
+
+        return cls(out, lambda rng: 0.0, lambda rng: draws.get("t", 0.0) * 0.5)
+
+
 @dataclass
 class WorkerFaults:
     """What can go wrong around a worker, decided per batch by the seed (all probabilities)."""
 
     not_run: float = 0.0  # Lambda refuses the invoke (throttled): nothing runs
-    crash: float = 0.0  # the worker dies part-way (its response never comes)
+    crash: float = 0.0  # the worker dies part-way, up to its timeout (its response never comes)
     lost_response: float = 0.0  # the worker finishes but the response is lost (a read timeout)
-    duplicate: float = 0.0  # the same invoke is delivered twice (botocore retried it)
+    duplicate: float = 0.0  # the same invoke is delivered twice
     secrets: float = 0.0  # the worker cannot read its secrets
+    store_error: float = 0.0  # a worker's state-table request fails (claim, record, publish, watch)
+    clock_skew_s: float = 0.0  # each worker's clock is off by up to this (uniform, either way)
+    wake_late_s: float = 0.0  # a worker wakes up to this late for a slot (thread scheduling)
     invoke_latency_s: tuple[float, float] = (0.01, 0.04)
+    crash_within_s: float = 2.0  # a crash comes this soon after the start (at most: the timeout)
+
+
+@dataclass
+class SentCall:
+    """One call as a worker sent it: the checker's view of the worker side."""
+
+    job_id: str
+    batch_id: str
+    sent_at: float  # real time
+    worker: int
+    arrived_at: float = 0.0
+    answered_at: float | None = None  # when its answer reached the worker (None: never, or the worker was dead)
+    outcome: str = ""
+    status: int | None = None
+    timed_out: bool = False  # the API handled it, the worker gave up waiting
+    lost: bool = False  # its outcome never reached the throttler in full (worker death, lost response, record)
+
+
+@dataclass
+class WorkerDeath:
+    worker: int
+    batch_id: str
+    at: float
+    why: str
 
 
 @dataclass
@@ -121,131 +197,269 @@ class SimWorkers:
     clock: SimClock
     records: WorkerRecords
     setup: Callable[[BatchRequest], CallSetup]
-    latency_s: Callable[[random.Random], float]
+    latency_s: Callable[[random.Random], float] | Latency
     rng: random.Random
     faults: WorkerFaults = field(default_factory=WorkerFaults)
     timeout_s: float = 40.0
-    on_call: Callable[[JobSpec, float], None] | None = None  # (spec, send time): the checker's view
+    on_call: Callable[[JobSpec, float], None] | None = None  # (spec, send time): a simple view of the calls
+    service_s: Callable[[str], float] = lambda _path: 0.0  # the API's own time for a path (slow calls)
     invocations: int = 0
+    refused_too_large: int = 0
+    sent: list[SentCall] = field(default_factory=list)
+    deaths: list[WorkerDeath] = field(default_factory=list)
+    batches: dict[str, list[int]] = field(default_factory=dict)  # batch id -> the workers that ran it
+    planned: dict[str, list[str]] = field(default_factory=dict)  # batch id -> its job ids
+    unheard: set[str] = field(default_factory=set)  # batches whose invoke ended in WorkerFailed
+    _workers: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def latency(self) -> Latency:
+        return self.latency_s if isinstance(self.latency_s, Latency) else Latency.split(self.latency_s)
 
     def invoke(self, request: BatchRequest) -> Future[BatchResponse]:
         future: Future[BatchResponse] = Future()
         self.invocations += 1
+        self.planned[request.batch_id] = [j.id for j in request.jobs]
         lo, hi = self.faults.invoke_latency_s
         delay = self.rng.uniform(lo, hi)
+        if len(request.to_json()) > LAMBDA_PAYLOAD_LIMIT:
+            self.refused_too_large += 1
+            self.loop.at(self.loop.now + delay, lambda: future.set_exception(WorkerNotRun("RequestTooLargeException")))
+            return future
         if self.rng.random() < self.faults.not_run:
             self.loop.at(self.loop.now + delay, lambda: future.set_exception(WorkerNotRun("TooManyRequestsException")))
             return future
+        future.batch_id = request.batch_id  # type: ignore[attr-defined]
         deliveries = 2 if self.rng.random() < self.faults.duplicate else 1
         for n in range(deliveries):
             answer = future if n == 0 else None
-            self.loop.at(self.loop.now + delay + 0.15 * n, lambda a=answer: self._start(request, a))  # type: ignore[misc]
+            again = 0.0 if n == 0 else self.rng.uniform(0.05, 1.0)
+            self.loop.at(self.loop.now + delay + again, lambda a=answer: self._start(request, a))  # type: ignore[misc]
         return future
 
     def _start(self, request: BatchRequest, answer: Future[BatchResponse] | None) -> None:
-        now = self.loop.now
-        if self.rng.random() < self.faults.secrets:
-            self._answer(answer, BatchResponse(request.batch_id, BatchStatus.SECRETS_UNAVAILABLE, error="ssm failed"))
-            return
-        if not self.records.claim(request.batch_id, request.run_id, now, now + 14 * 86400):
-            self._answer(answer, BatchResponse(request.batch_id, BatchStatus.DUPLICATE))
-            return
-        crash_at = now + self.rng.uniform(0.0, 2.0) if self.rng.random() < self.faults.crash else None
-        lost = self.rng.random() < self.faults.lost_response
-        _SimBatch(self, request, answer, now, crash_at, lost).step()
+        worker = next(self._workers)
+        self.batches.setdefault(request.batch_id, []).append(worker)
+        _SimBatch(self, request, answer, worker).begin()
 
-    def _answer(self, answer: Future[BatchResponse] | None, response: BatchResponse, fail: Exception | None = None) -> None:
+    def _answer(self, answer: Future[BatchResponse] | None, response: BatchResponse | None,
+                fail: Exception | None = None) -> None:
         if answer is None:
             return
         lo, hi = self.faults.invoke_latency_s
         at = self.loop.now + self.rng.uniform(lo, hi)
+        if isinstance(fail, WorkerFailed) or (response is not None and response.status is BatchStatus.DUPLICATE):
+            self.unheard.add(response.batch_id if response is not None else self._batch_of(answer))
         if fail is not None:
             self.loop.at(at, lambda: answer.set_exception(fail))
         else:
-            self.loop.at(at, lambda: answer.set_result(BatchResponse.from_dict(response.to_dict())))
+            assert response is not None
+            self.loop.at(at, lambda: answer.set_result(BatchResponse.from_dict(json.loads(response.to_json()))))
+
+    def _batch_of(self, answer: Future[BatchResponse]) -> str:
+        return getattr(answer, "batch_id", "")
+
+    def store(self, call: Callable[[], Any]) -> Any:
+        """A worker's state-table request, which may fail (StoreError, as the DynamoDB adapter raises it)."""
+        if self.faults.store_error and self.rng.random() < self.faults.store_error:
+            raise StoreError("ProvisionedThroughputExceededException (simulated)")
+        return call()
 
 
 class _SimBatch:
-    def __init__(self, workers: SimWorkers, request: BatchRequest, answer: Future[BatchResponse] | None,
-                 started: float, crash_at: float | None, lost: bool):
+    """One worker invocation, driven as WorkerService.run / _drive / _act drive it, in virtual time."""
+
+    def __init__(self, workers: SimWorkers, request: BatchRequest, answer: Future[BatchResponse] | None, worker: int):
         self.w = workers
         self.request = request
         self.answer = answer
+        self.worker = worker
+        f = workers.faults
+        rng = workers.rng
+        self.skew = rng.uniform(-f.clock_skew_s, f.clock_skew_s) if f.clock_skew_s else 0.0
+        self.started = workers.loop.now
+        crashes = rng.random() < f.crash
+        self.crash_at = self.started + rng.uniform(0.0, min(f.crash_within_s, workers.timeout_s)) if crashes else None
+        self.lost = rng.random() < f.lost_response
         self.execution = BatchExecution(BatchRequest.from_dict(json.loads(request.to_json())))
-        self.deadline = started + workers.timeout_s - 2.0
-        self.crash_at = crash_at
-        self.lost = lost
-        self.setup = workers.setup(request)
+        self.deadline_local = self.local(self.started) + workers.timeout_s - STOP_BEFORE_TIMEOUT_S
+        self.setup: CallSetup | None = None
         self.running = 0
         self.dead = False
+        self.finished = False
+        self.calls: dict[str, SentCall] = {}
+        self.recorded: set[str] = set()  # job ids whose outcome is in the batch record
         self.ticker = Ticker(workers.loop, self.step)
-        if crash_at is not None:
-            workers.loop.at(crash_at, self._crash)
 
-    def _crash(self) -> None:
-        if not self.dead:
-            self.dead = True
-            self.ticker.cancel()
-            self.w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.RAN), WorkerFailed("worker crashed"))
+    def local(self, real: float) -> float:
+        return real + self.skew
 
-    def step(self) -> None:
-        if self.dead:
+    def real(self, local: float) -> float:
+        return local - self.skew
+
+    # ------------------------------------------------------------------ start, death
+    def begin(self) -> None:
+        w = self.w
+        if w.rng.random() < w.faults.secrets:
+            w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.SECRETS_UNAVAILABLE, error="ssm failed"))
             return
-        loop, ex, records = self.w.loop, self.execution, self.w.records
+        now = self.local(w.loop.now)
+        try:
+            claimed = w.store(lambda: w.records.claim(self.request.batch_id, self.request.run_id, now, now + 14 * 86400))
+        except StoreError:
+            w._answer(self.answer, None, WorkerFailed("worker error: Unhandled"))  # the handler raised
+            return
+        if not claimed:
+            w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.DUPLICATE))
+            return
+        self.setup = w.setup(self.request)
+        if self.crash_at is not None:
+            w.loop.at(self.crash_at, lambda: self._die("crashed"))
+        w.loop.at(self.started + w.timeout_s, lambda: self._die("timed out"))  # Lambda kills it at its timeout
+        self.step()
+
+    def _die(self, why: str) -> None:
+        if self.dead or self.finished:
+            return
+        self.dead = True
+        self.ticker.cancel()
+        self.w.deaths.append(WorkerDeath(self.worker, self.request.batch_id, self.w.loop.now, why))
+        self._lose_unrecorded()
+        self.w._answer(self.answer, None, WorkerFailed(f"worker {why}"))
+
+    def _lose_unrecorded(self) -> None:
+        """The throttler learns only what the batch record holds: every other call's outcome is lost."""
+        for call in self.calls.values():
+            if call.job_id not in self.recorded:
+                call.lost = True
+
+    # ------------------------------------------------------------------ the drive loop (service._drive)
+    def step(self) -> None:
+        if self.dead or self.finished:
+            return
+        ex = self.execution
         while True:
-            now = loop.now
-            if now >= self.deadline:
+            now = self.local(self.w.loop.now)
+            if now >= self.deadline_local:
                 ex.abandon("the worker ran out of time")
             step = ex.step(now)
-            if step.publish is not None:
-                records.throttle(step.publish)
-            if step.record is not None:
-                records.record(self.request.batch_id, *step.record, False, None)
+            self._act(step)
             for spec in step.start:
-                self._send(spec, now)
+                self._send(spec)
             if step.poll_watch:
-                signal, final = records.watch(sorted(ex.watching))
-                ex.on_watch(signal, final, now)
                 continue
             break
-        if step.finished and self.running == 0:
-            self._finish()
-        elif step.wake_at is not None:
-            self.ticker.schedule(step.wake_at)
+        if step.finished:
+            if self.running == 0:
+                self._finish()
+            return
+        if step.wake_at is not None:
+            late = self.w.rng.uniform(0.0, self.w.faults.wake_late_s) if self.w.faults.wake_late_s else 0.0
+            self.ticker.schedule(self.real(min(step.wake_at, self.deadline_local)) + late)
 
-    def _send(self, spec: JobSpec, sent: float) -> None:
+    def _act(self, step: Step) -> None:
+        w, ex = self.w, self.execution
+        if step.publish is not None:
+            publish: ThrottleSignal = step.publish
+            try:
+                w.store(lambda: w.records.throttle(publish))
+            except StoreError:
+                pass  # logged by the service; the 429 still stops this batch
+        if step.poll_watch:
+            try:
+                signal, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
+            except StoreError:
+                ex.abandon("the shared throttle record could not be read")
+                return
+            ex.on_watch(signal, final, self.local(w.loop.now))
+        if step.record is not None:
+            self._record(*step.record, False, None)
+
+    def _record(self, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> None:
+        w = self.w
+        try:
+            w.store(lambda: w.records.record(self.request.batch_id, ok, called, final, throttled_at))
+        except StoreError:
+            return  # logged by the service; the response still reports them
+        self.recorded.update(ok, called)
+
+    # ------------------------------------------------------------------ calls
+    def _send(self, spec: JobSpec) -> None:
+        w = self.w
+        sent = w.loop.now
         self.running += 1
-        total = max(0.0005, self.w.latency_s(self.w.rng))
-        outbound = total * 0.5
-        if self.w.on_call is not None:
-            self.w.on_call(spec, sent)
+        lat = w.latency
+        outbound = max(0.0, lat.outbound_s(w.rng))
+        path, timeout_s = _path_and_timeout(spec.body)
+        service = max(0.0, lat.service_s(w.rng)) + w.service_s(path)
+        inbound = max(0.0, lat.inbound_s(w.rng))
+        limit = min(timeout_s, 30.0, self.real(self.deadline_local) - sent)
+        call = SentCall(spec.id, self.request.batch_id, sent, self.worker, sent + outbound)
+        self.calls[spec.id] = call
+        w.sent.append(call)
+        if w.on_call is not None:
+            w.on_call(spec, sent)
+        assert self.setup is not None
+        setup = self.setup
 
         def arrive() -> None:  # a call on the wire reaches the API even if its worker has died since
-            self.w.clock.offset = 0.0
-            result = call_job(spec, self.setup, self.deadline)
-            self.w.clock.offset = 0.0
-            result.sent_at, result.duration_s = sent, total
-            self.w.loop.at(sent + total, lambda: self._result(result))
+            w.clock.offset = 0.0
+            result = call_job(spec, setup, self.deadline_local)
+            w.clock.offset = 0.0
+            total = outbound + service + inbound
+            call.status = result.status
+            if result.outcome is Outcome.SUCCEEDED:
+                call.status = call.status or 200
+            if total > limit and result.attempted:
+                # The worker gives up waiting: a timeout, though the API handled the call.
+                call.timed_out = call.lost = True
+                result = JobResult(spec.id, Outcome.RETRYABLE, f"timeout: no answer within the call's {limit:.1f}s deadline")
+                total = limit
+            result.sent_at, result.duration_s = self.local(sent), total
+            w.loop.at(sent + total, lambda: self._result(call, result))
 
-        self.w.loop.at(sent + outbound, arrive)
+        if outbound >= limit:
+            result = JobResult(spec.id, Outcome.RETRYABLE, "timeout: no connection", sent_at=self.local(sent), duration_s=limit)
+            w.loop.at(sent + limit, lambda: self._result(call, result))
+        else:
+            w.loop.at(sent + outbound, arrive)
 
-    def _result(self, result: JobResult) -> None:
+    def _result(self, call: SentCall, result: JobResult) -> None:
         if self.dead:
             return
+        call.answered_at = self.w.loop.now
+        call.outcome = result.outcome.value
         self.running -= 1
-        self.execution.on_result(result, self.w.loop.now)
+        self.execution.on_result(result, self.local(self.w.loop.now))
         self.step()
 
     def _finish(self) -> None:
-        self.dead = True
-        ok, called = self.execution.final_record()
-        self.w.records.record(self.request.batch_id, ok, called, True, self.execution.throttled_at)
-        response = BatchResponse(self.request.batch_id, BatchStatus.RAN, self.execution.ordered_results(),
-                                 tuple(sorted(self.execution.watched_final)), self.execution.throttled_at)
+        self.finished = True
+        self.ticker.cancel()
+        ex = self.execution
+        ok, called = ex.final_record()
+        self._record(ok, called, True, ex.throttled_at)
+        response = BatchResponse(self.request.batch_id, BatchStatus.RAN, ex.ordered_results(),
+                                 tuple(sorted(ex.watched_final)), ex.throttled_at)
         if self.lost:
-            self.w._answer(self.answer, response, WorkerFailed("ReadTimeoutError"))
+            self._lose_unrecorded()
+            self.w.deaths.append(WorkerDeath(self.worker, self.request.batch_id, self.w.loop.now, "response lost"))
+            self.w._answer(self.answer, None, WorkerFailed("ReadTimeoutError"))
         else:
             self.w._answer(self.answer, response)
+
+
+def _path_and_timeout(body: str) -> tuple[str, float]:
+    """The URL path of an http job (for the API's own time) and its payload's timeout (default 10 s)."""
+    try:
+        payload = json.loads(body)["payload"]
+        url = str(payload["url"])
+        timeout = payload.get("timeout", 10.0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "/", 10.0
+    path = "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0] if "/" in url.split("://", 1)[-1] else "/"
+    good = isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+    return path, float(timeout) if good else 10.0
 
 
 class SimInvoker:
@@ -259,4 +473,3 @@ class SimInvoker:
 
     def shutdown(self) -> None:
         return None
-
