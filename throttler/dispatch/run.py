@@ -269,7 +269,8 @@ class ThrottlerRun:
         elif self.outbox.in_flight:
             wake = min(wake, max(self.receive_after, now + 0.05))
         else:
-            wake = min(wake, max(now, min(stage_next - RECEIVE_AHEAD_S, self.receive_after)))
+            # The next receive needs both: the stage's next slot within reach, and the receive back-off over.
+            wake = min(wake, max(now, stage_next - RECEIVE_AHEAD_S, self.receive_after))
         if self.inbox.pending_deletes:
             wake = min(wake, self.last_flush + DELETE_FLUSH_S)
         return Wake(max(wake, now))
