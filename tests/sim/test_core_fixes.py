@@ -18,3 +18,19 @@ def test_a_run_with_nothing_held_sleeps_instead_of_spinning() -> None:
     world.run_until(world.loop.now + 60, stop=lambda: world.loop.events > MAX_EVENTS)
     assert world.loop.events <= MAX_EVENTS, "the run spins at one instant"
     assert len(world.api.calls) == 1  # the key's day is spent: the second job waits, hidden in SQS
+
+
+def test_a_success_is_not_called_again_when_its_run_dies_before_deleting_it() -> None:
+    """SPEC promise 5. The run dies after its worker recorded the success and before the delete: the message
+    comes back once its visibility ends (slot + worker timeout + 10 s) and the next run received it before
+    it looked at the dead run's batch records (it waited for the batch's end + 60 s): a second call."""
+    from throttler_tools.sim.faults import crash_at
+
+    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 50}, api_tiers=[(1, 10)]))
+    world.run_queue.hooks.append(crash_at("queue.delete", 1, "before"))
+    world.enqueue([(job_body("/ok", group="g", seq=0), "g", "j0")])
+    world.start_schedule()
+    world.run_for(600)
+    assert [d.error for d in world.deaths] == ["ProcessDied: died before queue.delete #1"]
+    assert world.depth() == 0
+    assert world.api.successes_by_key() == {"j0": 1}

@@ -323,6 +323,8 @@ class ThrottlerRun:
 
     def _file(self, messages: list[QueuedMessage], now: float, visibility: int) -> None:
         assert self.quota is not None and self.quota.config is not None
+        if any(m.receive_count > 1 for m in messages):
+            self._recover_foreign(now)  # a dead run's success must be known before its message is filed again
         fresh = self.intake.accept(messages, now, now + visibility, self.quota.config, self.usage.done_until)
         if self.pacer is not None:
             keys = [h.key for h in fresh if h.key is not None and self.pacer.needs_key_meter(h.key)]

@@ -100,8 +100,9 @@ class UsageBook:
         return tuple(dict.fromkeys([*unsettled, *foreign]))
 
     def stale_foreign(self, now: float) -> list[str]:
-        """Other runs' batches whose workers must have finished long ago: their run died before settling."""
-        return [b for b, o in self.foreign.items() if o.until + 60.0 < now]
+        """Other runs' batches whose workers must have finished (their run died before settling them). Their
+        messages can come back as soon as this (visibility lasts past `until`): recover them first."""
+        return [b for b, o in self.foreign.items() if o.until < now]
 
     def forget_foreign(self, batch_ids: Sequence[str]) -> None:
         self.to_close |= set(batch_ids)
