@@ -30,11 +30,19 @@ from throttler.worker.invoker import WorkerFailed, WorkerNotRun
 from throttler.worker.service import STOP_BEFORE_TIMEOUT_S
 
 
+class Spinning(RuntimeError):
+    """Far too many events at one instant: an actor wakes itself up again and again without time passing
+    (a busy loop in production)."""
+
+
 class EventLoop:
     """A heap of (time, order, action); `now` moves only from one event to the next."""
 
+    MAX_EVENTS_AT_ONE_INSTANT = 200_000
+
     def __init__(self, start: float, on_advance: Callable[[float], None] | None = None):
         self.now = start
+        self._same = 0
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self.events = 0
@@ -46,6 +54,12 @@ class EventLoop:
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
         while self._heap and self._heap[0][0] <= end:
             t, _, action = heapq.heappop(self._heap)
+            if t > self.now:
+                self._same = 0
+            else:
+                self._same += 1
+                if self._same > self.MAX_EVENTS_AT_ONE_INSTANT:
+                    raise Spinning(f"more than {self.MAX_EVENTS_AT_ONE_INSTANT} events at t={t}")
             self._move_to(t)
             action()
             self.events += 1

@@ -131,7 +131,8 @@ PROFILES = ("daily", "bursts", "keys", "auto", "storms", "edits", "big", "chaos"
 def generate(seed: int, days: float = 1.0, jobs: int | None = None, profile: str | None = None) -> Scenario:
     """The scenario of a seed (the same seed, days and jobs give the same scenario, always)."""
     rng = random.Random(seed * 1_000_003 + 17)
-    profile = profile or rng.choice(PROFILES)
+    drawn = rng.choice(PROFILES)  # drawn whatever is asked, so that a seed's other draws do not move
+    profile = profile or drawn
     b = _Builder(rng, seed, days, profile, jobs)
     getattr(b, f"_{profile}")()
     b.finish()
