@@ -34,3 +34,19 @@ def test_a_success_is_not_called_again_when_its_run_dies_before_deleting_it() ->
     assert [d.error for d in world.deaths] == ["ProcessDied: died before queue.delete #1"]
     assert world.depth() == 0
     assert world.api.successes_by_key() == {"j0": 1}
+
+
+def test_a_settled_batch_stays_open_until_its_successes_are_deleted() -> None:
+    """SPEC promise 5. A run closed a settled batch in the usage item (its next reservation's commit) before
+    deleting that batch's successes (flushed up to a second later); dying in between, it left successes that
+    only the batch record knew, and nobody read it again: called twice (found by the simulation, seed 20)."""
+    from throttler_tools.sim.faults import crash_at
+
+    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 50}, api_tiers=[(1, 10)]))
+    world.run_queue.hooks.append(crash_at("queue.delete", 1, "before"))
+    world.enqueue([(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(60)])
+    world.start_schedule()
+    world.run_for(900)
+    assert [d.error for d in world.deaths] == ["ProcessDied: died before queue.delete #1"]
+    assert world.depth() == 0
+    assert max(world.api.successes_by_key().values()) == 1

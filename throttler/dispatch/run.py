@@ -94,6 +94,9 @@ class ThrottlerRun:
         self.receive_after = -math.inf
         self.queue_empty = False
         self.last_flush = -math.inf
+        # Settled batches stay listed as open until their successes are deleted: if the run dies before the
+        # deletes, a later run reads their records and never calls those jobs again.
+        self.close_after_flush: list[str] = []
         self.released_for_pause = False
         self.end_reason = ""
 
@@ -432,11 +435,7 @@ class ThrottlerRun:
         done = self.outbox.settle_finished(now, self.pacer, self.pauses, self._auto_window)
         if not done:
             return
-        for batch_id in done:
-            if self.phase is Phase.RUNNING:
-                self.usage.settled(batch_id)
-            else:
-                self.store.close_open_batches([batch_id])
+        self.close_after_flush += done
         if self.outbox.worker_trouble:
             delay = min(30.0, 2.0 ** (self.outbox.worker_trouble - 1))
             self.next_plan_at = max(self.next_plan_at, now + delay)
@@ -447,6 +446,14 @@ class ThrottlerRun:
     def _flush(self, now: float) -> None:
         self.outbox.flush_deletes()
         self.last_flush = now
+        closing, self.close_after_flush = self.close_after_flush, []
+        if not closing:
+            return
+        if self.phase is Phase.RUNNING or self.phase is Phase.ENDING:
+            for batch_id in closing:
+                self.usage.settled(batch_id)
+        else:
+            self.store.close_open_batches(closing)
 
     def _begin_end(self, reason: str) -> None:
         if self.phase is Phase.RUNNING:
