@@ -11,6 +11,7 @@ again, what it held stays hidden until its visibility runs out, and its lease ex
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import traceback
@@ -250,6 +251,8 @@ class World:
                            queue=cast(JobQueue, self.run_queue), invoker=SimInvoker(self.workers),
                            clock=self.clock, parse=self.parse, owner=f"run-{len(self.runs) + 1}")
         self.runs.append(run)
+        numbers = itertools.count(1)
+        run.outbox.new_batch_id = lambda: f"{run.owner}-b{next(numbers)}"  # type: ignore[method-assign]  # deterministic
         ticker = Ticker(self.loop, lambda: self._step(run, ticker))
         run.outbox.on_done = lambda: None if run.owner in self._dead else ticker.schedule(self.loop.now)
 
