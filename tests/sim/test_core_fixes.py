@@ -50,3 +50,21 @@ def test_a_settled_batch_stays_open_until_its_successes_are_deleted() -> None:
     assert [d.error for d in world.deaths] == ["ProcessDied: died before queue.delete #1"]
     assert world.depth() == 0
     assert max(world.api.successes_by_key().values()) == 1
+
+
+def test_a_429_behind_a_slow_call_stops_the_batches_planned_after_it() -> None:
+    """SPEC promise 6 (issue 11, break 2). A batch planned after a 429 was published, but before the run
+    learnt of it (its batch still runs a slow call), ignored it: `planned_at` claimed the run knew every
+    429 recorded before it was planned. It knows those before its last read of the shared record."""
+    world = World(WorldConfig(quotas={"second": 20, "margin_ms": 50}, api_tiers=[(1, 20)]))
+    jobs = [(job_body("/slow/3", group="slow", seq=0), "slow", "slow")]
+    jobs += [(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(10)]
+    jobs += [(job_body("/throttle/delta/30", group="t", seq=0), "t", "t")]
+    jobs += [(job_body("/ok", group=f"h{i}", seq=0), f"h{i}", f"h{i}") for i in range(60)]
+    world.enqueue(jobs)
+    world.start_run()
+    world.run_for(20)
+    answered = [c.answered_at for c in world.workers.sent if c.status == 429]
+    assert len(answered) == 1 and answered[0] is not None
+    late = [c for c in world.workers.sent if answered[0] + 1.0 < c.sent_at]
+    assert late == [], f"{len(late)} calls left more than 1 s after the 429 reached a worker"

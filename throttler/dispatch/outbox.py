@@ -76,11 +76,15 @@ class Outbox:
         return uuid.uuid4().hex
 
     def send(self, batch_id: str, plan: Plan, now: float, watch: tuple[str, ...], tolerance: Callable[[Held], float],
-             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False) -> SentBatch:
+             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False,
+             signals_known_at: float | None = None) -> SentBatch:
+        """`signals_known_at`: when the run last read the shared throttle record (it knows every 429 published
+        before that; the worker must stop for any later one). Defaults to `now`."""
         specs = []
         for held, slot in plan.jobs:
             specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
-        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped, watch_throttle)
+        known = now if signals_known_at is None else min(now, signals_known_at)
+        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, known, pool_size, cost_header, key_scoped, watch_throttle)
         for group, jobs in plan.by_group().items():
             self.inbox.take(group, len(jobs))
         sent = SentBatch(batch_id, list(plan.jobs), now, plan.jobs[-1][1], watch)

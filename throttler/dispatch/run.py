@@ -262,6 +262,12 @@ class ThrottlerRun:
                 return Wake(now)
             return Wake(min(next_refresh, self.deadline), long_poll=True)
         if self.inbox and now >= self.next_plan_at:
+            if self.pauses.last_signal_at > self.refreshed_at:
+                # A 429 came back in a batch since the last read of the shared record: read it now, so that the
+                # next batch's worker does not stop for a 429 this run already knows of.
+                self._refresh(now)
+                if self.phase is not Phase.RUNNING or self.pauses.until(now) is not None:
+                    return Wake(now)
             self._plan(self.clock.now())
         now = self.clock.now()
         if self.inbox.pending_deletes and (now - self.last_flush >= DELETE_FLUSH_S or len(self.inbox.pending_deletes) >= 10):
@@ -389,7 +395,7 @@ class ThrottlerRun:
         self._extend_visibility(plan.jobs, now)
         watch = self.usage.watch_list(now, self.outbox.unsettled())
         self.outbox.send(batch_id, plan, now, watch, self._tolerance, self._pool_size(plan), config.cost_header,
-                         config.signals_scope == "key", end - start > WATCHED_HORIZON_S + 1e-9)
+                         config.signals_scope == "key", end - start > WATCHED_HORIZON_S + 1e-9, self.refreshed_at)
         reached_end = plan.full or (plan.stage_next is not None and plan.stage_next >= end)
         # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
         # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.
