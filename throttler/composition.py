@@ -102,7 +102,7 @@ class Composition:
     def run_settings(self) -> RunSettings:
         s = self.settings
         return RunSettings(s.default_quotas, s.default_latency, s.max_attempts, s.retry_base_s, s.retry_max_s,
-                           s.worker_timeout_s, s.worker_max_parallel)
+                           s.worker_timeout_s, s.worker_max_parallel, s.allowed_hosts, s.max_message_bytes)
 
     # ------------------------------------------------------------------ the two functions
     def run(self, owner: str | None = None) -> ThrottlerRun:

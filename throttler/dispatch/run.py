@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from throttler.core.clock import Clock
 from throttler.core.envelope import Job
@@ -96,6 +97,8 @@ class ThrottlerRun:
         self.last_flush = -math.inf
         self.released_for_pause = False
         self.end_reason = ""
+        self.hidden: dict[str, list[tuple[float, int]]] = {}  # fair key -> [(hidden until, messages)]
+        self.keys_written_at = -math.inf
 
     # ------------------------------------------------------------------ the state machine
     def start(self, deadline: float) -> None:
@@ -161,6 +164,7 @@ class ThrottlerRun:
             self.lease_lost = True
             self._begin_end("lease lost")
             return
+        self._publish_settings(control.stage_settings, now)
         self._use_quotas(resolve_quotas(control, self.s.default_quotas), now)
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         self.pauses.from_control(control, now, self._auto_window(None))
@@ -173,6 +177,11 @@ class ThrottlerRun:
         if successor is not None:
             self.successor = successor
             self._begin_end("successor")
+
+    def _publish_settings(self, stored: dict[str, Any] | None, now: float) -> None:
+        wanted = self.s.published()
+        if stored is None or {k: v for k, v in stored.items() if k != "written_at"} != wanted:
+            self.store.put_stage_settings({**wanted, "written_at": now})
 
     def _use_quotas(self, quota: QuotaInForce, now: float) -> None:
         self.summary.invalid_config = self.summary.invalid_config or quota.invalid
@@ -348,6 +357,7 @@ class ThrottlerRun:
             surplus = self.intake.surplus_groups(key, share)
             if surplus:
                 turn = now + share / (rate * weights[key] / total_w)
+                self._note_hidden(key, surplus, turn, now)
                 self.intake.hide_groups(surplus, turn, now)
 
     def _plan(self, now: float) -> None:
@@ -374,7 +384,7 @@ class ThrottlerRun:
             return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
-        if not self.usage.commit(now, {batch_id: OpenBatch(self.owner, until)}):
+        if not self.usage.commit(now, {batch_id: OpenBatch(self.owner, until)}, self._keys_summary(now)):
             self.summary.reservation_conflicts += 1
             self._build_pacer()  # everything was reloaded: plan again from the stored state
             self.next_plan_at = now
@@ -396,8 +406,29 @@ class ThrottlerRun:
                 continue
             groups = self.intake.groups_headed_by(key)
             if groups:
+                self._note_hidden(key, groups, when, now)
                 self.intake.hide_groups(groups, when, now)
                 self.summary.hidden += len(groups)
+
+    def _note_hidden(self, key: str, groups: list[str], until: float | None, now: float) -> None:
+        count = sum(len(self.inbox.groups.get(g, ())) for g in groups)
+        entries = [e for e in self.hidden.get(key, []) if e[0] > now]
+        entries.append((until if until is not None else now + 300.0, count))
+        self.hidden[key] = entries
+
+    def _keys_summary(self, now: float) -> dict[str, Any] | None:
+        """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""
+        if now - self.keys_written_at < 5.0:
+            return None
+        self.keys_written_at = now
+        backlog: dict[str, dict[str, Any]] = {}
+        for key in set(self.inbox.keys()) | set(self.hidden):
+            held = self.inbox.held_of_key(key)
+            hidden = sum(c for until, c in self.hidden.get(key, []) if until > now)
+            if held or hidden:
+                backlog[key] = {"held": held, "hidden": hidden, "seen_at": round(now, 3)}
+        busiest = sorted(backlog.items(), key=lambda kv: -(kv[1]["held"] + kv[1]["hidden"]))[:50]
+        return dict(busiest)
 
     def _extend_visibility(self, jobs: list[tuple[Held, float]], now: float) -> None:
         changes = []

@@ -18,6 +18,14 @@ class RunSettings:
     retry_max_s: float = 900.0
     worker_timeout_s: float = 40.0
     worker_max_parallel: int = 64
+    allowed_hosts: tuple[str, ...] = ()
+    max_message_bytes: int = 256 * 1024
+
+    def published(self) -> dict[str, Any]:
+        """What the stage's settings item records (for operators' tools that have no serverless.yml)."""
+        return {"default_quotas": self.default_quotas, "default_latency": self.default_latency,
+                "allowed_hosts": list(self.allowed_hosts), "max_message_bytes": self.max_message_bytes,
+                "max_attempts": self.max_attempts}
 
 
 @dataclass

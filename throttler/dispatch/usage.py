@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from throttler.core.pacing import Meter
 from throttler.store.base import MAX_KEYS_PER_COMMIT, KeyMeterWrite, OpenBatch, StateStore, UsageRecord
@@ -34,6 +35,7 @@ class UsageBook:
     conflicts: int = 0
     commits: int = 0
     key_window_s: dict[str, float] = field(default_factory=dict)  # longest window per key (for its TTL)
+    keys_seen: dict[str, Any] = field(default_factory=dict)  # the busiest keys' backlog, as last written
 
     def load(self) -> None:
         record: UsageRecord = self.store.load_usage()
@@ -43,6 +45,7 @@ class UsageBook:
         self.foreign = {b: o for b, o in record.open_batches.items() if o.owner != self.owner}
         self.mine = {b: o for b, o in record.open_batches.items() if o.owner == self.owner}
         self.done_until = record.done_until
+        self.keys_seen = dict(record.keys)
 
     def key_meter(self, key: str) -> Meter:
         """A key's meter: loaded beforehand with `load_keys` (an unknown key starts empty)."""
@@ -58,7 +61,7 @@ class UsageBook:
             for key, text in self.store.load_key_meters(chunk).items():
                 self.keys[key] = Meter.from_json(text)
 
-    def commit(self, now: float, open_add: dict[str, OpenBatch] | None = None) -> bool:
+    def commit(self, now: float, open_add: dict[str, OpenBatch] | None = None, keys_summary: dict[str, Any] | None = None) -> bool:
         """Write every change since the last commit; False (and everything reloaded) on a lost race."""
         dirty_keys = [k for k, m in self.keys.items() if m.dirty]
         chunks: list[Sequence[str]] = [dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)] or [[]]
@@ -73,6 +76,7 @@ class UsageBook:
                 opened if n == 0 else {},
                 closing if n == 0 else (),
                 self.done_until if n == 0 else None,
+                keys_summary if n == 0 else None,
             )
             if not ok:
                 self.conflicts += 1

@@ -26,6 +26,7 @@ from throttler.store.base import (
     MAX_KEYS_PER_COMMIT,
     PAUSE_KEY,
     QUOTAS_KEY,
+    STAGE_KEY,
     THROTTLE_KEY,
     TTL_ATTRIBUTE,
     USAGE_KEY,
@@ -136,7 +137,7 @@ class DynamoStateStore(_Table, StateStore):
 
     # ------------------------------------------------------------------ control
     def read_control(self) -> Control:
-        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY])
+        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
         pause = found.get(PAUSE_KEY)
         last_good = found.get(LAST_GOOD_KEY)
         quotas = found.get(QUOTAS_KEY)
@@ -147,6 +148,7 @@ class DynamoStateStore(_Table, StateStore):
             str(pause.get("reason")) if pause else None,
             _throttle(found.get(THROTTLE_KEY)),
             _lease(found.get(LEASE_KEY)),
+            json.loads(found[STAGE_KEY]["settings"]) if STAGE_KEY in found else None,
         )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -154,6 +156,10 @@ class DynamoStateStore(_Table, StateStore):
 
     def put_last_good(self, item: Mapping[str, Any]) -> None:
         body = {"pk": LAST_GOOD_KEY, "item": json.dumps(plain_item(item), sort_keys=True, default=str)}
+        self._call("put_item", TableName=self._table, Item=_item(body))
+
+    def put_stage_settings(self, settings: Mapping[str, Any]) -> None:
+        body = {"pk": STAGE_KEY, "settings": json.dumps(dict(settings), sort_keys=True, default=str)}
         self._call("put_item", TableName=self._table, Item=_item(body))
 
     def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
@@ -236,7 +242,8 @@ class DynamoStateStore(_Table, StateStore):
             return UsageRecord(0, None)
         opened = {str(b): OpenBatch(str(v["owner"]), float(v["until"])) for b, v in (item.get("open") or {}).items()}
         done_until = item.get("done_until")
-        return UsageRecord(int(item["version"]), item.get("meter"), opened, float(done_until) if done_until is not None else None)
+        keys = json.loads(item["keys"]) if item.get("keys") else {}
+        return UsageRecord(int(item["version"]), item.get("meter"), opened, float(done_until) if done_until is not None else None, keys)
 
     def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
         found = self._get_many([KEY_USAGE_PREFIX + k for k in keys], projection="pk, meter")
@@ -249,6 +256,7 @@ class DynamoStateStore(_Table, StateStore):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         names: dict[str, str] = {"#v": "version"}
         values: dict[str, Any] = {":v0": _n(expected_version), ":v1": _n(expected_version + 1)}
@@ -269,6 +277,10 @@ class DynamoStateStore(_Table, StateStore):
         if done_until is not None:
             sets.append("done_until = :du")
             values[":du"] = _n(done_until)
+        if keys_summary is not None:
+            sets.append("#keys = :keys")
+            names["#keys"] = "keys"
+            values[":keys"] = {"S": json.dumps(dict(keys_summary), separators=(",", ":"))}
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         return {
             "TableName": self._table,
@@ -287,6 +299,7 @@ class DynamoStateStore(_Table, StateStore):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None = None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> bool:
         if len(key_meters) > MAX_KEYS_PER_COMMIT:
             raise ValueError(f"at most {MAX_KEYS_PER_COMMIT} key meters per commit")
@@ -297,9 +310,11 @@ class DynamoStateStore(_Table, StateStore):
                 body["meter"] = stage_meter
             if done_until is not None:
                 body["done_until"] = done_until
+            if keys_summary is not None:
+                body["keys"] = json.dumps(dict(keys_summary), separators=(",", ":"))
             usage_write: dict[str, Any] = {"Put": {"TableName": self._table, "Item": _item(body), "ConditionExpression": "attribute_not_exists(pk)"}}
         else:
-            usage_write = {"Update": self._usage_update(expected_version, stage_meter, open_add, open_remove, done_until)}
+            usage_write = {"Update": self._usage_update(expected_version, stage_meter, open_add, open_remove, done_until, keys_summary)}
         if not key_meters:
             kind, spec = next(iter(usage_write.items()))
             return self._conditional("put_item" if kind == "Put" else "update_item", **spec)

@@ -19,6 +19,7 @@ from throttler.store.base import (
     MAX_KEYS_PER_COMMIT,
     PAUSE_KEY,
     QUOTAS_KEY,
+    STAGE_KEY,
     THROTTLE_KEY,
     TTL_ATTRIBUTE,
     USAGE_KEY,
@@ -54,6 +55,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 pause.get("reason") if pause else None,
                 _throttle(self.items.get(THROTTLE_KEY)),
                 _lease(self.items.get(LEASE_KEY)),
+                json.loads(self.items[STAGE_KEY]["settings"]) if STAGE_KEY in self.items else None,
             )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -63,6 +65,10 @@ class MemoryStateStore(StateStore, WorkerRecords):
     def put_last_good(self, item: Mapping[str, Any]) -> None:
         with self._lock:
             self.items[LAST_GOOD_KEY] = {"pk": LAST_GOOD_KEY, "item": json.dumps(plain_item(item), sort_keys=True, default=str)}
+
+    def put_stage_settings(self, settings: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.items[STAGE_KEY] = {"pk": STAGE_KEY, "settings": json.dumps(dict(settings), sort_keys=True, default=str)}
 
     def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
         with self._lock:
@@ -133,6 +139,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 usage.get("meter"),
                 {b: OpenBatch(v["owner"], float(v["until"])) for b, v in usage.get("open", {}).items()},
                 usage.get("done_until"),
+                copy.deepcopy(usage.get("keys", {})),
             )
 
     def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -151,6 +158,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None = None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> bool:
         if len(key_meters) > MAX_KEYS_PER_COMMIT:
             raise ValueError(f"at most {MAX_KEYS_PER_COMMIT} key meters per commit")
@@ -170,6 +178,8 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 opened[batch_id] = {"owner": batch.owner, "until": batch.until}
             if done_until is not None:
                 usage["done_until"] = max(done_until, float(usage.get("done_until") or 0))
+            if keys_summary is not None:
+                usage["keys"] = copy.deepcopy(dict(keys_summary))
             self.items[USAGE_KEY] = usage
             for key, write in key_meters.items():
                 self.items[KEY_USAGE_PREFIX + key] = {"pk": KEY_USAGE_PREFIX + key, "meter": write.meter_json, TTL_ATTRIBUTE: write.ttl_at}

@@ -124,7 +124,7 @@ class World:
     def run_settings(self) -> RunSettings:
         cfg = self.config
         return RunSettings(cfg.default_quotas, cfg.default_latency, cfg.max_attempts, cfg.retry_base_s, cfg.retry_max_s,
-                           cfg.worker_timeout_s, 64)
+                           cfg.worker_timeout_s, 64, LOCAL_HOSTS, cfg.max_message_bytes)
 
     # ------------------------------------------------------------------ the schedule and the runs
     def start_schedule(self, first_at: float | None = None) -> None:
