@@ -51,7 +51,8 @@ class Intake:
         self.done_deleted = 0
 
     def accept(
-        self, messages: Sequence[QueuedMessage], now: float, visible_until: float, config: QuotaConfig, done_until: float | None
+        self, messages: Sequence[QueuedMessage], now: float, visible_until: float, config: QuotaConfig,
+        known_done: Callable[[list[Held]], set[str]],
     ) -> list[Held]:
         """File received messages; returns the newly held ones (the caller loads their keys' meters)."""
         fresh: list[Held] = []
@@ -75,23 +76,16 @@ class Intake:
         if refused:
             self.queue.dead_letter(refused)
             self.refused += len(refused)
-        fresh = self._drop_done(fresh, now, done_until)
-        for held in fresh:
-            self.inbox.add(held)
-        return fresh
-
-    def _drop_done(self, fresh: list[Held], now: float, done_until: float | None) -> list[Held]:
-        """After a crash, a job's success may be recorded while its message is still queued: delete it."""
-        if done_until is None or done_until < now:
-            return fresh
-        again = [h.job_id for h in fresh if h.msg.receive_count > 1]
-        done = self.store.done_ids(again) if again else set()
-        if not done:
-            return fresh
+        # A message received before may belong to a job whose call already succeeded (its run died before
+        # deleting it): delete it, never call it again.
+        again = [h for h in fresh if h.msg.receive_count > 1]
+        done = known_done(again) if again else set()
         for held in fresh:
             if held.job_id in done:
                 self.inbox.pending_deletes.append(held.msg.receipt)
                 self.done_deleted += 1
+            else:
+                self.inbox.add(held)
         return [h for h in fresh if h.job_id not in done]
 
     # ------------------------------------------------------------------ holding and hiding

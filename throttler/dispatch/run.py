@@ -36,6 +36,7 @@ from throttler.store.base import OPERATOR_SIGNAL, OpenBatch, StateStore, Throttl
 from throttler.worker.invoker import Invoker
 
 logger = logging.getLogger(__name__)
+DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
 CONTROL_REFRESH_S = 2.0  # configuration, pause and hand-over requests take effect within this (+ a batch)
 RECEIVE_AHEAD_S = 2.0  # receive only when the stage's next slot is at most this far away
 LONG_POLL_S = 2.0
@@ -222,17 +223,34 @@ class ThrottlerRun:
         return float(max(windows)) if windows else None
 
     def _recover_foreign(self, now: float) -> None:
-        """Batches of a run that died before settling them: their successes must never be called again."""
+        """Batches still listed open long after their workers must have finished: their run died before
+        settling them. Their successes get durable records (never called again), then they are forgotten."""
         stale = self.usage.stale_foreign(now)
         if not stale:
             return
         records = self.store.read_batches(stale)
         succeeded = sorted({j for r in records.values() for j in r.succeeded})
         if succeeded:
-            self.store.mark_done(succeeded, now + 14 * 86400)
-            self.usage.done_until = now + 14 * 86400
+            self.store.mark_done(succeeded, now + DONE_TTL_S)
+            self.usage.done_until = now + DONE_TTL_S
+            self.usage.known_done |= set(succeeded)
         self.usage.forget_foreign(stale)
         self.summary.recovered_batches += len(stale)
+
+    def _known_done(self, again: list[Held], now: float) -> set[str]:
+        """Which of these messages received before belong to jobs that already succeeded: in a batch of
+        another run still listed open (read its record now), or in the durable success records."""
+        ids = [h.job_id for h in again]
+        pending = self.usage.unread_foreign()
+        if pending:
+            for batch_id, record in self.store.read_batches(pending).items():
+                self.usage.known_done |= record.succeeded
+                if record.final:
+                    self.usage.foreign_read.add(batch_id)
+        done = {j for j in ids if j in self.usage.known_done}
+        if self.usage.done_until is not None and self.usage.done_until > now:
+            done |= self.store.done_ids([j for j in ids if j not in done])
+        return done
 
     # ------------------------------------------------------------------ dispatching
     def _run(self, now: float) -> Wake:
@@ -272,16 +290,17 @@ class ThrottlerRun:
         now = self.clock.now()
         if self.inbox.pending_deletes and (now - self.last_flush >= DELETE_FLUSH_S or len(self.inbox.pending_deletes) >= 10):
             self._flush(now)
+        # The next thing due: a refresh, the deadline, the next plan, the next receive, a delete flush. (A
+        # batch that finishes wakes the run on its own.) Never "now" again: every step must move time on.
+        soon = now + 0.001
         wake = min(next_refresh, self.deadline)
         if self.inbox:
-            wake = min(wake, max(self.next_plan_at, now))
-        elif self.outbox.in_flight:
-            wake = min(wake, max(self.receive_after, now + 0.05))
-        else:
-            wake = min(wake, max(now, min(stage_next - RECEIVE_AHEAD_S, self.receive_after)))
+            wake = min(wake, max(self.next_plan_at, soon))
+        if len(self.inbox) < self._held_target():
+            wake = min(wake, max(stage_next - RECEIVE_AHEAD_S, self.receive_after, soon))
         if self.inbox.pending_deletes:
-            wake = min(wake, self.last_flush + DELETE_FLUSH_S)
-        return Wake(max(wake, now))
+            wake = min(wake, max(self.last_flush + DELETE_FLUSH_S, soon))
+        return Wake(max(wake, soon))
 
     def _latency(self) -> str:
         config = self.quota.config if self.quota else None
@@ -331,7 +350,7 @@ class ThrottlerRun:
 
     def _file(self, messages: list[QueuedMessage], now: float, visibility: int) -> None:
         assert self.quota is not None and self.quota.config is not None
-        fresh = self.intake.accept(messages, now, now + visibility, self.quota.config, self.usage.done_until)
+        fresh = self.intake.accept(messages, now, now + visibility, self.quota.config, lambda again: self._known_done(again, now))
         if self.pacer is not None:
             keys = [h.key for h in fresh if h.key is not None and self.pacer.needs_key_meter(h.key)]
             if keys:

@@ -36,6 +36,8 @@ class UsageBook:
     commits: int = 0
     key_window_s: dict[str, float] = field(default_factory=dict)  # longest window per key (for its TTL)
     keys_seen: dict[str, Any] = field(default_factory=dict)  # the busiest keys' backlog, as last written
+    known_done: set[str] = field(default_factory=set)  # jobs that succeeded in other runs' batches
+    foreign_read: set[str] = field(default_factory=set)  # other runs' batches whose final record we read
 
     def load(self) -> None:
         record: UsageRecord = self.store.load_usage()
@@ -102,6 +104,10 @@ class UsageBook:
         """Batches a new batch must watch: ours still unsettled, and other runs' still running."""
         foreign = [b for b, o in self.foreign.items() if o.until > now]
         return tuple(dict.fromkeys([*unsettled, *foreign]))
+
+    def unread_foreign(self) -> list[str]:
+        """Other runs' open batches whose final record we have not read yet."""
+        return [b for b in self.foreign if b not in self.foreign_read]
 
     def stale_foreign(self, now: float) -> list[str]:
         """Other runs' batches whose workers must have finished long ago: their run died before settling."""

@@ -29,6 +29,17 @@ WATCH_EVERY_S = 0.8
 
 
 @dataclass
+class _ApiBudget:
+    """What the newest rate-limit headers said inside this batch: `remaining` calls until `reset_at`,
+    counted from the call they answered; calls started since then use it up."""
+
+    remaining: int
+    reset_at: float
+    observed_sent_at: float
+    started_since: int = 0
+
+
+@dataclass
 class Step:
     start: list[JobSpec] = field(default_factory=list)
     poll_watch: bool = False  # read the throttle record (and the watched batches) before going on
@@ -57,6 +68,8 @@ class BatchExecution:
         self._watching = set(request.watch)
         self.watched_final: set[str] = set()
         self._last_watch: float | None = None
+        self._budgets: dict[str | None, _ApiBudget] = {}  # by key when 429s and headers are key-scoped
+        self._started: list[tuple[float, str | None]] = []  # (start time, key) of every call started
 
     # ------------------------------------------------------------------ the driver calls these
     def step(self, now: float) -> Step:
@@ -68,7 +81,7 @@ class BatchExecution:
             queue = self.pending[group]
             while queue and group not in self.running:
                 spec = queue[0]
-                why = self._why_not(spec)
+                why = self._why_not(spec, now)
                 if why:
                     self._skip_rest(group, why)
                     break
@@ -83,6 +96,8 @@ class BatchExecution:
                     return self._finish_step(out, now, wake)
                 queue.popleft()
                 self.running[group] = spec
+                self._started.append((now, spec.key))
+                self._use_budget(spec.key)
                 out.start.append(spec)
             if not queue:
                 del self.pending[group]
@@ -94,6 +109,7 @@ class BatchExecution:
             return
         del self.running[spec.group]
         self.results[spec.id] = result
+        self._observe_budget(spec, result, now)
         if result.outcome is Outcome.SUCCEEDED and not result.duplicate:
             self._unrecorded_ok.append((now, spec.id))
         elif result.attempted:
@@ -148,9 +164,36 @@ class BatchExecution:
         self.stop_all = self.stop_all or reason
 
     # ------------------------------------------------------------------ rules
-    def _why_not(self, spec: JobSpec) -> str:
+    def _scope(self, key: str | None) -> str | None:
+        return key if self.request.key_scoped_429 else None
+
+    def _observe_budget(self, spec: JobSpec, result: JobResult, now: float) -> None:
+        """Follow the API's own count inside the batch: the throttler only hears of it when the batch is over."""
+        api = result.api or {}
+        remaining, reset_at, sent = api.get("remaining"), api.get("reset_at"), result.sent_at
+        if remaining is None or reset_at is None or sent is None or float(reset_at) <= now:
+            return
+        scope = self._scope(spec.key)
+        current = self._budgets.get(scope)
+        if current is not None and current.observed_sent_at > sent:
+            return  # an older answer: the newer count stands
+        since = sum(1 for t, k in self._started if t > sent and self._scope(k) == scope)
+        self._budgets[scope] = _ApiBudget(int(remaining), float(reset_at), sent, since)
+
+    def _use_budget(self, key: str | None) -> None:
+        budget = self._budgets.get(self._scope(key))
+        if budget is not None:
+            budget.started_since += 1
+
+    def _budget_says_no(self, spec: JobSpec, now: float) -> bool:
+        budget = self._budgets.get(self._scope(spec.key))
+        return budget is not None and now < budget.reset_at and budget.started_since >= budget.remaining
+
+    def _why_not(self, spec: JobSpec, now: float | None = None) -> str:
         if self.stop_all:
             return self.stop_all
+        if now is not None and self._budget_says_no(spec, now):
+            return "the API's rate-limit headers say no calls are left until its reset"
         if spec.group in self.stopped:
             return self.stopped[spec.group]
         if spec.key is not None and spec.key in self.stopped_keys:

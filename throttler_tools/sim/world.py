@@ -47,10 +47,12 @@ def job_body(path: str = "/ok", group: str | None = None, seq: int | None = None
 class WorldConfig:
     seed: int = 1
     quotas: dict[str, Any] | None = None  # the quota item (None: the stage default below)
-    default_quotas: str = "second=20 minute=600"
+    default_quotas: str = "second=20 minute=600 margin_ms=20"
     default_latency: str = "cost"
     api_tiers: list[tuple[float, int]] = field(default_factory=lambda: [(1, 20), (60, 600)])
-    latency_s: Callable[[random.Random], float] = lambda rng: rng.uniform(0.02, 0.08)
+    # A call's round trip; half of it is the way to the API. Its spread must stay within the quota's margin
+    # (margin_ms), or the API rightly sees calls bunch up: that is what the margin is for.
+    latency_s: Callable[[random.Random], float] = lambda rng: rng.uniform(0.045, 0.065)
     faults: WorkerFaults = field(default_factory=WorkerFaults)
     schedule_every_s: float = 60.0
     schedule_jitter_s: tuple[float, float] = (0.05, 0.6)  # EventBridge starts a run this late
@@ -108,6 +110,7 @@ class World:
         self.runs: list[ThrottlerRun] = []
         self.summaries: list[RunSummary] = []
         self._long_polling: dict[str, Ticker] = {}
+        self.crashed: dict[str, Exception] = {}  # runs that raised (their Lambda died), by owner
         if self.sqs is not None:
             self.sqs.on_send.append(lambda _queue, _view: self._wake_pollers())
         self._schedule_started = False
@@ -157,9 +160,15 @@ class World:
         return run
 
     def _step(self, run: ThrottlerRun, ticker: Ticker) -> None:
-        if self._long_polling.pop(run.owner, None) is not None:
-            run.long_poll(0)  # SQS long polling: the wait ended (a message came, or the time is up)
-        wake: Wake | None = run.step(self.loop.now)
+        if run.owner in self.crashed:
+            return
+        try:
+            if self._long_polling.pop(run.owner, None) is not None:
+                run.long_poll(0)  # SQS long polling: the wait ended (a message came, or the time is up)
+            wake: Wake | None = run.step(self.loop.now)
+        except Exception as exc:  # noqa: BLE001 - a run that raises dies as its Lambda would: nothing cleaned up
+            self.crashed[run.owner] = exc
+            return
         if wake is None:
             self.summaries.append(run.summary)
             return
@@ -184,6 +193,21 @@ class World:
 
     def run_for(self, seconds: float) -> None:
         self.loop.run_until(self.loop.now + seconds)
+
+    def drain(self, timeout_s: float = 1800.0) -> bool:
+        """Scheduled runs until the queue holds nothing (visible, in flight or delayed); True if it emptied."""
+        self.start_schedule()
+        done = [False]
+
+        def check() -> None:
+            if self.depth() == 0:
+                done[0] = True
+            else:
+                self.loop.at(self.loop.now + 1.0, check)
+
+        self.loop.at(self.loop.now + 1.0, check)
+        self.loop.run_until(self.loop.now + timeout_s, stop=lambda: done[0])
+        return done[0]
 
     # ------------------------------------------------------------------ what happened
     def depth(self) -> int:
