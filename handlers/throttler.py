@@ -10,7 +10,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from throttler.composition import Composition
 from throttler.dispatch.run import drive
 from throttler.dispatch.summary import RunSummary
-from throttler.observability import instrumented, logger, metrics
+from throttler.observability import instrumented, logger, metrics, set_stage_dimension
 
 # Leave room after the last dispatch to settle batches in flight before Lambda's own timeout.
 SETTLE_MARGIN_S = 5.0
@@ -55,6 +55,7 @@ def make_handler(compose: Callable[[], Composition]) -> Callable[[dict[str, Any]
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if not built:
             built.append(compose())
+        set_stage_dimension(built[0].settings.stage)
         composition = built[0]
         run = composition.run(owner=getattr(context, "aws_request_id", None))
         remaining = context.get_remaining_time_in_millis() if hasattr(context, "get_remaining_time_in_millis") else None
