@@ -68,6 +68,7 @@ class BatchRequest:
     cost_header: str | None = None  # the response header that says how many units a call used
     key_scoped_429: bool = False  # signals_scope=key: a 429 on a keyed job stops only that key
     watch_throttle: bool = False  # a long batch: look at the shared throttle record (429s, an operator's pause)
+    api_policy: bool = False  # the plan follows a policy the API stated: its remaining counts need not stop calls
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"batch": self.batch_id, "run": self.run_id, "jobs": [j.to_dict() for j in self.jobs],
@@ -82,6 +83,8 @@ class BatchRequest:
             data["key_scoped_429"] = True
         if self.watch_throttle:
             data["watch_throttle"] = True
+        if self.api_policy:
+            data["api_policy"] = True
         return encode(data)
 
     @classmethod
@@ -90,6 +93,7 @@ class BatchRequest:
             str(data["batch"]), str(data.get("run", "")), tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
             tuple(str(b) for b in data.get("watch", ())), float(data.get("planned_at", 0.0)), int(data.get("pool", 0)),
             data.get("cost_header"), bool(data.get("key_scoped_429", False)), bool(data.get("watch_throttle", False)),
+            bool(data.get("api_policy", False)),
         )
 
 

@@ -70,17 +70,20 @@ class Outbox:
     tally: Tally = field(default_factory=Tally)
     latency_s: float = 0.2  # a first guess at a call's duration, until results come in
     worker_trouble: int = 0
+    last_sent_slot: float | None = None  # the latest slot of a call that was (or may have been) sent
 
     # ------------------------------------------------------------------ sending
     def new_batch_id(self) -> str:
         return uuid.uuid4().hex
 
     def send(self, batch_id: str, plan: Plan, now: float, watch: tuple[str, ...], tolerance: Callable[[Held], float],
-             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False) -> SentBatch:
+             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False,
+             api_policy: bool = False) -> SentBatch:
         specs = []
         for held, slot in plan.jobs:
             specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
-        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped, watch_throttle)
+        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped, watch_throttle,
+                               api_policy)
         for group, jobs in plan.by_group().items():
             self.inbox.take(group, len(jobs))
         sent = SentBatch(batch_id, list(plan.jobs), now, plan.jobs[-1][1], watch)
@@ -133,24 +136,34 @@ class Outbox:
         else:
             self.worker_trouble = 0
         self.tally.duplicates += outcome.duplicates
+        # Every 429 of the batch first: the pause and the learned limit's fall come before any success of the
+        # same batch is counted as a window without a 429.
         for group in outcome.groups:
-            self._apply(group, now, pacer, pauses, auto_window)
+            self._throttled(group, now, pacer, pauses, auto_window)
+        for group in outcome.groups:
+            self._apply(group, now, pacer, pauses, sent.sent_at)
 
-    def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses,
-               auto_window: Callable[[str | None], float | None]) -> None:
-        for held, result, slot in group.observed:
-            self._observe(held, result, slot, now, pacer)
-        for held, result, _slot in group.delete:
-            self.inbox.pending_deletes.append(held.msg.receipt)
-            self.tally.succeeded += 1
-            pauses.on_success()
-        for held, result, slot in group.throttled:
+    def _throttled(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses,
+                   auto_window: Callable[[str | None], float | None]) -> None:
+        for held, result, _slot in group.throttled:
             self.tally.throttled += 1
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
             pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
             logger.warning("api throttled, pausing", extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s})
+
+    def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses, planned_at: float) -> None:
+        for held, result, slot in group.observed:
+            self._observe(held, result, slot, now, pacer, planned_at)
+            self.last_sent_slot = slot if self.last_sent_slot is None else max(self.last_sent_slot, slot)
+        if pacer is not None:
+            for held, slot in group.unsent:
+                pacer.release(slot, held.key, held.cost)
+        for held, result, _slot in group.delete:
+            self.inbox.pending_deletes.append(held.msg.receipt)
+            self.tally.succeeded += 1
+            pauses.on_success()
         self.tally.skipped += len(group.back) - len(group.throttled)
         self.tally.missed_slots += group.missed
         dead = [(h, r.reason or r.outcome.value, self._attempts(h, r, now)) for h, r in group.dead]
@@ -185,13 +198,13 @@ class Outbox:
             return self.store.add_attempt(held.job_id, now + ATTEMPTS_TTL_S)
         return self.store.get_attempts([held.job_id]).get(held.job_id, 0)
 
-    def _observe(self, held: Held, result: JobResult, slot: float, now: float, pacer: Pacer | None) -> None:
+    def _observe(self, held: Held, result: JobResult, slot: float, now: float, pacer: Pacer | None, planned_at: float) -> None:
         if result.duration_s is not None:
             self.latency_s = 0.8 * self.latency_s + 0.2 * result.duration_s
         if pacer is None:
             return
         if result.outcome is Outcome.SUCCEEDED:
-            pacer.observe_success(now, held.key)
+            pacer.observe_success(now, held.key, result.sent_at if result.sent_at is not None else slot, planned_at)
         if result.api:
             from throttler.core.ratelimit import ApiWord
 

@@ -412,7 +412,8 @@ class ThrottlerRun:
         self._extend_visibility(plan.jobs, now)
         watch = self.usage.watch_list(now, self.outbox.unsettled())
         self.outbox.send(batch_id, plan, now, watch, self._tolerance, self._pool_size(plan), config.cost_header,
-                         config.signals_scope == "key", end - start > WATCHED_HORIZON_S + 1e-9)
+                         config.signals_scope == "key", end - start > WATCHED_HORIZON_S + 1e-9,
+                         bool(self.pacer.stage.meter.api.active_policies(now)) and config.signals_scope != "key")
         reached_end = plan.full or (plan.stage_next is not None and plan.stage_next >= end)
         # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
         # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.

@@ -186,6 +186,8 @@ class BatchExecution:
             budget.started_since += 1
 
     def _budget_says_no(self, spec: JobSpec, now: float) -> bool:
+        if self.request.api_policy:
+            return False  # the slots already follow the API's stated policy
         budget = self._budgets.get(self._scope(spec.key))
         return budget is not None and now < budget.reset_at and budget.started_since >= budget.remaining
 
