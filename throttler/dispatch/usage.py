@@ -40,20 +40,24 @@ class UsageBook:
     foreign_read: set[str] = field(default_factory=set)  # other runs' batches whose final record we read
 
     def load(self) -> None:
+        """Everything from the state table (at start, and after a lost race: every meter held may be stale)."""
         record: UsageRecord = self.store.load_usage()
         self.version = record.version
         self.stage = Meter.from_json(record.stage_meter)
+        held = list(self.keys)
         self.keys.clear()
+        self.load_keys(held)
         self.foreign = {b: o for b, o in record.open_batches.items() if o.owner != self.owner}
         self.mine = {b: o for b, o in record.open_batches.items() if o.owner == self.owner}
         self.done_until = record.done_until
         self.keys_seen = dict(record.keys)
 
     def key_meter(self, key: str) -> Meter:
-        """A key's meter: loaded beforehand with `load_keys` (an unknown key starts empty)."""
+        """A key's meter (the run loads keys in batches as their messages arrive; a miss reads it now)."""
         meter = self.keys.get(key)
         if meter is None:
-            meter = self.keys[key] = Meter()
+            self.load_keys([key])
+            meter = self.keys[key]
         return meter
 
     def load_keys(self, keys: Iterable[str]) -> None:
