@@ -118,7 +118,9 @@ def test_costly_jobs_never_exceed_a_window_and_an_upward_cost_correction_slows_l
     world.run_for(200)
     assert max_in_window([c.at for c in world.api.calls], 60) <= 12  # 60 units a minute at 5 units a call
 
-    corrected = with_api(make_world(quotas={"minute": 60, "margin_ms": 20, "cost_header": "X-Cost-Units"}), CostHeaderApi(tiers=[]))
+    corrected = with_api(
+        make_world(quotas={"minute": 60, "margin_ms": 20, "cost_header": "X-Cost-Units"}), CostHeaderApi(tiers=[])
+    )
     backlog(corrected, 40)
     t0 = corrected.loop.now
     corrected.start_schedule()

@@ -17,8 +17,10 @@ MakeWorld = Callable[..., World]
 
 def keyed_jobs(key: str, count: int, groups: int, prefix: str | None = None) -> list[tuple[str, str, str]]:
     name = prefix or key
-    return [(job_body("/ok", f"{name}-g{i % groups}", i // groups, key=key), f"{name}-g{i % groups}", f"{name}-{i}")
-            for i in range(count)]
+    return [
+        (job_body("/ok", f"{name}-g{i % groups}", i // groups, key=key), f"{name}-g{i % groups}", f"{name}-{i}")
+        for i in range(count)
+    ]
 
 
 def test_every_light_key_is_called_within_seconds_beside_a_heavy_key_with_10000_jobs(make_world: MakeWorld) -> None:

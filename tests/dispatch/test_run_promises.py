@@ -8,16 +8,18 @@ from collections.abc import Callable
 
 from tests.conftest import World, job_body
 from throttler.core.protocol import BatchRequest
-from throttler.store.memory import MemoryStateStore
 from throttler.store.base import LeaseState
+from throttler.store.memory import MemoryStateStore
 from throttler_tools.fakeapi import max_in_window
 
 MakeWorld = Callable[..., World]
 
 
 def reasons(world: World) -> dict[str, dict[str, object]]:
-    return {d.job_id or d.message_id: {"reason": d.error_reason, "attempts": d.attempts, "group": d.group, "body": d.body}
-            for d in world.dead_letters()}
+    return {
+        d.job_id or d.message_id: {"reason": d.error_reason, "attempts": d.attempts, "group": d.group, "body": d.body}
+        for d in world.dead_letters()
+    }
 
 
 def test_ordering_kept_across_interleaved_groups_with_a_failure_in_one(make_world: MakeWorld) -> None:
@@ -185,11 +187,16 @@ def test_bad_messages_dead_lettered_at_once_with_reason_while_other_groups_flow(
         "unknown-task": json.dumps({"task": "fax", "payload": {}}),
         "bad-host": json.dumps({"task": "http", "payload": {"method": "GET", "url": "https://evil.example.org/x"}}),
         "backslash": json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1:1\\@evil.example.org/x"}}),
-        "crlf-header": json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok",
-                                                              "headers": {"X-A": "a\r\nX-B: b"}}}),
-        "host-header": json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "headers": {"Host": "x"}}}),
+        "crlf-header": json.dumps(
+            {"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "headers": {"X-A": "a\r\nX-B: b"}}}
+        ),
+        "host-header": json.dumps(
+            {"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "headers": {"Host": "x"}}}
+        ),
         "missing-url": json.dumps({"task": "http", "payload": {"method": "GET"}}),
-        "too-big": json.dumps({"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "data": "x" * 120_000}}),
+        "too-big": json.dumps(
+            {"task": "http", "payload": {"method": "GET", "url": "http://127.0.0.1/ok", "data": "x" * 120_000}}
+        ),
         "cost-over-limit": job_body("/ok", cost=100),
     }
     jobs = []
@@ -228,8 +235,10 @@ def test_concurrency_limit_caps_groups_in_flight(make_world: MakeWorld) -> None:
 def test_rate_limit_headers_tighten_pacing_before_a_429(make_world: MakeWorld) -> None:
     # The API says: 1 call left, count resets in 10 s. Nothing more may go before then.
     world = make_world()
-    world.enqueue([(job_body("/remaining/1/10", "h", 0), "h", "h-0")]
-                  + [(job_body("/ok", f"o{i % 3}", i), f"o{i % 3}", f"ho-{i}") for i in range(30)])
+    world.enqueue(
+        [(job_body("/remaining/1/10", "h", 0), "h", "h-0")]
+        + [(job_body("/ok", f"o{i % 3}", i), f"o{i % 3}", f"ho-{i}") for i in range(30)]
+    )
     world.start_run()
     world.run_for(30)
     first = world.api.calls[0]

@@ -49,9 +49,17 @@ class Stage:
     def composition(self, **overrides: str) -> Composition:
         settings = Settings.from_env({**self.env, "RUN_BUDGET_S": "20", **overrides})
         clients = {"sqs": self.sqs, "dynamodb": self.dynamodb}
-        worker = worker_handler(lambda: Composition(settings, clients=clients.__getitem__, new_session=lambda n: session_for(self.api)))
-        return Composition(settings, clients=clients.__getitem__, clock=SystemClock(),
-                           invoker=lambda c: InProcessInvoker(lambda event: worker(event, Context("throttler-local-worker", aws_request_id="w"))))
+        worker = worker_handler(
+            lambda: Composition(settings, clients=clients.__getitem__, new_session=lambda n: session_for(self.api))
+        )
+        return Composition(
+            settings,
+            clients=clients.__getitem__,
+            clock=SystemClock(),
+            invoker=lambda c: InProcessInvoker(
+                lambda event: worker(event, Context("throttler-local-worker", aws_request_id="w"))
+            ),
+        )
 
     def run(self, **overrides: str) -> dict[str, Any]:
         composition = self.composition(**overrides)
@@ -134,7 +142,13 @@ def test_an_idle_minute_costs_one_short_invocation(stage: Stage) -> None:
 def test_settings_refuse_missing_resource_names_and_a_bad_allow_list() -> None:
     with pytest.raises(ConfigError, match="JOBS_QUEUE_URL"):
         Settings.from_env({"THROTTLER_STAGE": "dev"})
-    env = {"THROTTLER_STAGE": "dev", "JOBS_QUEUE_URL": "q", "DLQ_URL": "d", "STATE_TABLE": "t", "WORKER_FUNCTION": "w",
-           "ALLOWED_HOSTS": "*"}
+    env = {
+        "THROTTLER_STAGE": "dev",
+        "JOBS_QUEUE_URL": "q",
+        "DLQ_URL": "d",
+        "STATE_TABLE": "t",
+        "WORKER_FUNCTION": "w",
+        "ALLOWED_HOSTS": "*",
+    }
     with pytest.raises(ConfigError):
         Composition(Settings.from_env(env)).validation()  # `*` is refused outside the local stage

@@ -26,8 +26,9 @@ def test_nothing_lost_order_kept_and_reasons_on_the_real_adapters(make_moto_worl
 
 
 def test_per_key_quotas_hold_at_both_levels_on_the_real_adapters(make_moto_world: MakeWorld) -> None:
-    world = make_moto_world(quotas={"second": 10, "per_key": {"second": 2}, "keys": {"big": {"second": 6, "weight": 3}},
-                                    "margin_ms": 20})
+    world = make_moto_world(
+        quotas={"second": 10, "per_key": {"second": 2}, "keys": {"big": {"second": 6, "weight": 3}}, "margin_ms": 20}
+    )
     keys = ["big", "k1", "k2", "k3"]
     world.enqueue([(job_body("/ok", f"{k}-g{i % 3}", i, key=k), f"{k}-g{i % 3}", f"{k}-{i}") for k in keys for i in range(30)])
     world.start_schedule()

@@ -179,8 +179,15 @@ class Learned:
         self.history.append([round(now, 3), self.limit, why])
         del self.history[: -self.HISTORY]
 
-    def on_success(self, now: float, window_s: float, ceiling: int, in_use: bool, sent_at: float | None = None,
-                   planned_at: float | None = None) -> bool:
+    def on_success(
+        self,
+        now: float,
+        window_s: float,
+        ceiling: int,
+        in_use: bool,
+        sent_at: float | None = None,
+        planned_at: float | None = None,
+    ) -> bool:
         """A success of a call planned under the current limit and sent at least a window after it came into
         force (so a whole window at this limit passed without a 429): step up. True if it changed."""
         if planned_at is not None and planned_at < self.changed_at:

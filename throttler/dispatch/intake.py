@@ -51,7 +51,11 @@ class Intake:
         self.done_deleted = 0
 
     def accept(
-        self, messages: Sequence[QueuedMessage], now: float, visible_until: float, config: QuotaConfig,
+        self,
+        messages: Sequence[QueuedMessage],
+        now: float,
+        visible_until: float,
+        config: QuotaConfig,
         known_done: Callable[[list[Held]], set[str]],
     ) -> list[Held]:
         """File received messages; returns the newly held ones (the caller loads their keys' meters)."""
@@ -68,7 +72,9 @@ class Intake:
                 if job.cost > max_cost:
                     raise InvalidJob(f"cost {job.cost} exceeds the limit of a tier that applies to it ({max_cost})")
             except InvalidJob as exc:
-                logger.warning("bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)})
+                logger.warning(
+                    "bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)}
+                )
                 refused.append(DeadLetter(msg, str(exc), 0))
                 continue
             spec = JobSpec(job.job_id, msg.group, msg.body, 0.0, 0.0, job.key, job.cost)

@@ -76,14 +76,25 @@ class Outbox:
     def new_batch_id(self) -> str:
         return uuid.uuid4().hex
 
-    def send(self, batch_id: str, plan: Plan, now: float, watch: tuple[str, ...], tolerance: Callable[[Held], float],
-             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False,
-             api_policy: bool = False) -> SentBatch:
+    def send(
+        self,
+        batch_id: str,
+        plan: Plan,
+        now: float,
+        watch: tuple[str, ...],
+        tolerance: Callable[[Held], float],
+        pool_size: int,
+        cost_header: str | None,
+        key_scoped: bool,
+        watch_throttle: bool = False,
+        api_policy: bool = False,
+    ) -> SentBatch:
         specs = []
         for held, slot in plan.jobs:
             specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
-        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped, watch_throttle,
-                               api_policy)
+        request = BatchRequest(
+            batch_id, self.owner, tuple(specs), watch, now, pool_size, cost_header, key_scoped, watch_throttle, api_policy
+        )
         for group, jobs in plan.by_group().items():
             self.inbox.take(group, len(jobs))
         sent = SentBatch(batch_id, list(plan.jobs), now, plan.jobs[-1][1], watch)
@@ -102,7 +113,9 @@ class Outbox:
         return list(self.in_flight)
 
     # ------------------------------------------------------------------ settling
-    def settle_finished(self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]) -> list[str]:
+    def settle_finished(
+        self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
+    ) -> list[str]:
         """Settle every batch whose worker answered (or failed); returns their ids."""
         done = [b for b, f in self.in_flight.items() if f.future.done()]
         for batch_id in done:
@@ -110,8 +123,9 @@ class Outbox:
             self._settle_one(flight, now, pacer, pauses, auto_window)
         return done
 
-    def _settle_one(self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses,
-                    auto_window: Callable[[str | None], float | None]) -> None:
+    def _settle_one(
+        self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
+    ) -> None:
         sent = flight.sent
         response: BatchResponse | None = None
         results: list[JobResult] | None = None
@@ -143,15 +157,24 @@ class Outbox:
         for group in outcome.groups:
             self._apply(group, now, pacer, pauses, sent.sent_at)
 
-    def _throttled(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses,
-                   auto_window: Callable[[str | None], float | None]) -> None:
+    def _throttled(
+        self,
+        group: GroupSettlement,
+        now: float,
+        pacer: Pacer | None,
+        pauses: Pauses,
+        auto_window: Callable[[str | None], float | None],
+    ) -> None:
         for held, result, _slot in group.throttled:
             self.tally.throttled += 1
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
             pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
-            logger.warning("api throttled, pausing", extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s})
+            logger.warning(
+                "api throttled, pausing",
+                extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s},
+            )
 
     def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses, planned_at: float) -> None:
         for held, result, slot in group.observed:
@@ -160,7 +183,7 @@ class Outbox:
         if pacer is not None:
             for held, slot in group.unsent:
                 pacer.release(slot, held.key, held.cost)
-        for held, result, _slot in group.delete:
+        for held, _result, _slot in group.delete:
             self.inbox.pending_deletes.append(held.msg.receipt)
             self.tally.succeeded += 1
             pauses.on_success()
@@ -178,16 +201,23 @@ class Outbox:
             retry_changes.append((held.msg.receipt, delay))
             self.tally.retried += 1
             release = True
-            logger.info("job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay})
+            logger.info(
+                "job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay}
+            )
         if dead:
             self.queue.dead_letter([DeadLetter(h.msg, reason, attempts) for h, reason, attempts in dead])
             self.tally.dead_lettered += len(dead)
             self.tally.invalid += sum(1 for h, r in group.dead if r.outcome is Outcome.INVALID)
             for held, reason, attempts in dead:
-                logger.warning("job dead-lettered", extra={"job_id": held.job_id, "group": held.group, "reason": reason, "attempts": attempts})
+                logger.warning(
+                    "job dead-lettered",
+                    extra={"job_id": held.job_id, "group": held.group, "reason": reason, "attempts": attempts},
+                )
         if release:
             # An earlier job waits for its retry in SQS: the rest of the group stays behind it there.
-            rest = [(h.msg.receipt, 0.0) for h in group.back] + [(h.msg.receipt, 0.0) for h in self.inbox.remove_group(group.group)]
+            rest = [(h.msg.receipt, 0.0) for h in group.back] + [
+                (h.msg.receipt, 0.0) for h in self.inbox.remove_group(group.group)
+            ]
             self.queue.change_visibility(retry_changes + rest)
         else:
             self.inbox.put_back(group.group, group.back)
@@ -208,7 +238,9 @@ class Outbox:
         if result.api:
             from throttler.core.ratelimit import ApiWord
 
-            pacer.observe_api(now, held.key, result.sent_at if result.sent_at is not None else slot, ApiWord.from_dict(result.api))
+            pacer.observe_api(
+                now, held.key, result.sent_at if result.sent_at is not None else slot, ApiWord.from_dict(result.api)
+            )
         if result.cost_used is not None and result.cost_used != held.cost:
             pacer.correct(slot, held.key, result.cost_used - held.cost)
 

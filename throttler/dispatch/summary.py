@@ -23,9 +23,13 @@ class RunSettings:
 
     def published(self) -> dict[str, Any]:
         """What the stage's settings item records (for operators' tools that have no serverless.yml)."""
-        return {"default_quotas": self.default_quotas, "default_latency": self.default_latency,
-                "allowed_hosts": list(self.allowed_hosts), "max_message_bytes": self.max_message_bytes,
-                "max_attempts": self.max_attempts}
+        return {
+            "default_quotas": self.default_quotas,
+            "default_latency": self.default_latency,
+            "allowed_hosts": list(self.allowed_hosts),
+            "max_message_bytes": self.max_message_bytes,
+            "max_attempts": self.max_attempts,
+        }
 
 
 @dataclass
@@ -68,8 +72,17 @@ class RunSummary:
         self.dead_lettered = tally.dead_lettered + run.intake.refused
         self.invalid = tally.invalid + run.intake.refused
         self.succeeded = tally.succeeded + run.intake.done_deleted
-        for name in ("dispatched", "batches", "duplicates", "retried", "throttled", "skipped", "missed_slots",
-                     "worker_failures", "secrets_unavailable"):
+        for name in (
+            "dispatched",
+            "batches",
+            "duplicates",
+            "retried",
+            "throttled",
+            "skipped",
+            "missed_slots",
+            "worker_failures",
+            "secrets_unavailable",
+        ):
             setattr(self, name, getattr(tally, name))
         self.duplicates += run.intake.done_deleted
         if run.pacer is not None:

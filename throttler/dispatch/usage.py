@@ -67,14 +67,21 @@ class UsageBook:
             for key, text in self.store.load_key_meters(chunk).items():
                 self.keys[key] = Meter.from_json(text)
 
-    def commit(self, now: float, open_add: dict[str, OpenBatch] | None = None, keys_summary: dict[str, Any] | None = None) -> bool:
+    def commit(
+        self, now: float, open_add: dict[str, OpenBatch] | None = None, keys_summary: dict[str, Any] | None = None
+    ) -> bool:
         """Write every change since the last commit; False (and everything reloaded) on a lost race."""
         dirty_keys = [k for k, m in self.keys.items() if m.dirty]
-        chunks: list[Sequence[str]] = [dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)] or [[]]
+        chunks: list[Sequence[str]] = [
+            dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)
+        ] or [[]]
         opened = dict(open_add or {})
         closing = set(self.to_close) - set(opened)
         for n, chunk in enumerate(chunks):
-            writes = {k: KeyMeterWrite(self.keys[k].to_json(), now + self.key_window_s.get(k, 86400.0) + KEY_STATE_GRACE_S) for k in chunk}
+            writes = {
+                k: KeyMeterWrite(self.keys[k].to_json(), now + self.key_window_s.get(k, 86400.0) + KEY_STATE_GRACE_S)
+                for k in chunk
+            }
             ok = self.store.commit_usage(
                 self.version,
                 self.stage.to_json() if n == 0 else None,

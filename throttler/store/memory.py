@@ -35,8 +35,8 @@ from throttler.store.base import (
 )
 
 
-class MemoryStateStore(StateStore, WorkerRecords):
-    """Items by partition key, as plain dicts. Serves both the throttler's and the worker's views."""
+class _MemoryControl:
+    """Control items and the lease (the first half of MemoryStateStore)."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
@@ -83,7 +83,14 @@ class MemoryStateStore(StateStore, WorkerRecords):
             self.items.pop(THROTTLE_KEY, None)
 
     def publish_throttle(self, signal: ThrottleSignal) -> None:
-        self.throttle(signal)
+        with self._lock:
+            current = self.items.get(THROTTLE_KEY)
+            if current is not None and float(current["at"]) >= signal.at:
+                return
+            self.items[THROTTLE_KEY] = {
+                "pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
+                "batch": signal.batch_id, "key": signal.key,
+            }
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
@@ -127,6 +134,10 @@ class MemoryStateStore(StateStore, WorkerRecords):
         with self._lock:
             if self.items.get(LEASE_KEY, {}).get("owner") == owner:
                 del self.items[LEASE_KEY]
+
+
+class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
+    """Items by partition key, as plain dicts. Serves both the throttler's and the worker's views."""
 
     # ------------------------------------------------------------------ usage
     def load_usage(self) -> UsageRecord:
@@ -182,7 +193,11 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 usage["keys"] = copy.deepcopy(dict(keys_summary))
             self.items[USAGE_KEY] = usage
             for key, write in key_meters.items():
-                self.items[KEY_USAGE_PREFIX + key] = {"pk": KEY_USAGE_PREFIX + key, "meter": write.meter_json, TTL_ATTRIBUTE: write.ttl_at}
+                self.items[KEY_USAGE_PREFIX + key] = {
+                    "pk": KEY_USAGE_PREFIX + key,
+                    "meter": write.meter_json,
+                    TTL_ATTRIBUTE: write.ttl_at,
+                }
             return True
 
     def close_open_batches(self, batch_ids: Iterable[str]) -> None:
@@ -228,16 +243,25 @@ class MemoryStateStore(StateStore, WorkerRecords):
             key = BATCH_PREFIX + batch_id
             if key in self.items:
                 return False
-            self.items[key] = {"pk": key, "run": run_id, "claimed_at": now, "ok": set(), "called": set(), "final": False,
-                               TTL_ATTRIBUTE: ttl_at}
+            self.items[key] = {
+                "pk": key,
+                "run": run_id,
+                "claimed_at": now,
+                "ok": set(),
+                "called": set(),
+                "final": False,
+                TTL_ATTRIBUTE: ttl_at,
+            }
             return True
 
     def record(
         self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
     ) -> None:
         with self._lock:
-            item = self.items.setdefault(BATCH_PREFIX + batch_id, {"pk": BATCH_PREFIX + batch_id, "run": "", "claimed_at": 0.0,
-                                                                   "ok": set(), "called": set(), "final": False})
+            item = self.items.setdefault(
+                BATCH_PREFIX + batch_id,
+                {"pk": BATCH_PREFIX + batch_id, "run": "", "claimed_at": 0.0, "ok": set(), "called": set(), "final": False},
+            )
             item["ok"] |= set(succeeded)
             item["called"] |= set(called)
             item["final"] = item["final"] or final
@@ -245,12 +269,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 item["throttled_at"] = throttled_at
 
     def throttle(self, signal: ThrottleSignal) -> None:
-        with self._lock:
-            current = self.items.get(THROTTLE_KEY)
-            if current is not None and float(current["at"]) >= signal.at:
-                return
-            self.items[THROTTLE_KEY] = {"pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
-                                        "batch": signal.batch_id, "key": signal.key}
+        self.publish_throttle(signal)
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
         with self._lock:
@@ -262,20 +281,28 @@ def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
     if not item:
         return None
     retry = item.get("retry_after_s")
-    return ThrottleSignal(float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key"))
+    return ThrottleSignal(
+        float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key")
+    )
 
 
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
     if not item:
         return None
     until = item.get("successor_until")
-    return LeaseState(str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None)
+    return LeaseState(
+        str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None
+    )
 
 
 def _batch(item: Mapping[str, Any]) -> BatchRecord:
     throttled = item.get("throttled_at")
     return BatchRecord(
-        str(item["pk"])[len(BATCH_PREFIX):], str(item.get("run", "")), float(item.get("claimed_at", 0.0)),
-        frozenset(item.get("ok", ())), frozenset(item.get("called", ())), bool(item.get("final")),
+        str(item["pk"])[len(BATCH_PREFIX) :],
+        str(item.get("run", "")),
+        float(item.get("claimed_at", 0.0)),
+        frozenset(item.get("ok", ())),
+        frozenset(item.get("called", ())),
+        bool(item.get("final")),
         float(throttled) if throttled is not None else None,
     )

@@ -214,7 +214,9 @@ class BatchExecution:
         self.stopped.setdefault(group, why)
 
     def _must_watch(self, now: float) -> bool:
-        return (bool(self._watching) or self.request.watch_throttle) and (self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S - 1e-9)
+        return (bool(self._watching) or self.request.watch_throttle) and (
+            self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S - 1e-9
+        )
 
     def _finish_step(self, out: Step, now: float, wake: float | None) -> Step:
         due = self._unrecorded_ok and now - self._unrecorded_ok[0][0] >= RECORD_EVERY_S - 1e-9

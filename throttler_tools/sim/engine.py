@@ -166,8 +166,15 @@ class SimWorkers:
 
 
 class _SimBatch:
-    def __init__(self, workers: SimWorkers, request: BatchRequest, answer: Future[BatchResponse] | None,
-                 started: float, crash_at: float | None, lost: bool):
+    def __init__(
+        self,
+        workers: SimWorkers,
+        request: BatchRequest,
+        answer: Future[BatchResponse] | None,
+        started: float,
+        crash_at: float | None,
+        lost: bool,
+    ):
         self.w = workers
         self.request = request
         self.answer = answer
@@ -240,8 +247,13 @@ class _SimBatch:
         self.dead = True
         ok, called = self.execution.final_record()
         self.w.records.record(self.request.batch_id, ok, called, True, self.execution.throttled_at)
-        response = BatchResponse(self.request.batch_id, BatchStatus.RAN, self.execution.ordered_results(),
-                                 tuple(sorted(self.execution.watched_final)), self.execution.throttled_at)
+        response = BatchResponse(
+            self.request.batch_id,
+            BatchStatus.RAN,
+            self.execution.ordered_results(),
+            tuple(sorted(self.execution.watched_final)),
+            self.execution.throttled_at,
+        )
         if self.lost:
             self.w._answer(self.answer, response, WorkerFailed("ReadTimeoutError"))
         else:
@@ -259,4 +271,3 @@ class SimInvoker:
 
     def shutdown(self) -> None:
         return None
-

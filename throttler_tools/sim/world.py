@@ -29,8 +29,15 @@ START = 1_772_442_000.0  # 2026-03-02 09:00:00 UTC
 LOCAL_HOSTS = ("http://127.0.0.1:*", "http://localhost:*")
 
 
-def job_body(path: str = "/ok", group: str | None = None, seq: int | None = None, key: str | None = None,
-             cost: int = 1, job_id: str | None = None, **payload: Any) -> str:
+def job_body(
+    path: str = "/ok",
+    group: str | None = None,
+    seq: int | None = None,
+    key: str | None = None,
+    cost: int = 1,
+    job_id: str | None = None,
+    **payload: Any,
+) -> str:
     """An http job for the fake API (its query carries group and seq so the API can check order)."""
     query = f"?group={group}&seq={seq}" if group is not None and seq is not None else ""
     envelope: dict[str, Any] = {"task": "http", "payload": {"method": "POST", "url": f"http://127.0.0.1{path}{query}", **payload}}
@@ -85,9 +92,12 @@ def memory_backends(clock: SimClock, stage: str) -> Backends:
 
 
 class World:
-    def __init__(self, config: WorldConfig | None = None,
-                 backends: Callable[[SimClock, str], Backends] = memory_backends,
-                 on_advance: Callable[[float], None] | None = None):
+    def __init__(
+        self,
+        config: WorldConfig | None = None,
+        backends: Callable[[SimClock, str], Backends] = memory_backends,
+        on_advance: Callable[[float], None] | None = None,
+    ):
         self.config = cfg = config or WorldConfig()
         self.rng = random.Random(cfg.seed)
         self.loop = EventLoop(cfg.start, on_advance)
@@ -105,8 +115,17 @@ class World:
         self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
         self.validation = ValidationContext.build(LOCAL_HOSTS, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
-        self.workers = SimWorkers(self.loop, self.clock, self.backends.records, self._setup, cfg.latency_s, self.rng, cfg.faults,
-                                  cfg.worker_timeout_s, on_call=lambda spec, at: self.calls.append((spec, at)))
+        self.workers = SimWorkers(
+            self.loop,
+            self.clock,
+            self.backends.records,
+            self._setup,
+            cfg.latency_s,
+            self.rng,
+            cfg.faults,
+            cfg.worker_timeout_s,
+            on_call=lambda spec, at: self.calls.append((spec, at)),
+        )
         self.runs: list[ThrottlerRun] = []
         self.summaries: list[RunSummary] = []
         self._long_polling: dict[str, Ticker] = {}
@@ -117,17 +136,38 @@ class World:
 
     # ------------------------------------------------------------------ wiring
     def _setup(self, request: BatchRequest) -> CallSetup:
-        return CallSetup(registry=self.registry, clock=self.clock, session=self.session, validation=self.validation,
-                         max_message_bytes=self.config.max_message_bytes, cost_header=request.cost_header)
+        return CallSetup(
+            registry=self.registry,
+            clock=self.clock,
+            session=self.session,
+            validation=self.validation,
+            max_message_bytes=self.config.max_message_bytes,
+            cost_header=request.cost_header,
+        )
 
     def parse(self, message: QueuedMessage) -> Job:
-        return parse_job(message.body, message.group, message.dedup_id, tasks=self.registry, validation=self.validation,
-                         max_bytes=self.config.max_message_bytes)
+        return parse_job(
+            message.body,
+            message.group,
+            message.dedup_id,
+            tasks=self.registry,
+            validation=self.validation,
+            max_bytes=self.config.max_message_bytes,
+        )
 
     def run_settings(self) -> RunSettings:
         cfg = self.config
-        return RunSettings(cfg.default_quotas, cfg.default_latency, cfg.max_attempts, cfg.retry_base_s, cfg.retry_max_s,
-                           cfg.worker_timeout_s, 64, LOCAL_HOSTS, cfg.max_message_bytes)
+        return RunSettings(
+            cfg.default_quotas,
+            cfg.default_latency,
+            cfg.max_attempts,
+            cfg.retry_base_s,
+            cfg.retry_max_s,
+            cfg.worker_timeout_s,
+            64,
+            LOCAL_HOSTS,
+            cfg.max_message_bytes,
+        )
 
     # ------------------------------------------------------------------ the schedule and the runs
     def start_schedule(self, first_at: float | None = None) -> None:
@@ -146,8 +186,15 @@ class World:
 
     def start_run(self, at: float | None = None, budget_s: float | None = None) -> ThrottlerRun:
         start = self.loop.now if at is None else at
-        run = ThrottlerRun(settings=self.run_settings(), store=self.store, queue=self.queue, invoker=SimInvoker(self.workers),
-                           clock=self.clock, parse=self.parse, owner=f"run-{len(self.runs) + 1}")
+        run = ThrottlerRun(
+            settings=self.run_settings(),
+            store=self.store,
+            queue=self.queue,
+            invoker=SimInvoker(self.workers),
+            clock=self.clock,
+            parse=self.parse,
+            owner=f"run-{len(self.runs) + 1}",
+        )
         self.runs.append(run)
         ticker = Ticker(self.loop, lambda: self._step(run, ticker))
         run.outbox.on_done = lambda: ticker.schedule(self.loop.now)
