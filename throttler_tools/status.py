@@ -14,6 +14,7 @@ pacing from the pacer itself, so this report cannot disagree with what the throt
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,8 +55,10 @@ class StageDefaults:
         return self.default_quotas is not None
 
 
+@functools.lru_cache(maxsize=16)
 def serverless_yml_defaults(stage: str) -> StageDefaults | None:
-    """The stage's parameters in serverless.yml, or None where that file or PyYAML is not installed."""
+    """The stage's parameters in serverless.yml, or None where that file or PyYAML is not installed (read
+    once per process: parsing it takes a noticeable part of a second)."""
     try:
         from throttler_tools import stackdef
 
@@ -73,20 +76,27 @@ def serverless_yml_defaults(stage: str) -> StageDefaults | None:
     )
 
 
-def stage_defaults(stage: str, control: Control | None, fallback: Callable[[str], StageDefaults | None] = serverless_yml_defaults) -> StageDefaults:
-    """Published settings first (field by field), then serverless.yml, then unknown."""
+def stage_defaults(
+    stage: str, control: Control | None, fallback: Callable[[str], StageDefaults | None] | None = None
+) -> StageDefaults:
+    """Published settings first (field by field), then serverless.yml (or `fallback`), then unknown."""
     published = PublishedSettings.of_control(control) if control is not None else None
-    yml = fallback(stage) if published is None or published.default_quotas is None or published.allowed_hosts is None else None
+    incomplete = published is None or published.default_quotas is None or published.allowed_hosts is None
+    yml = (fallback or serverless_yml_defaults)(stage) if incomplete else None
     if published is None:
         return yml or StageDefaults()
     when = f" at {clock_text(published.written_at)}" if published.written_at else ""
     return StageDefaults(
-        default_quotas=published.default_quotas if published.default_quotas is not None else (yml.default_quotas if yml else None),
-        allowed_hosts=published.allowed_hosts if published.allowed_hosts is not None else (yml.allowed_hosts if yml else None),
+        default_quotas=_first(published.default_quotas, yml.default_quotas if yml else None),
+        allowed_hosts=_first(published.allowed_hosts, yml.allowed_hosts if yml else None),
         max_message_bytes=published.max_message_bytes,
         default_latency=published.default_latency or (yml.default_latency if yml else None),
         source=f"published by the throttler{when}",
     )
+
+
+def _first(value: Any, otherwise: Any) -> Any:
+    return value if value is not None else otherwise
 
 
 def quota_in_force(control: Control, defaults: StageDefaults) -> QuotaInForce:
@@ -161,22 +171,25 @@ def quota_report(
 
 
 # ------------------------------------------------------------------------------------------- one scope, now
-def _api_entries(api: ApiState, tiers: tuple[Tier, ...], now: float) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+Entries = dict[str, dict[str, Any]]
+
+
+def _api_entries(api: ApiState, tiers: tuple[Tier, ...], now: float) -> tuple[Entries, Entries]:
     """The API's word on configured tiers (by window length) and on windows of its own (`api:<N>s`)."""
-    on_tier: dict[str, dict[str, Any]] = {}
-    own: dict[str, dict[str, Any]] = {}
+    on_tier: Entries = {}
+    own: Entries = {}
     by_window = {t.window_s: t.name for t in tiers if not t.aligned}
     entries: list[dict[str, Any]] = []
     for policy in api.active_policies(now):
         window_s = max(1, math.ceil(policy.window_s))
-        entry = {"limit": policy.limit, "window_s": policy.window_s, "remaining": None, "reset_s": None}
+        entry = {"limit": policy.limit, "window_s": _num(policy.window_s), "remaining": None, "reset_s": None}
         entries.append(entry)
         (on_tier if window_s in by_window else own)[by_window.get(window_s, f"api:{window_s}s")] = entry
     budget = api.budget
     if budget is not None and now < budget.reset_at:
         remaining, reset_s = max(0, budget.remaining - budget.used), round(budget.reset_at - now, 3)
         fits = [e for e in entries if e["window_s"] + 1 >= reset_s]
-        target = min(fits, key=lambda e: e["window_s"]) if fits else (max(entries, key=lambda e: e["window_s"]) if entries else None)
+        target = min(fits, key=_window) if fits else (max(entries, key=_window) if entries else None)
         if target is None and tiers:
             # Remaining calls without a stated policy: shown on the tier whose window the reset falls within.
             wide = [t for t in tiers if t.window_s + 1 >= reset_s]
@@ -185,6 +198,14 @@ def _api_entries(api: ApiState, tiers: tuple[Tier, ...], now: float) -> tuple[di
         if target is not None:
             target["remaining"], target["reset_s"] = remaining, reset_s
     return on_tier, own
+
+
+def _window(entry: Mapping[str, Any]) -> float:
+    return float(entry["window_s"])
+
+
+def _num(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
 
 
 @dataclass
@@ -425,12 +446,17 @@ def _key_report(
                            "why": "backlog unknown (not among the keys the throttler last reported)"}
     else:
         key_start = None if start is None else max(start, (pause_until - now) if pause_until else 0.0)
-        drain = drain_estimate(_fresh_pacer(config, snap.usage.stage_meter, {key: meter_json}), int(backlog), now, key_start, key)
-        # Keys with a backlog share the stage's capacity by weight: this key's part is a floor on its drain.
+        pacer = _fresh_pacer(config, snap.usage.stage_meter, {key: meter_json})
+        stage_rate = pacer.stage.rate_per_s(now) if pacer is not None else 0.0
+        drain = drain_estimate(pacer, int(backlog), now, key_start, key)
+        # Keys with a backlog share the stage's capacity by weight: this key's part of the stage's rate (or
+        # its own tiers, if slower) is a floor on its drain.
         share = (report["weight"] / total_weight) if total_weight > 0 else 1.0
         sustained = drain["sustained_per_s"]
         if drain["eta_s"] is not None and sustained and share < 1:
-            drain["eta_s"] = round(max(drain["eta_s"], (key_start or 0.0) + backlog / (sustained * share)), 3)
+            rate = min(sustained, stage_rate * share)
+            drain["sustained_per_s"] = round(rate, 3)
+            drain["eta_s"] = round(max(drain["eta_s"], (key_start or 0.0) + backlog / rate), 3)
         report["drain"] = drain
     if seen is not None:
         report["seen_at"] = seen.get("seen_at")
@@ -467,11 +493,18 @@ def pause_report(pauses: Pauses, control: Control, now: float) -> dict[str, Any]
         "paused": until is not None,
         "until": until if until is None or until - now <= OPEN_ENDED_S else None,
         "until_resume": bool(operator and operator["until_resume"]),
-        "reason": pauses.reason(now) or None,
+        "reason": _pause_reason(operator, api),
         "operator": operator,
         "api": api,
         "keys": {k: round(t, 3) for k, t in sorted(pauses.key_paused(now).items())},
     }
+
+
+def _pause_reason(operator: Mapping[str, Any] | None, api: Mapping[str, Any] | None) -> str | None:
+    if operator is not None:
+        why = operator["reason"]
+        return "operator" if why in ("", "operator") else f"operator: {why}"
+    return str(api["reason"]) if api is not None else None
 
 
 def pause_start_s(pause: Mapping[str, Any], now: float) -> float | None:

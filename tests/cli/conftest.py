@@ -6,7 +6,9 @@ effects stay where the test can see them."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,8 +50,8 @@ class Emulator:
         """Empty the emulator and create the stage's resources again (same names and URLs)."""
         from throttler_tools.provision import provision
 
-        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310 - local
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - our own emulator on 127.0.0.1
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
             pass
         self.env = provision(self.client("sqs"), self.client("dynamodb"), STAGE)
 
@@ -150,10 +152,19 @@ def last_json(result: Result) -> Any:
 def module_stack() -> Iterator[Emulator]:
     from moto.server import ThreadedMotoServer
 
+    from throttler_tools import stackdef
     from throttler_tools.moto_patches import patch_moto_fifo_order
 
+    raw = stackdef.load_raw()  # parsed once: each test provisions the stage again from it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stackdef, "load_raw", lambda *args: copy.deepcopy(raw))
+        yield from _emulator(ThreadedMotoServer, patch_moto_fifo_order)
+
+
+def _emulator(server_class: Any, patch_moto_fifo_order: Any) -> Iterator[Emulator]:
     patch_moto_fifo_order()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_class(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     emulator = Emulator(f"http://{host}:{port}")
@@ -163,8 +174,8 @@ def module_stack() -> Iterator[Emulator]:
     finally:
         # moto's state lives in this process, shared by every server and mock in it: leave it clean.
         with contextlib.suppress(OSError):
-            request = urllib.request.Request(f"{emulator.endpoint}/moto-api/reset", method="POST")  # noqa: S310
-            urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+            request = urllib.request.Request(f"{emulator.endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(request, timeout=10).close()
         server.stop()
 
 

@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 
 from tests.cli.conftest import Cli
-from throttler.producer import JobBuilder, OutgoingJob, Producer, PublishedSettings
 from throttler.core.errors import ConfigError, InvalidJob, StoreError
 from throttler.naming import StageNames
+from throttler.producer import JobBuilder, OutgoingJob, Producer, PublishedSettings
 from throttler.tasks import default_registry, task
 
 URL = "http://127.0.0.1:9000/v1/items"
@@ -149,7 +149,7 @@ def test_for_stage_takes_allowed_hosts_from_the_environment(run: Cli, monkeypatc
     producer = Producer.for_stage("local", run.sqs)
     assert producer.hosts_checked and producer.builder.allowed_hosts == ("a.example", "http://b.example:*")
     producer.send("http", {"method": "GET", "url": "http://b.example:8080/x"}, group="g")
-    with pytest.raises(InvalidJob, match="host 'c.example' is not in ALLOWED_HOSTS"):
+    with pytest.raises(InvalidJob, match=r"host 'c\.example' is not in ALLOWED_HOSTS"):
         producer.send("http", {"method": "GET", "url": "https://c.example/x"}, group="g")
 
 

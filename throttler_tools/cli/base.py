@@ -119,21 +119,24 @@ class StageAws:
 
     @cached_property
     def region(self) -> str:
-        import boto3
-
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or boto3.session.Session().region_name
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or self._session.region_name
         if region:
             return str(region)
         if self.endpoint:
             return LOCAL_REGION
         raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
 
+    @cached_property
+    def _session(self) -> Any:
+        import boto3
+
+        return boto3.session.Session()  # one per stage: its clients share the loaded service models
+
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            import boto3
             from botocore.config import Config
 
-            session = boto3.session.Session()
+            session = self._session
             extra: dict[str, str] = {}
             if self.endpoint:
                 extra["endpoint_url"] = self.endpoint
@@ -195,28 +198,23 @@ def _aws(stage: str | None) -> StageAws:
 
 
 def _missing_resource(exc: BaseException) -> str | None:
-    """"X does not exist: is the stage deployed?" when an AWS call failed because a resource is missing."""
+    """"table X does not exist: is the stage deployed?" when an AWS call failed because the table is missing
+    (the queues' lookup by name already says so)."""
     from botocore.exceptions import ClientError
 
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, ClientError):
         cause = cause.__cause__
-    if cause is None:
+    if cause is None or cause.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
         return None
-    code = str(cause.response.get("Error", {}).get("Code", ""))
     ctx = click.get_current_context(silent=True)
     aws = ctx.find_root().meta.get(STAGE_META) if ctx is not None else None
-    if code == "ResourceNotFoundException":
-        what = f"table {aws.names.state_table}" if aws is not None else "the state table"
-    elif "NonExistentQueue" in code or code == "QueueDoesNotExist":
-        what = f"a queue of stage {aws.stage}" if aws is not None else "the queue"
-    else:
-        return None
+    what = f"table {aws.names.state_table}" if aws is not None else "the stage's state table"
     return f"{what} does not exist: is the stage deployed (or the local stack running)?"
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, sort_keys=True, default=str))
+    click.echo(json.dumps(data, default=str))  # the order is the report's own (tiers by window, keys by backlog)
 
 
 def _when(epoch_s: float) -> str:

@@ -122,6 +122,7 @@ def enqueue(
 def _job_builder(aws: StageAws) -> Any:
     """Validation as the stage's worker does it: ALLOWED_HOSTS / MAX_MESSAGE_BYTES from the environment, else
     what the stage published (or serverless.yml); hosts unknown: not checked here."""
+    from throttler.core.envelope import DEFAULT_MAX_MESSAGE_BYTES
     from throttler.producer import JobBuilder, env_allowed_hosts, env_max_message_bytes, env_secret_header_names
 
     hosts, max_bytes = env_allowed_hosts(), env_max_message_bytes()
@@ -135,8 +136,8 @@ def _job_builder(aws: StageAws) -> Any:
             defaults = aws.defaults(None)  # a producer's role may be allowed to send only
         hosts = hosts if hosts is not None else defaults.allowed_hosts
         max_bytes = max_bytes if max_bytes is not None else defaults.max_message_bytes
-    kwargs = {"max_bytes": max_bytes} if max_bytes is not None else {}
-    return JobBuilder(hosts, stage=aws.stage, secret_header_names=env_secret_header_names(), **kwargs)
+    return JobBuilder(hosts, max_bytes=max_bytes or DEFAULT_MAX_MESSAGE_BYTES, stage=aws.stage,
+                      secret_header_names=env_secret_header_names())
 
 
 def _read_jobs(builder: Any, task: str | None, group: str | None, key: str | None, cost: int | None) -> list[Any]:
@@ -204,7 +205,8 @@ def quota_show(key: str | None, as_json: bool, stage: str | None) -> None:
     else:
         _print_quotas(report, key)
     if found.invalid:
-        click.echo(f"warning: the quota item is invalid ({found.error}); the throttler keeps the last good configuration", err=True)
+        click.echo(f"warning: the quota item is invalid ({found.error}); the throttler keeps the last good configuration",
+                   err=True)
 
 
 def _tier_window(name: str) -> str:
@@ -287,7 +289,7 @@ def _precheck(pairs: Mapping[str, str], key: str | None) -> None:
             if not WHOLE.fullmatch(value) or len(value.lstrip("0")) > 4 or not 1 <= int(value) <= MAX_WEIGHT:
                 raise Invalid(f"weight must be a whole number from 1 to {MAX_WEIGHT}, not {value!r}")
             continue
-        if name in ("aligned", "margin_ms", "latency", "cost_header", "signals_scope") and key is None:
+        if name in ("aligned", "margin_ms", "latency", "cost_header", "signals_scope", "per_key", "keys") and key is None:
             continue  # checked with the whole item
         if name == CONCURRENCY and key is None:
             if value.lower() != "off":
