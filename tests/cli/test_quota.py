@@ -61,9 +61,9 @@ def test_quota_show_json_gives_configured_and_learned_values_in_the_status_shape
     one = last_json(run("quota", "show", "--key", "tenant-z", "--json"))
     assert one["keys"] == {"tenant-z": {"weight": 1, "tiers": {"minute": {"limit": 60}}, "override": False}}
     text = run("quota", "show", "--key", "tenant-a").stdout
-    assert "key tenant-a: its override, weight 3" in text and "44 (auto:120, learned)" in text
+    assert "key tenant-a: its override, weight 3" in text and "auto:120 calls per 60 s (sliding, learned 44 so far)" in text
     text = run("quota", "show").stdout
-    assert "17 (auto:50, learned)" in text and "per key" in text and "tenant-a" in text
+    assert "auto:50 calls per 1 s (sliding, learned 17 so far)" in text and "per key" in text and "tenant-a" in text
 
 
 def test_an_auto_tier_before_any_learning_shows_where_it_starts(run: Cli) -> None:
@@ -128,7 +128,7 @@ def test_quota_set_an_auto_tier(run: Cli) -> None:
     result = run("quota", "set", "second=auto:50")
     assert result.exit_code == 0, result.output
     assert stored(run)["second"] == "auto:50"
-    assert "(auto:50, learned)" in result.stdout
+    assert "auto:50 calls per 1 s (sliding, learned 12 so far)" in result.stdout
 
 
 def test_quota_set_per_key_defaults_and_one_keys_override(run: Cli) -> None:

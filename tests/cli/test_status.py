@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Cli, last_json
+from tests.cli.conftest import Cli, last_json, one_line_error
 from throttler.core.pacing import ApiBudget, ApiPolicy, ApiState, Learned, Meter, Pacer
 from throttler.core.quotas import parse_quota_item
 from throttler.naming import StageNames
@@ -293,3 +293,34 @@ def test_keys_share_the_stage_by_weight_in_their_drain_estimate() -> None:
     assert report["keys"]["small"]["drain"]["eta_s"] == pytest.approx(10 / (9.96 * 0.25), rel=0.02)
     only = build_report(snapshot(item, depth=40, keys=keys), now, key="small")
     assert list(only["keys"]) == ["small"] and only["keys"]["small"]["backlog"] == 10
+
+
+def test_the_same_report_comes_from_the_in_memory_twins() -> None:
+    """One function builds the report for any backend (the CLI's AWS ones, a dashboard's, the simulation's)."""
+    from throttler.core.clock import FakeClock
+    from throttler.queue import MemoryJobQueue, MemorySqs
+    from throttler.store import MemoryStateStore
+    from throttler_tools.provision import provision_queues
+    from throttler_tools.status import status_report
+
+    clock = FakeClock(1_700_000_000.0)
+    sqs = MemorySqs(clock)
+    provision_queues(sqs, "dev")
+    names = StageNames.of("dev")
+    queue = MemoryJobQueue(sqs, names.jobs_queue, names.dlq)
+    queue.send([(json.dumps({"task": "http", "payload": {}}), "g", f"j{i}") for i in range(3)])
+    store = MemoryStateStore()
+    store.put_quotas({"second": 2})
+    report = status_report(store, queue, names, clock.now(), defaults=lambda control: StageDefaults())
+    assert report["queue"]["waiting"] == 3 and report["tiers"] == {"second": {"limit": 2, "used": 0}}
+    assert report["quota"]["defaults"] == "unknown here until the throttler's first run"
+    assert drain_text(report["drain"]).startswith("3 jobs in ~1 s")
+
+
+@pytest.mark.parametrize(
+    "args", [["status", "--key", ""], ["status", "--key", "k" * 129], ["quota", "show", "--key", "tab\there"]]
+)
+def test_a_bad_key_name_is_exit_2_in_one_line(run: Cli, args: list[str]) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "--key must be 1-128 printable ASCII characters" in one_line_error(result)

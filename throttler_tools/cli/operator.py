@@ -219,15 +219,17 @@ def _tier_window(name: str) -> str:
 
 
 def _tier_value(entry: Mapping[str, Any]) -> str:
+    """`120`, or `auto:50 (learned 17)`."""
     if "learned" in entry:
-        return f"{entry['learned']} ({entry['limit']}, learned)"
+        return f"{entry['limit']} (learned {entry['learned']})"
     return str(entry["limit"])
 
 
 def _print_tiers(tiers: Mapping[str, Mapping[str, Any]], aligned: set[str], indent: str = "  ") -> None:
     for name, entry in tiers.items():
         kind = "calendar-aligned" if name in aligned else "sliding"
-        click.echo(f"{indent}{name:<12} {_tier_value(entry):>8} calls per {_tier_window(name)} ({kind})")
+        learned = f", learned {entry['learned']} so far" if "learned" in entry else ""
+        click.echo(f"{indent}{name:<12} {entry['limit']!s:>8} calls per {_tier_window(name)} ({kind}{learned})")
 
 
 def _print_quotas(report: Mapping[str, Any], key: str | None) -> None:
