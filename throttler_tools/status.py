@@ -312,11 +312,37 @@ def drain_estimate(pacer: Pacer | None, depth: int, now: float, start_s: float |
         pacer.take(slot, key)
         first = slot if first is None else first
         t = slot
-    eta = t - now + max(0, depth - ETA_PACED_CALLS) / sustained
+    eta = t - now
+    if depth > ETA_PACED_CALLS:
+        eta = max(eta, max(0.0, start_s) + _windows_needed_s(pacer, key, depth, now))
     out["eta_s"] = round(eta, 3)
     busy = eta - max(0.0, start_s)
     out["calls_per_s"] = round(depth / busy, 3) if busy > 0 and depth > 1 else None
     return out
+
+
+def _windows_needed_s(pacer: Pacer, key: str | None, calls: int, now: float) -> float:
+    """Time to send `calls` more from empty windows: the finest tier spaces calls evenly; a tier of `limit`
+    per window lets `limit` through each window, so it adds (calls - 1) // limit whole windows, and the
+    rest go at the pace of the shorter tiers."""
+    limits: list[Limit] = []
+    spacing_s = 0.0
+    for scope in (pacer.stage, pacer.key_scope(key)):
+        if scope is not None and scope.limits(now):
+            limits += scope.limits(now)
+            spacing_s = max(spacing_s, scope.spacing_s(scope.limits(now)))
+    ordered = sorted(limits, key=lambda lim: lim.span_s)
+
+    def needed(n: int, upto: int) -> float:
+        if n <= 1:
+            return 0.0
+        if upto == 0:
+            return (n - 1) * spacing_s
+        lim = ordered[upto - 1]
+        whole = (n - 1) // max(1, lim.limit)
+        return max(needed(n, upto - 1), whole * lim.span_s + needed(n - whole * max(1, lim.limit), upto - 1))
+
+    return needed(calls, len(ordered))
 
 
 # ------------------------------------------------------------------------------------------- the report

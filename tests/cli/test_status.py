@@ -324,3 +324,14 @@ def test_a_bad_key_name_is_exit_2_in_one_line(run: Cli, args: list[str]) -> None
     result = run(*args)
     assert result.exit_code == 2
     assert "--key must be 1-128 printable ASCII characters" in one_line_error(result)
+
+
+def test_a_large_backlog_is_estimated_window_by_window() -> None:
+    """Beyond the calls it paces one by one, the estimate counts whole windows of each tier: 100,000 jobs
+    under minute=300 and day=100000 take about 5.6 h (the day tier has room for them all), 250,000 two
+    whole days and then 50,000 more at 5 calls/s."""
+    config = parse_quota_item({"second": 10, "minute": 300, "day": 100000})
+    now = 1_000_000.0
+    assert drain_estimate(Pacer(config, Meter()), 100_000, now, 0.0)["eta_s"] == pytest.approx(100_000 / 300 * 60.24, rel=0.01)
+    assert drain_estimate(Pacer(config, Meter()), 250_000, now, 0.0)["eta_s"] == pytest.approx(
+        2 * 86400.25 + 50_000 / 300 * 60.24, rel=0.01)
