@@ -147,6 +147,8 @@ class ThrottlerRun:
                 if self.phase is Phase.RUNNING:
                     return wake
         if self.phase is Phase.ENDING:
+            if self._settle_before_hand_over():
+                return Wake(now + 1.0)  # a finished batch wakes the run sooner
             self._end(now)
         if self.outbox.in_flight:
             return Wake(now + 1.0)
@@ -268,6 +270,18 @@ class ThrottlerRun:
         elif self.inbox:
             self.t.next_plan_at = min(self.t.next_plan_at, now)
         self.t.receive_after = -math.inf
+
+    def _settle_before_hand_over(self) -> bool:
+        """With a cost header, a batch's answers correct the units its calls used: those corrections must
+        reach the successor's reservations, so the run settles its batches before it hands over (the gap
+        is one call's latency; without a cost header the successor takes over at once)."""
+        config = self.in_force.config
+        if self.successor is None or self.lease_lost or config is None or not config.cost_header:
+            return False
+        if self.outbox.in_flight:
+            self.summary.released += self.intake.release_all()
+            return True
+        return False
 
     def _begin_end(self, reason: str) -> None:
         if self.phase is Phase.RUNNING:
