@@ -3,7 +3,9 @@
 It answers every request 200 with a short JSON echo and shows what it received: method, path, headers
 (the values of secret-looking headers hidden, their length shown) and the body's size, one line per
 request on the terminal and all of them (newest last) at `GET /requests`. `/status/<code>` answers
-that status instead (429 with `Retry-After: 5`), to watch a retry, a pause or a dead letter happen.
+that status instead, to watch a retry or a dead letter happen; `/status/429` answers 429 with `Retry-After: 5`
+the first time a job (its `Idempotency-Key`) calls it and 200 after that, to watch a pause happen (a job that
+were always throttled would wait for ever: being throttled never dead-letters a job).
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class EchoApi:
         self.secret_header_names = tuple(secret_header_names)
         self.on_request = on_request
         self._seen: deque[EchoRequest] = deque(maxlen=KEPT_REQUESTS)
+        self._throttled: set[str | None] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -113,6 +116,8 @@ class EchoApi:
                     return
                 seen = outer._record(self.command, self.path, list(self.headers.items()), len(body), self.client_address[0])
                 status, extra = _status_for(path)
+                if status == 429 and not outer._first_429(seen.header("Idempotency-Key")):
+                    status, extra = 200, {}
                 self._answer(status, {"echo": {"method": seen.method, "path": seen.path, "body_bytes": seen.body_bytes}}, extra)
 
             def _answer(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
@@ -153,6 +158,12 @@ class EchoApi:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _first_429(self, job_id: str | None) -> bool:
+        with self._lock:
+            first = job_id not in self._throttled
+            self._throttled.add(job_id)
+            return first
 
     def _record(self, method: str, path: str, headers: list[tuple[str, str]], body_bytes: int, client: str) -> EchoRequest:
         seen = EchoRequest(time.time(), method, path, [(k, shown(k, v, self.secret_header_names)) for k, v in headers],
