@@ -17,7 +17,7 @@ from tests.unit.http_servers import LocalApi, second_loopback_host
 from throttler.queue.dead_letters import DeadLetters
 from throttler_tools.local import LocalStack
 
-SECRET = "s3cr3t-value-from-ssm"  # noqa: S105 - a test value
+SECRET = "s3cr3t-value-from-ssm"
 PARAMETER = "/throttler/local/api-key"
 
 

@@ -153,3 +153,33 @@ def test_the_stack_leaves_the_process_as_it_found_it() -> None:
     assert port_is_free(port)
     assert dict(os.environ) == environment_before
     assert eventually(lambda: [t for t in threading.enumerate() if t not in threads_before and t.is_alive()] == [], 5)
+
+
+def test_the_echo_api_shows_each_request_without_secret_values_and_throttles_a_job_once() -> None:
+    import urllib.error
+    import urllib.request
+
+    from throttler_tools.echoapi import EchoApi
+
+    shown: list[Any] = []
+    with EchoApi(port=0, secret_header_names=("X-Partner-Sig",), on_request=shown.append) as echo:
+        statuses = []
+        for _ in range(2):
+            request = urllib.request.Request(
+                f"{echo.url}/status/429?x=1", data=b"12345", method="PUT",
+                headers={"Idempotency-Key": "job-1", "Authorization": "Bearer abc", "X-Partner-Sig": "sig", "X-Plain": "v"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+                assert exc.headers["Retry-After"] == "5"
+        seen = get_json(f"{echo.url}/requests")
+    assert statuses == [429, 200]  # throttled once per job: a job always throttled would wait for ever
+    assert len(seen) == len(shown) == 2
+    first = seen[0]
+    assert (first["method"], first["path"], first["body_bytes"]) == ("PUT", "/status/429?x=1", 5)
+    assert first["headers"]["Idempotency-Key"] == "job-1" and first["headers"]["X-Plain"] == "v"
+    assert first["headers"]["Authorization"] == "<hidden, 10 characters>"
+    assert first["headers"]["X-Partner-Sig"] == "<hidden, 3 characters>"
+    assert "abc" not in json.dumps(seen) and "sig\"" not in json.dumps(seen)
