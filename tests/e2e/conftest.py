@@ -34,7 +34,7 @@ def plain_client(service: str, endpoint: str) -> Any:
     """A boto3 client as any producer would build one: nothing from this project."""
     import boto3
 
-    return boto3.session.Session().client(service, endpoint_url=endpoint, region_name="us-east-1",
+    return boto3.session.Session().client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
                                           aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
