@@ -478,13 +478,34 @@ class LocalStack:
         self._saved_env = {}
 
 
-def _longer_batch_lead() -> Any:
-    """LOCAL_BATCH_LEAD_S for the runs of this process while the stack is up (see there)."""
-    from unittest import mock
+class _LongerBatchLead:
+    """LOCAL_BATCH_LEAD_S for the runs of this process while at least one stack is up (see there); counted, so
+    that stacks stopped in any order put the runtime's own value back only when the last one stops."""
 
-    import throttler.dispatch.run as run_module
+    _lock = threading.Lock()
+    _users = 0
+    _saved: float | None = None
 
-    return mock.patch.object(run_module, "BATCH_LEAD_S", max(run_module.BATCH_LEAD_S, LOCAL_BATCH_LEAD_S))
+    def start(self) -> None:
+        import throttler.dispatch.run as run_module
+
+        with self._lock:
+            if _LongerBatchLead._users == 0:
+                _LongerBatchLead._saved = run_module.BATCH_LEAD_S
+                run_module.BATCH_LEAD_S = max(run_module.BATCH_LEAD_S, LOCAL_BATCH_LEAD_S)  # type: ignore[misc]
+            _LongerBatchLead._users += 1
+
+    def stop(self) -> None:
+        import throttler.dispatch.run as run_module
+
+        with self._lock:
+            _LongerBatchLead._users -= 1
+            if _LongerBatchLead._users == 0 and _LongerBatchLead._saved is not None:
+                run_module.BATCH_LEAD_S = _LongerBatchLead._saved  # type: ignore[misc]
+
+
+def _longer_batch_lead() -> _LongerBatchLead:
+    return _LongerBatchLead()
 
 
 @contextlib.contextmanager
