@@ -42,7 +42,7 @@ THROTTLER_CONCURRENCY = 2
 # for a call's slot must get the interpreter at once, or the call goes out late; with Python's default 5 ms
 # switch interval, late by up to ~70 ms under load on two cores, with 1 ms under ~20 ms.
 SWITCH_INTERVAL_S = 0.001
-# A run hands a batch to a worker this long before the batch's first slot (throttler.dispatch.run, 50 ms). Here
+# A run hands a batch to a worker this long before the batch's first slot (throttler.dispatch.timing, 50 ms). Here
 # the path from planning to the worker's first call (the reservation's conditional write, the visibility change,
 # the in-process invoke, the worker's claim: four requests to moto at ~15-40 ms each in this one busy process)
 # takes 60-120 ms, so with 50 ms the first job of every batch missed its slot: an idle stage's new job missed it
@@ -440,7 +440,7 @@ class LocalStack:
             if not threads:
                 break
             for run in runs:
-                run.deadline = min(run.deadline, run.clock.now())
+                _cut_short(run)
                 run.wakeup.set()
             threads[0].join(STOP_POLL_S)
         with self._lock:
@@ -460,6 +460,10 @@ class LocalStack:
         if self._server is not None:
             self._server.stop()  # werkzeug closes the listening socket when serve_forever returns
             self._server = None
+            # Its request threads are daemons nobody joins: let the last answers (a long poll's) finish.
+            end = time.monotonic() + 3.0
+            for thread in [t for t in threading.enumerate() if "process_request_thread" in t.name]:
+                thread.join(max(0.0, end - time.monotonic()))
         with self._lock:
             self._clients.clear()
 
@@ -478,30 +482,48 @@ class LocalStack:
         self._saved_env = {}
 
 
+def _cut_short(run: ThrottlerRun) -> None:
+    """Bring a run's deadline to now (it plans nothing more, then ends as at its deadline)."""
+    timing = getattr(run, "t", None)  # the run's timers (throttler.dispatch.timing)
+    if timing is not None:
+        timing.deadline = min(timing.deadline, run.clock.now())
+    else:
+        run.deadline = min(run.deadline, run.clock.now())  # type: ignore[misc]
+
+
+# Every runtime module that reads BATCH_LEAD_S (each imported the name: each gets the local value).
+_LEAD_MODULES = ("throttler.dispatch.timing", "throttler.dispatch.batching", "throttler.dispatch.run")
+
+
 class _LongerBatchLead:
     """LOCAL_BATCH_LEAD_S for the runs of this process while at least one stack is up (see there); counted, so
     that stacks stopped in any order put the runtime's own value back only when the last one stops."""
 
     _lock = threading.Lock()
     _users = 0
-    _saved: float | None = None
+    _saved: dict[str, float] = {}  # one process-wide record, under the lock
 
     def start(self) -> None:
-        import throttler.dispatch.run as run_module
+        import importlib
 
         with self._lock:
             if _LongerBatchLead._users == 0:
-                _LongerBatchLead._saved = run_module.BATCH_LEAD_S
-                run_module.BATCH_LEAD_S = max(run_module.BATCH_LEAD_S, LOCAL_BATCH_LEAD_S)  # type: ignore[misc]
+                for name in _LEAD_MODULES:
+                    module = importlib.import_module(name)
+                    if hasattr(module, "BATCH_LEAD_S"):
+                        _LongerBatchLead._saved[name] = module.BATCH_LEAD_S
+                        setattr(module, "BATCH_LEAD_S", max(module.BATCH_LEAD_S, LOCAL_BATCH_LEAD_S))  # noqa: B010
             _LongerBatchLead._users += 1
 
     def stop(self) -> None:
-        import throttler.dispatch.run as run_module
+        import importlib
 
         with self._lock:
             _LongerBatchLead._users -= 1
-            if _LongerBatchLead._users == 0 and _LongerBatchLead._saved is not None:
-                run_module.BATCH_LEAD_S = _LongerBatchLead._saved  # type: ignore[misc]
+            if _LongerBatchLead._users == 0:
+                for name, value in _LongerBatchLead._saved.items():
+                    setattr(importlib.import_module(name), "BATCH_LEAD_S", value)  # noqa: B010
+                _LongerBatchLead._saved.clear()
 
 
 def _longer_batch_lead() -> _LongerBatchLead:

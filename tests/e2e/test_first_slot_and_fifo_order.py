@@ -23,9 +23,9 @@ from throttler.core.clock import FakeClock
 from throttler.core.envelope import parse_job
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus
-from throttler.dispatch.intake import BATCH_LEAD_S
 from throttler.dispatch.run import ThrottlerRun
 from throttler.dispatch.summary import RunSettings
+from throttler.dispatch.timing import BATCH_LEAD_S
 from throttler.queue import MemoryJobQueue, MemorySqs, QueuedMessage
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import default_registry
