@@ -23,11 +23,14 @@ $(NODE_STAMP): package.json package-lock.json
 test: install $(NODE_STAMP)
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=85 tests
 
+# `make demo DEMO_ARGS="--keys --plot keys.png"`: any of the demo's options.
 demo: install
-	$(PY) -m throttler demo
+	$(PY) -m throttler demo $(DEMO_ARGS)
 
+# The README's quick start: an echo API to point jobs at, and a run that waits on the queue (latency=low), so a
+# new job is called within about 2 s; a tick of 10 s brings a new run quickly after a crash or a long pause.
 local: install
-	$(PY) -m throttler local
+	$(PY) -m throttler local --echo-api --tick-seconds 10 --latency low $(LOCAL_ARGS)
 
 bench: install
 	$(PY) -m throttler bench
