@@ -42,16 +42,9 @@ THROTTLER_CONCURRENCY = 2
 # for a call's slot must get the interpreter at once, or the call goes out late; with Python's default 5 ms
 # switch interval, late by up to ~70 ms under load on two cores, with 1 ms under ~20 ms.
 SWITCH_INTERVAL_S = 0.001
-# A run hands a batch to a worker this long before the batch's first slot (throttler.dispatch.timing, 50 ms). Here
-# the path from planning to the worker's first call (the reservation's conditional write, the visibility change,
-# the in-process invoke, the worker's claim: four requests to moto at ~15-40 ms each in this one busy process)
-# takes 60-120 ms, so with 50 ms the first job of every batch missed its slot: an idle stage's new job missed it
-# again and again, and never went out. The emulator is slower than AWS, so the stack gives it more lead.
-LOCAL_BATCH_LEAD_S = 0.3
 # The stage's default quotas get this safety margin here (unless they name one): a worker may send a call at
-# most half the smallest margin after its slot, 2 ms with the default margin of a `second` tier, and in this
-# one process a worker's first call of a batch starts 5-25 ms after its slot (it reads the shared throttle
-# record first): every such call would miss its slot and be planned again, for ever.
+# most half the smallest margin after its slot (2 ms with the default margin of a `second` tier), and in this
+# one busy process (emulator, runs, workers, the demo's API) a worker thread wakes up several milliseconds late.
 LOCAL_MARGIN_MS = 50
 STOP_POLL_S = 0.1
 STOP_WAIT_S = 90.0  # a run settles its batches in flight (a few seconds of slots) before it returns
@@ -92,51 +85,13 @@ class LocalComposition(Composition):
     stack can end runs early on shutdown), and the worker reads SSM through the emulator's client."""
 
     on_run: Callable[[ThrottlerRun], None] | None = None
-    get_parameter: Callable[[str], Any] | None = None
 
     def run(self, owner: str | None = None) -> ThrottlerRun:
         run = super().run(owner)
-        _release_what_settling_put_back(run)
         if self.on_run is not None:
             self.on_run(run)
         return run
 
-    def worker(self) -> Any:
-        if "worker" not in self._cache and self.get_parameter is not None:
-            from throttler.store import DynamoWorkerRecords
-            from throttler.tasks.secrets import secret_headers_getter
-            from throttler.worker.service import WorkerConfig, WorkerService
-
-            s = self.settings
-            self._cache["worker"] = WorkerService(
-                config=WorkerConfig(self.validation(), s.max_message_bytes, s.worker_max_parallel),
-                records=DynamoWorkerRecords(self.client("dynamodb"), s.state_table),
-                clock=self.clock,
-                registry=self.tasks(),
-                secret_headers=secret_headers_getter(s.secret_headers, self.get_parameter),
-                new_session=self.new_session,
-            )
-        return super().worker()
-
-
-def _release_what_settling_put_back(run: ThrottlerRun) -> None:
-    """TODO(lead): remove once ThrottlerRun releases it itself. A run releases what it holds when it stops
-    planning, then settles its batches in flight; jobs of those batches that were not attempted go back into
-    its inbox, and nothing released them: they stayed hidden until their visibility ran out (~50 s, holding
-    their groups), and moto then handed a group's later message out first. Here they are released as the
-    run closes, with an error line so that the bug stays visible."""
-    from throttler.dispatch.run import Phase
-
-    close = run._close
-
-    def closing(now: float) -> None:
-        if run.phase is not Phase.DONE and len(run.inbox):
-            released = run.intake.release_all()
-            run.summary.released += released
-            logger.error("run closed holding jobs its settling put back: released them", extra={"count": released})
-        close(now)
-
-    run._close = closing  # type: ignore[method-assign]
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -197,7 +152,6 @@ class LocalStack:
         self._worker_handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
         self._saved_env: dict[str, str | None] = {}
         self._saved_switch_interval: float | None = None
-        self._lead_patch: Any = None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -269,8 +223,6 @@ class LocalStack:
             raise
         # With metrics disabled Powertools prints no EMF blobs (each handler would print one per invocation).
         self._set_environment({"POWERTOOLS_METRICS_DISABLED": "true"})
-        self._lead_patch = _longer_batch_lead()
-        self._lead_patch.start()
         self._started = True
         self._saved_switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -297,9 +249,6 @@ class LocalStack:
             self._reset_emulator()  # moto's state is process-wide: leave none behind
         self._shutdown_server()
         self._restore_environment()
-        if self._lead_patch is not None:
-            self._lead_patch.stop()
-            self._lead_patch = None
         if self._saved_switch_interval is not None:
             sys.setswitchinterval(self._saved_switch_interval)
             self._saved_switch_interval = None
@@ -489,45 +438,6 @@ def _cut_short(run: ThrottlerRun) -> None:
         timing.deadline = min(timing.deadline, run.clock.now())
     else:
         run.deadline = min(run.deadline, run.clock.now())  # type: ignore[misc]
-
-
-# Every runtime module that reads BATCH_LEAD_S (each imported the name: each gets the local value).
-_LEAD_MODULES = ("throttler.dispatch.timing", "throttler.dispatch.batching", "throttler.dispatch.run")
-
-
-class _LongerBatchLead:
-    """LOCAL_BATCH_LEAD_S for the runs of this process while at least one stack is up (see there); counted, so
-    that stacks stopped in any order put the runtime's own value back only when the last one stops."""
-
-    _lock = threading.Lock()
-    _users = 0
-    _saved: dict[str, float] = {}  # one process-wide record, under the lock
-
-    def start(self) -> None:
-        import importlib
-
-        with self._lock:
-            if _LongerBatchLead._users == 0:
-                for name in _LEAD_MODULES:
-                    module = importlib.import_module(name)
-                    if hasattr(module, "BATCH_LEAD_S"):
-                        _LongerBatchLead._saved[name] = module.BATCH_LEAD_S
-                        setattr(module, "BATCH_LEAD_S", max(module.BATCH_LEAD_S, LOCAL_BATCH_LEAD_S))  # noqa: B010
-            _LongerBatchLead._users += 1
-
-    def stop(self) -> None:
-        import importlib
-
-        with self._lock:
-            _LongerBatchLead._users -= 1
-            if _LongerBatchLead._users == 0:
-                for name, value in _LongerBatchLead._saved.items():
-                    setattr(importlib.import_module(name), "BATCH_LEAD_S", value)  # noqa: B010
-                _LongerBatchLead._saved.clear()
-
-
-def _longer_batch_lead() -> _LongerBatchLead:
-    return _LongerBatchLead()
 
 
 @contextlib.contextmanager

@@ -25,13 +25,14 @@ from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus
 from throttler.dispatch.run import ThrottlerRun
 from throttler.dispatch.summary import RunSettings
-from throttler.dispatch.timing import BATCH_LEAD_S
 from throttler.queue import MemoryJobQueue, MemorySqs, QueuedMessage
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import default_registry
 from throttler.tasks.registry import ValidationContext
 from throttler_tools.moto_patches import patch_moto_fifo_order
 from throttler_tools.provision import provision
+
+BATCH_LEAD_S = RunSettings().batch_lead_s
 
 
 class SlowReceiveQueue(MemoryJobQueue):

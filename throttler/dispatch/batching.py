@@ -12,7 +12,7 @@ from throttler.dispatch.outbox import Outbox
 from throttler.dispatch.planner import PlanRequest
 from throttler.dispatch.receiving import Receiver
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.dispatch.timing import BATCH_LEAD_S, CONTROL_REFRESH_S, Timing
+from throttler.dispatch.timing import CONTROL_REFRESH_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue
 from throttler.store.base import OpenBatch
@@ -46,7 +46,7 @@ class Batcher:
     def plan_and_send(self, now: float) -> None:
         pacer, planner, config = self.in_force.pacer, self.in_force.planner, self.in_force.config
         assert pacer is not None and planner is not None and config is not None
-        start = max(now + BATCH_LEAD_S, self.t.planned_until)
+        start = max(now + self.t.lead_s, self.t.planned_until)
         end = min(start + self.receiver.horizon(), self.t.deadline)
         if end <= start:
             self.t.next_plan_at = self.t.deadline
@@ -64,7 +64,7 @@ class Batcher:
             if plan.stage_next is not None and plan.stage_next > start:
                 candidates.append(plan.stage_next)
             nxt = min(candidates, default=now + CONTROL_REFRESH_S)
-            self.t.next_plan_at = min(max(now + 0.01, nxt - BATCH_LEAD_S), now + CONTROL_REFRESH_S)
+            self.t.next_plan_at = min(max(now + 0.01, nxt - self.t.lead_s), now + CONTROL_REFRESH_S)
             return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
@@ -92,7 +92,7 @@ class Batcher:
         # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
         # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.
         self.t.planned_until = plan.jobs[-1][1] + 1e-6
-        self.t.next_plan_at = (now if plan.full else max(now, end - BATCH_LEAD_S)) if reached_end else now + 0.2
+        self.t.next_plan_at = (now if plan.full else max(now, end - self.t.lead_s)) if reached_end else now + 0.2
 
     def extend_visibility(self, jobs: list[tuple[Held, float]], now: float) -> None:
         """A held message must stay hidden until its call is settled, whatever its slot."""

@@ -173,7 +173,7 @@ class Receiver:
         entries = [e for e in self.hidden.get(key, []) if e[0] > now]
         entries.append((until if until is not None else now + 300.0, count))
         self.hidden[key] = entries
-        self.intake.hide_groups(groups, until, now)
+        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now)
 
     def keys_summary(self, now: float) -> dict[str, Any] | None:
         """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""

@@ -27,6 +27,8 @@ RECORD_EVERY_S = 1.0
 # While an earlier batch may still meet a 429, look at the shared throttle record at least this often
 # before starting a call: no call leaves more than a second after a 429 reached any worker.
 WATCH_EVERY_S = 0.8
+# Look this long before a slot (a read takes a few milliseconds; a call may leave only a little late).
+WATCH_LEAD_S = 0.1
 
 
 @dataclass
@@ -79,7 +81,13 @@ class BatchExecution:
                     self._skip_rest(group, "missed its slot", first=True)
                     break
                 if now < spec.not_before:
-                    wake = spec.not_before if wake is None else min(wake, spec.not_before)
+                    due = spec.not_before
+                    if self._must_watch(spec.not_before):
+                        if now >= spec.not_before - WATCH_LEAD_S:
+                            out.poll_watch = True  # look now, ahead of the slot
+                            return self._finish_step(out, now, wake)
+                        due = spec.not_before - WATCH_LEAD_S
+                    wake = due if wake is None else min(wake, due)
                     break
                 if self._must_watch(now):
                     out.poll_watch = True
