@@ -93,7 +93,6 @@ class LocalComposition(Composition):
         return run
 
 
-
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
@@ -125,8 +124,14 @@ class LocalStack:
     `env` overrides the functions' environment (e.g. {"DEFAULT_LATENCY": "low", "RETRY_BASE_S": "2"}).
     """
 
-    def __init__(self, port: int = DEFAULT_PORT, tick_seconds: float = 60.0, *, host: str = "127.0.0.1",
-                 env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        port: int = DEFAULT_PORT,
+        tick_seconds: float = 60.0,
+        *,
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+    ):
         if tick_seconds <= 0:
             raise ValueError("tick_seconds must be positive")
         self.host = host
@@ -335,8 +340,9 @@ class LocalStack:
 
         assert self._throttler_handler is not None
         function = self.names["throttler_function"]
-        context = FakeLambdaContext(function, self.timeouts_s["throttler"], cut_short=self._stopping,
-                                    remaining_when_cut_s=0.0, region=self.region)
+        context = FakeLambdaContext(
+            function, self.timeouts_s["throttler"], cut_short=self._stopping, remaining_when_cut_s=0.0, region=self.region
+        )
         summary: dict[str, Any] | None = None
         try:
             with invocation("throttler", function, context.aws_request_id, context.invoked_function_arn):
@@ -445,14 +451,24 @@ def logs_to_stderr(level: str | None = None, *, json_lines: bool = False) -> Ite
     """The handlers' and the stack's logs on stderr (stdout stays for results), with the right function names."""
     from throttler_tools.locallogs import local_logs
 
-    names = {"throttler": f"throttler-{STAGE}-throttler", "worker": f"throttler-{STAGE}-worker",
-             "local": "local-stack", "echo-api": "echo-api"}
+    names = {
+        "throttler": f"throttler-{STAGE}-throttler",
+        "worker": f"throttler-{STAGE}-worker",
+        "local": "local-stack",
+        "echo-api": "echo-api",
+    }
     with local_logs(names, json_lines=json_lines, level=level):
         yield
 
 
-def serve(stack: LocalStack, on_ready: Callable[[LocalStack, Any], None], stop: threading.Event, *,
-          echo_port: int | None = None, json_logs: bool = False) -> None:
+def serve(
+    stack: LocalStack,
+    on_ready: Callable[[LocalStack, Any], None],
+    stop: threading.Event,
+    *,
+    echo_port: int | None = None,
+    json_logs: bool = False,
+) -> None:
     """Run the local stack (and the echo API when `echo_port` is not None) until `stop` is set (the CLI sets it
     from SIGINT/SIGTERM); everything is stopped and its ports closed on return."""
     from throttler_tools.echoapi import EchoApi

@@ -20,6 +20,7 @@ from throttler.store.base import OpenBatch
 # A batch longer than this watches the shared throttle record, where an operator's pause is published too:
 # a pause stops calls within a control read plus a worker's look, whatever the batch's length.
 WATCHED_HORIZON_S = 2.0
+PLAN_AHEAD_S = 0.1  # a batch is planned at most this long before it must be handed to a worker
 
 
 class Batcher:
@@ -47,13 +48,25 @@ class Batcher:
         pacer, planner, config = self.in_force.pacer, self.in_force.planner, self.in_force.config
         assert pacer is not None and planner is not None and config is not None
         start = max(now + self.t.lead_s, self.t.planned_until)
+        if start > now + self.t.lead_s + PLAN_AHEAD_S:
+            # The batch in flight covers the next seconds: plan the next one when its start is near, with
+            # whatever configuration, pauses and work are in force by then.
+            self.t.next_plan_at = start - self.t.lead_s - PLAN_AHEAD_S
+            return
         end = min(start + self.receiver.horizon(), self.t.deadline)
         if end <= start:
             self.t.next_plan_at = self.t.deadline
             return
         budget = math.inf if config.concurrency is None else config.concurrency - len(self.outbox.busy_groups)
+        busy = self.outbox.busy_groups
         request = PlanRequest(
-            start, end, self.outbox.busy_groups, budget, self.outbox.latency_s * 1.5, key_paused_until=self.pauses.key_paused(now)
+            start,
+            end,
+            busy,
+            budget,
+            self.outbox.latency_s * 1.5,
+            key_paused_until=self.pauses.key_paused(now),
+            others_pending=bool(busy),
         )
         plan = planner.plan(self.inbox, request)
         self.receiver.hide_waiting(plan.key_next, now)
