@@ -25,17 +25,17 @@ import pytest
 from botocore.exceptions import ClientError
 from freezegun import freeze_time
 from moto import mock_aws
+from throttler.dispatcher import RunSummary, ThrottlerRun
+from throttler.invoker import InProcessInvoker
 
 from tests.conftest import START, Stage
-from throttler.core.clock import Clock, FakeClock
 from throttler.composition import build_run, build_worker
-from throttler.dispatcher import RunSummary, ThrottlerRun
-from throttler_tools.fakeapi import FakeApi, session_for
-from throttler.invoker import InProcessInvoker
+from throttler.core.clock import Clock, FakeClock
 from throttler.core.pacing import Ledger
+from throttler.worker import RECORD_EVERY_S, InlineExecutor, WorkerService
+from throttler_tools.fakeapi import FakeApi, session_for
 from throttler_tools.moto_patches import FrozenTime, patch_moto_fifo_order, quick_emulator
 from throttler_tools.provision import provision
-from throttler.worker import RECORD_EVERY_S, InlineExecutor, WorkerService
 
 AUDIT_LEDGER_S = 60  # a standing ledger: every reserved slot is counted in it exactly once
 LEASE_WAIT_S = 150.0  # longer than a crashed run's lease (57 + 40 + 10 s) and its messages' visibility

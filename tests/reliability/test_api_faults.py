@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import requests
+from throttler.dispatcher import BACKOFF_429_S
 
 from tests.conftest import Stage, http_job
 from tests.reliability.conftest import (
@@ -22,7 +23,6 @@ from tests.reliability.conftest import (
     account,
     wall_clock,
 )
-from throttler.dispatcher import BACKOFF_429_S
 
 VICTIM = "x-0"
 

@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
+from throttler.invoker import LambdaInvoker, WorkerFailed, WorkerNotRun
 
 from tests.conftest import Stage, http_job
 from tests.reliability.conftest import (
@@ -36,12 +37,11 @@ from tests.reliability.conftest import (
     to_queue,
     wall_clock,
 )
-from throttler_tools.fakeapi import max_in_window
-from throttler.invoker import LambdaInvoker, WorkerFailed, WorkerNotRun
 from throttler.core.pacing import Pacer, Usage
 from throttler.core.quotas import defaults_item, parse_quota_item
 from throttler.store import DynamoStateStore
 from throttler.worker import WorkerService
+from throttler_tools.fakeapi import max_in_window
 
 
 def workload() -> list[tuple[str, str, str]]:

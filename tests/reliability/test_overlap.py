@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from throttler.dispatcher import RunSummary
+
 from tests.conftest import Stage, http_job
 from tests.reliability.conftest import (
     STAGE_TIERS,
@@ -23,7 +25,6 @@ from tests.reliability.conftest import (
     wall_clock,
 )
 from throttler.core.clock import FakeClock, SteppedClock
-from throttler.dispatcher import RunSummary
 from throttler_tools.fakeapi import FakeApi
 
 
