@@ -20,7 +20,7 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Throttler")
 os.environ.setdefault("POWERTOOLS_DEV", "false")
 
-from throttler_tools.sim.world import START, Backends, World, WorldConfig, job_body  # noqa: E402
+from throttler_tools.sim.world import START, Backends, World, WorldConfig, job_body
 
 __all__ = ["START", "World", "WorldConfig", "job_body"]
 
@@ -55,8 +55,12 @@ def make_moto_world() -> Iterator[Callable[..., World]]:
             dynamodb = boto3.client("dynamodb", region_name="us-east-1")
             env = provision(sqs, dynamodb, stage)
             table = env["STATE_TABLE"]
-            return Backends(SqsJobQueue(sqs, env["JOBS_QUEUE_URL"], env["DLQ_URL"], clock), DynamoStateStore(dynamodb, table),
-                            DynamoWorkerRecords(dynamodb, table), env)
+            return Backends(
+                SqsJobQueue(sqs, env["JOBS_QUEUE_URL"], env["DLQ_URL"], clock),
+                DynamoStateStore(dynamodb, table),
+                DynamoWorkerRecords(dynamodb, table),
+                env,
+            )
 
         def make(**config: Any) -> World:
             return World(WorldConfig(**config), backends=backends, on_advance=lambda s: frozen.tick(s))

@@ -49,7 +49,7 @@ def aws_client(service: str, *, config: Config | None = None, endpoint_url: str 
     kwargs: dict[str, Any] = {"region_name": region(), "config": config or AWS_CONFIG, **credentials}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-    return session.client(service, **kwargs)
+    return session.client(service, **kwargs)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Composition:
     invoker: Callable[[Composition], Invoker] | None = None
     new_session: Callable[[int], Any] = http_task.new_session
     registry: TaskRegistry = field(default_factory=lambda: default_registry)
+    get_parameter: Callable[[str], Any] | None = None  # SSM reads (None: Powertools against AWS_ENDPOINT_URL or AWS)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -89,7 +90,9 @@ class Composition:
         tasks, validation, max_bytes = self.tasks(), self.validation(), self.settings.max_message_bytes
 
         def parse(message: QueuedMessage) -> Job:
-            return parse_job(message.body, message.group, message.dedup_id, tasks=tasks, validation=validation, max_bytes=max_bytes)
+            return parse_job(
+                message.body, message.group, message.dedup_id, tasks=tasks, validation=validation, max_bytes=max_bytes
+            )
 
         return parse
 
@@ -101,19 +104,37 @@ class Composition:
 
     def run_settings(self) -> RunSettings:
         s = self.settings
-        return RunSettings(s.default_quotas, s.default_latency, s.max_attempts, s.retry_base_s, s.retry_max_s,
-                           s.worker_timeout_s, s.worker_max_parallel)
+        return RunSettings(
+            s.default_quotas,
+            s.default_latency,
+            s.max_attempts,
+            s.retry_base_s,
+            s.retry_max_s,
+            s.worker_timeout_s,
+            s.worker_max_parallel,
+            s.allowed_hosts,
+            s.max_message_bytes,
+        )
 
     # ------------------------------------------------------------------ the two functions
     def run(self, owner: str | None = None) -> ThrottlerRun:
         if self.invoker is not None:
             invoker = self.invoker(self)
         else:
-            client = self._cache.get("lambda-invoke") or aws_client("lambda", config=lambda_config(self.settings.worker_timeout_s))
+            client = self._cache.get("lambda-invoke") or aws_client(
+                "lambda", config=lambda_config(self.settings.worker_timeout_s)
+            )
             self._cache["lambda-invoke"] = client
             invoker = LambdaInvoker(client, self.settings.worker_function)
-        return ThrottlerRun(settings=self.run_settings(), store=self.store(), queue=self.queue(), invoker=invoker,
-                            clock=self.clock, parse=self.parser(), owner=owner)
+        return ThrottlerRun(
+            settings=self.run_settings(),
+            store=self.store(),
+            queue=self.queue(),
+            invoker=invoker,
+            clock=self.clock,
+            parse=self.parser(),
+            owner=owner,
+        )
 
     def worker(self) -> WorkerService:
         if "worker" not in self._cache:
@@ -123,7 +144,7 @@ class Composition:
                 records=DynamoWorkerRecords(self.client("dynamodb"), s.state_table),
                 clock=self.clock,
                 registry=self.tasks(),
-                secret_headers=secret_headers_getter(s.secret_headers),
+                secret_headers=secret_headers_getter(s.secret_headers, self.get_parameter),
                 new_session=self.new_session,
             )
         worker: WorkerService = self._cache["worker"]

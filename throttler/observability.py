@@ -27,6 +27,8 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 # A worker batch that ran no job has nothing to publish: that is normal, not worth a warning per invocation.
 warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
+# The handler sets the stage again from its settings (the environment may not have it): not worth a warning.
+warnings.filterwarnings("ignore", message="Dimension 'stage' has already been added")
 
 Result = TypeVar("Result")
 
@@ -46,9 +48,52 @@ def instrumented(handler: Callable[[Any, Any], Result]) -> Callable[[Any, Any], 
     """
 
     @functools.wraps(handler)
-    def with_stage(event: Any, context: Any) -> Result:
+    def with_context(event: Any, context: Any) -> Result:
         set_stage_dimension()
-        return handler(event, context)
+        # The Lambda context's keys are kept per thread: when both handlers run in one process (the local
+        # stack), the throttler's lines must not carry the worker's function name, nor the other way round.
+        logger.thread_safe_clear_keys()
+        logger.thread_safe_append_keys(**lambda_keys(context))
+        try:
+            return handler(event, context)
+        finally:
+            logger.thread_safe_clear_keys()
 
     # (Any context: the local stack and the tests pass a stand-in for Lambda's.)
-    return cast(Callable[[Any, Any], Result], logger.inject_lambda_context(clear_state=True)(metrics.log_metrics(with_stage)))
+    return cast(Callable[[Any, Any], Result], metrics.log_metrics(with_context))
+
+
+_cold = [True]
+
+
+def lambda_keys(context: Any) -> dict[str, Any]:
+    """What Powertools' inject_lambda_context would add, for this thread only."""
+    cold, _cold[0] = _cold[0], False
+    return {
+        "function_name": getattr(context, "function_name", None),
+        "function_request_id": getattr(context, "aws_request_id", None),
+        "function_arn": getattr(context, "invoked_function_arn", None),
+        "function_memory_size": getattr(context, "memory_limit_in_mb", None),
+        "cold_start": cold,
+    }
+
+
+def composed_handler(compose: Callable[[], Any], body: Callable[[Any, Any, Any], Result]) -> Callable[[Any, Any], Result]:
+    """An instrumented handler whose composition is built on the first invocation and kept while the
+    container is warm; `body(composition, event, context)` is the handler's one call into the library."""
+    built: list[Any] = []
+
+    @instrumented
+    def handler(event: Any, context: Any) -> Result:
+        if not built:
+            built.append(compose())
+        set_stage_dimension(built[0].settings.stage)
+        return body(built[0], event, context)
+
+    return handler
+
+
+def remaining_s(context: Any) -> float | None:
+    """Seconds left before Lambda's timeout (None for a context that does not say)."""
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    return getter() / 1000 if callable(getter) else None

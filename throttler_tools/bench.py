@@ -391,8 +391,9 @@ def _measured(w: World) -> Iterator[None]:
 
 def run_throttler(w: World) -> Outcome:
     """This project, unchanged: one ThrottlerRun per virtual minute, as the EventBridge rule starts it."""
-    from throttler.composition import build_run, build_worker
     from throttler.invoker import InProcessInvoker
+
+    from throttler.composition import build_run, build_worker
     from throttler.settings import Settings
     from throttler.worker import InlineExecutor
     from throttler_tools.fakeapi import session_for

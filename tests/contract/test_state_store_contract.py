@@ -51,8 +51,14 @@ def test_control_is_empty_at_first(store: StateStore) -> None:
 
 
 def test_quotas_and_last_good_round_trip_with_nested_per_key_maps(store: StateStore) -> None:
-    item = {"second": 5, "minute": "auto:100", "aligned": ["minute"], "per_key": {"minute": 10},
-            "keys": {"tenant a": {"minute": 20, "weight": 3}}, "margin_ms": 2.5}
+    item = {
+        "second": 5,
+        "minute": "auto:100",
+        "aligned": ["minute"],
+        "per_key": {"minute": 10},
+        "keys": {"tenant a": {"minute": 20, "weight": 3}},
+        "margin_ms": 2.5,
+    }
     store.put_quotas(item)
     store.put_last_good(item)
     control = store.read_control()
@@ -62,7 +68,9 @@ def test_quotas_and_last_good_round_trip_with_nested_per_key_maps(store: StateSt
     assert control.last_good == {**item}
 
 
-def test_pause_only_extends_unless_told_otherwise_and_resume_forgets_the_latest_429(store: StateStore, records: WorkerRecords) -> None:
+def test_pause_only_extends_unless_told_otherwise_and_resume_forgets_the_latest_429(
+    store: StateStore, records: WorkerRecords
+) -> None:
     store.set_pause(100.0, "429")
     store.set_pause(50.0, "shorter")
     assert store.read_control().pause_until == 100.0

@@ -39,15 +39,27 @@ def test_a_success_is_not_called_again_when_its_run_dies_before_deleting_it() ->
 def test_a_settled_batch_stays_open_until_its_successes_are_deleted() -> None:
     """SPEC promise 5. A run closed a settled batch in the usage item (its next reservation's commit) before
     deleting that batch's successes (flushed up to a second later); dying in between, it left successes that
-    only the batch record knew, and nobody read it again: called twice (found by the simulation, seed 20)."""
-    from throttler_tools.sim.faults import crash_at
+    only the batch record knew, and nobody read it again: called twice (found by the simulation, seed 20).
+    The run dies at its first delete after a commit that closed a batch."""
+    from throttler_tools.sim.faults import ProcessDied
 
-    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 50}, api_tiers=[(1, 10)]))
-    world.run_queue.hooks.append(crash_at("queue.delete", 1, "before"))
+    world = World(WorldConfig(quotas={"second": 1, "margin_ms": 50}, api_tiers=[(1, 1)]))  # batches of 2 jobs
+    closed = [False]
+
+    def note_close(op: str, args: tuple[object, ...], result: object) -> None:
+        if op == "store.commit_usage" and result and args[4]:
+            closed[0] = True
+
+    def die_at_delete(op: str, phase: str) -> None:
+        if op == "queue.delete" and phase == "before" and closed[0] and not world.deaths:
+            raise ProcessDied("died before deleting the successes of a batch it closed")
+
+    world.run_store.observers.append(note_close)
+    world.run_queue.hooks.append(die_at_delete)
     world.enqueue([(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(60)])
     world.start_schedule()
     world.run_for(900)
-    assert [d.error for d in world.deaths] == ["ProcessDied: died before queue.delete #1"]
+    assert [d.error for d in world.deaths][:1] == ["ProcessDied: died before deleting the successes of a batch it closed"]
     assert world.depth() == 0
     assert max(world.api.successes_by_key().values()) == 1
 

@@ -60,7 +60,9 @@ weights = st.lists(st.integers(1, 5), min_size=2, max_size=5)
 
 @settings(max_examples=40, deadline=None)
 @given(stage=tiers, per_key=tiers, key_weights=weights)
-def test_no_window_over_its_limit_at_either_level_and_the_stage_is_used(stage: dict, per_key: dict, key_weights: list[int]) -> None:
+def test_no_window_over_its_limit_at_either_level_and_the_stage_is_used(
+    stage: dict, per_key: dict, key_weights: list[int]
+) -> None:
     keys = {f"k{i}": w for i, w in enumerate(key_weights)}
     item = {**stage, "per_key": per_key, "keys": {k: {"weight": w} for k, w in keys.items()}}
     most_per_key = min(limit / WINDOWS[name] for name, limit in (*stage.items(), *per_key.items())) * 60

@@ -78,8 +78,9 @@ def test_watching_stops_once_the_watched_batches_are_final() -> None:
 
 
 def test_a_key_scoped_429_stops_only_that_key() -> None:
-    ex = BatchExecution(request(spec("a1", "a", 1.0, key="k1"), spec("a2", "b", 1.2, key="k1"), spec("c1", "c", 1.3, key="k2"),
-                                key_scoped=True))
+    ex = BatchExecution(
+        request(spec("a1", "a", 1.0, key="k1"), spec("a2", "b", 1.2, key="k1"), spec("c1", "c", 1.3, key="k2"), key_scoped=True)
+    )
     ex.step(1.0)
     ex.on_result(JobResult("a1", Outcome.THROTTLED, sent_at=1.0), 1.01)
     assert ex.step(1.2).start == []

@@ -24,8 +24,14 @@ def make_worker(api: FakeApi, records: MemoryStateStore | None = None, secrets: 
             raise secrets
         return {}
 
-    return WorkerService(config=WorkerConfig(LOCAL), records=records or MemoryStateStore(), clock=api.clock,
-                         registry=default_registry, secret_headers=get_secrets, new_session=lambda n: session_for(api))
+    return WorkerService(
+        config=WorkerConfig(LOCAL),
+        records=records or MemoryStateStore(),
+        clock=api.clock,
+        registry=default_registry,
+        secret_headers=get_secrets,
+        new_session=lambda n: session_for(api),
+    )
 
 
 def spec(job_id: str, group: str, path: str, at: float, seq: int = 0, window: float = 5.0) -> JobSpec:
@@ -44,8 +50,9 @@ def outcomes(response: object) -> dict[str, str]:
 def test_jobs_go_in_group_order_and_successes_are_recorded_before_the_worker_returns() -> None:
     api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), MemoryStateStore()
     now = time.time()
-    response = make_worker(api, records).run(batch(spec("a0", "a", "/ok", now, 0), spec("b0", "b", "/ok", now + 0.01),
-                                                   spec("a1", "a", "/ok", now + 0.02, 1)))
+    response = make_worker(api, records).run(
+        batch(spec("a0", "a", "/ok", now, 0), spec("b0", "b", "/ok", now + 0.01), spec("a1", "a", "/ok", now + 0.02, 1))
+    )
     assert outcomes(response) == {"a0": "succeeded", "b0": "succeeded", "a1": "succeeded"}
     assert api.order_violations == 0 and len(api.calls) == 3
     record = records.read_batches(["b1"])["b1"]
@@ -55,16 +62,18 @@ def test_jobs_go_in_group_order_and_successes_are_recorded_before_the_worker_ret
 def test_a_group_stops_at_its_first_failure_and_other_groups_go_on() -> None:
     api = FakeApi(tiers=[(1, 1000)], clock=SystemClock())
     now = time.time()
-    response = make_worker(api).run(batch(spec("a0", "a", "/status/500", now), spec("a1", "a", "/ok", now + 0.01, 1),
-                                          spec("b0", "b", "/ok", now + 0.02)))
+    response = make_worker(api).run(
+        batch(spec("a0", "a", "/status/500", now), spec("a1", "a", "/ok", now + 0.01, 1), spec("b0", "b", "/ok", now + 0.02))
+    )
     assert outcomes(response) == {"a0": "retryable", "a1": "skipped", "b0": "succeeded"}
 
 
 def test_a_429_stops_every_chain_and_is_published_for_every_other_worker() -> None:
     api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), MemoryStateStore()
     now = time.time()
-    response = make_worker(api, records).run(batch(spec("a0", "a", "/throttle/9", now), spec("b0", "b", "/ok", now + 0.3),
-                                                   spec("c0", "c", "/ok", now + 0.4)))
+    response = make_worker(api, records).run(
+        batch(spec("a0", "a", "/throttle/9", now), spec("b0", "b", "/ok", now + 0.3), spec("c0", "c", "/ok", now + 0.4))
+    )
     assert outcomes(response) == {"a0": "throttled", "b0": "skipped", "c0": "skipped"}
     assert response.results[0].retry_after_s == 9.0 and len(api.calls) == 1
     signal = records.read_control().throttle
@@ -86,7 +95,8 @@ def test_secrets_that_cannot_be_read_are_the_workers_failure_not_the_jobs() -> N
     api = FakeApi(tiers=[(1, 1000)], clock=SystemClock())
     records = MemoryStateStore()
     response = make_worker(api, records, SecretsUnavailable("cannot read SSM parameter '/x'")).run(
-        batch(spec("a0", "a", "/ok", time.time())))
+        batch(spec("a0", "a", "/ok", time.time()))
+    )
     assert response.status is BatchStatus.SECRETS_UNAVAILABLE and api.calls == []
     assert records.read_batches(["b1"]) == {}  # not even claimed: the next batch may run it
 

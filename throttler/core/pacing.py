@@ -179,9 +179,20 @@ class Learned:
         self.history.append([round(now, 3), self.limit, why])
         del self.history[: -self.HISTORY]
 
-    def on_success(self, now: float, window_s: float, ceiling: int, in_use: bool) -> bool:
-        """A success; once a window in use has passed since the last change, step up. True if it changed."""
-        if now - self.changed_at < window_s or not in_use:
+    def on_success(
+        self,
+        now: float,
+        window_s: float,
+        ceiling: int,
+        in_use: bool,
+        sent_at: float | None = None,
+        planned_at: float | None = None,
+    ) -> bool:
+        """A success of a call planned under the current limit and sent at least a window after it came into
+        force (so a whole window at this limit passed without a 429): step up. True if it changed."""
+        if planned_at is not None and planned_at < self.changed_at:
+            return False
+        if (sent_at if sent_at is not None else now) - self.changed_at < window_s or not in_use:
             return False
         before = self.limit
         if self.bad is not None and self.limit >= self.bad:
@@ -240,6 +251,11 @@ class ApiBudget:
     reset_at: float
     observed_sent_at: float
     used: int = 0
+    spread: bool = True  # spread what is left until the reset (no policy stated: slow down before a 429)
+
+    def exhausted(self, t: float, cost: int = 1) -> bool:
+        """Before the reset, `cost` more units would go past what the API said was left."""
+        return t < self.reset_at and self.used + cost > self.remaining
 
 
 @dataclass
@@ -258,7 +274,7 @@ class ApiState:
             data["p"] = [[p.limit, p.window_s, p.until] for p in self.policies]
         if self.budget is not None:
             b = self.budget
-            data["b"] = [b.remaining, b.reset_at, b.observed_sent_at, b.used]
+            data["b"] = [b.remaining, b.reset_at, b.observed_sent_at, b.used, int(b.spread)]
         if self.said_at is not None:
             data["t"], data["s"] = self.said_at, self.summary
         return data
@@ -267,8 +283,8 @@ class ApiState:
     def from_data(cls, data: Mapping[str, Any]) -> ApiState:
         state = cls([ApiPolicy(int(p[0]), float(p[1]), float(p[2])) for p in data.get("p", [])])
         if data.get("b"):
-            r, reset, sent, used = data["b"]
-            state.budget = ApiBudget(int(r), float(reset), float(sent), int(used))
+            r, reset, sent, used, *spread = data["b"]
+            state.budget = ApiBudget(int(r), float(reset), float(sent), int(used), bool(spread[0]) if spread else True)
         if data.get("t") is not None:
             state.said_at, state.summary = float(data["t"]), str(data.get("s", ""))
         return state
@@ -418,8 +434,14 @@ class Scope:
         budget = self.meter.api.budget
         if budget is None or t >= budget.reset_at:
             return t
-        if budget.used + cost > budget.remaining:
+        if self.meter.api.active_policies(t):
+            # The API stated its policy (q per w): that paces. Its remaining count and reset are only upper
+            # bounds (the draft's `t` is whole seconds), which would hold calls back a second at every turn.
+            return t
+        if budget.exhausted(t, cost):
             return budget.reset_at + default_margin_s(1)
+        if not budget.spread:
+            return t  # the API stated its policy: that paces; what is left is only a bound
         # Spread what is left until the reset, so the API's count runs out no sooner than it resets.
         spacing = (budget.reset_at - budget.observed_sent_at) / max(1, budget.remaining)
         last = self.meter.last_slot
@@ -434,11 +456,15 @@ class Scope:
             if id(ledger) not in in_use:
                 ledger.add(slot, cost)
                 ledger.prune(slot)
+        counted: set[int] = set()
         for lim in limits:
+            if id(lim.ledger) in counted:
+                continue  # a configured tier and the API's policy of the same window share one ledger
+            counted.add(id(lim.ledger))
             lim.ledger.add(slot, cost)
             if lim.aligned and lim.ledger.index(slot + lim.margin_s) != lim.ledger.index(slot):
                 lim.ledger.add(slot + lim.margin_s, cost)  # it may arrive in the next period: count it there too
-            lim.ledger.prune(slot, lim.margin_s)
+            lim.ledger.prune(slot, max(m.margin_s for m in limits if m.ledger is lim.ledger))
         meter.last_slot, meter.last_cost = slot, cost
         meter.recent.append((slot, cost))
         if meter.api.budget is not None:
@@ -537,13 +563,22 @@ class Pacer:
         if key_scope is not None:
             key_scope.correct(slot, delta)
 
+    def release(self, slot: float, key: str | None, cost: int) -> None:
+        """A reserved call that was never sent (skipped): its units no longer count. (The next slots still
+        follow the last reserved one: a slot placed before it could meet windows whose older counts are
+        already pruned.)"""
+        self.correct(slot, key, -cost)
+        api = self.signal_scope(key).meter.api
+        if api.budget is not None and slot > api.budget.observed_sent_at:
+            api.budget.used = max(0, api.budget.used - cost)
+
     def rate_per_s(self, now: float, key: str | None = None) -> float:
         rate = self.stage.rate_per_s(now)
         key_scope = self.key_scope(key)
         return min(rate, key_scope.rate_per_s(now)) if key_scope is not None else rate
 
     # -------------------------------------------------------------------------------- what calls taught
-    def observe_success(self, now: float, key: str | None) -> None:
+    def observe_success(self, now: float, key: str | None, sent_at: float | None = None, planned_at: float | None = None) -> None:
         """Raise learned limits that have had a window of successes in use."""
         for scope in (self.stage, self.key_scope(key)):
             if scope is None:
@@ -552,8 +587,10 @@ class Pacer:
                 if tier.is_auto:
                     learned = scope.meter.learned_for(tier)
                     ledger = scope.meter.ensure(tier.window_s, tier.aligned)
-                    in_use = ledger.used(now, tier.span_s) >= 0.5 * learned.limit
-                    if learned.on_success(now, tier.span_s, tier.ceiling, in_use):
+                    # The ledger holds the window up to the last reserved slot (earlier buckets are pruned).
+                    latest = max(now, scope.meter.last_slot or now)
+                    in_use = ledger.used(latest, tier.span_s) >= learned.limit  # the window was used in full
+                    if learned.on_success(now, tier.span_s, tier.ceiling, in_use, sent_at, planned_at):
                         scope.meter.dirty = True
 
     def observe_429(self, now: float, key: str | None, sent_at: float | None = None) -> float | None:
@@ -591,7 +628,8 @@ class Pacer:
             current = api.budget
             if current is None or current.observed_sent_at <= sent_at or now >= current.reset_at:
                 used = sum(c for s, c in scope.meter.recent if s > sent_at)
-                api.budget = ApiBudget(max(0, int(remaining)), float(reset_at), sent_at, used)
+                policies = bool(getattr(word, "policies", ()))
+                api.budget = ApiBudget(max(0, int(remaining)), float(reset_at), sent_at, used, spread=not policies)
                 changed = True
         if changed:
             api.said_at = now

@@ -36,7 +36,13 @@ class JobSpec:
     cost: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": self.id, "group": self.group, "body": self.body, "nb": self.not_before, "na": self.not_after}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "group": self.group,
+            "body": self.body,
+            "nb": self.not_before,
+            "na": self.not_after,
+        }
         if self.key is not None:
             data["key"] = self.key
         if self.cost != 1:
@@ -46,8 +52,13 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         return cls(
-            str(data["id"]), str(data["group"]), str(data["body"]), float(data["nb"]), float(data["na"]),
-            data.get("key"), int(data.get("cost", 1)),
+            str(data["id"]),
+            str(data["group"]),
+            str(data["body"]),
+            float(data["nb"]),
+            float(data["na"]),
+            data.get("key"),
+            int(data.get("cost", 1)),
         )
 
     def size_bytes(self) -> int:
@@ -68,10 +79,15 @@ class BatchRequest:
     cost_header: str | None = None  # the response header that says how many units a call used
     key_scoped_429: bool = False  # signals_scope=key: a 429 on a keyed job stops only that key
     watch_throttle: bool = False  # a long batch: look at the shared throttle record (429s, an operator's pause)
+    api_policy: bool = False  # the plan follows a policy the API stated: its remaining counts need not stop calls
 
     def to_json(self) -> bytes:
-        data: dict[str, Any] = {"batch": self.batch_id, "run": self.run_id, "jobs": [j.to_dict() for j in self.jobs],
-                                "planned_at": self.planned_at}
+        data: dict[str, Any] = {
+            "batch": self.batch_id,
+            "run": self.run_id,
+            "jobs": [j.to_dict() for j in self.jobs],
+            "planned_at": self.planned_at,
+        }
         if self.watch:
             data["watch"] = list(self.watch)
         if self.pool_size:
@@ -82,14 +98,23 @@ class BatchRequest:
             data["key_scoped_429"] = True
         if self.watch_throttle:
             data["watch_throttle"] = True
+        if self.api_policy:
+            data["api_policy"] = True
         return encode(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRequest:
         return cls(
-            str(data["batch"]), str(data.get("run", "")), tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
-            tuple(str(b) for b in data.get("watch", ())), float(data.get("planned_at", 0.0)), int(data.get("pool", 0)),
-            data.get("cost_header"), bool(data.get("key_scoped_429", False)), bool(data.get("watch_throttle", False)),
+            str(data.get("batch", "")),
+            str(data.get("run", "")),
+            tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
+            tuple(str(b) for b in data.get("watch", ())),
+            float(data.get("planned_at", 0.0)),
+            int(data.get("pool", 0)),
+            data.get("cost_header"),
+            bool(data.get("key_scoped_429", False)),
+            bool(data.get("watch_throttle", False)),
+            bool(data.get("api_policy", False)),
         )
 
 
@@ -109,7 +134,11 @@ class BatchResponse:
     error: str = ""
 
     def to_json(self) -> bytes:
-        data: dict[str, Any] = {"batch": self.batch_id, "status": self.status.value, "results": [r.to_dict() for r in self.results]}
+        data: dict[str, Any] = {
+            "batch": self.batch_id,
+            "status": self.status.value,
+            "results": [r.to_dict() for r in self.results],
+        }
         if self.watched_final:
             data["watched_final"] = list(self.watched_final)
         if self.throttled_at is not None:
@@ -125,6 +154,10 @@ class BatchResponse:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchResponse:
         return cls(
-            str(data["batch"]), BatchStatus(data["status"]), [JobResult.from_dict(r) for r in data.get("results", [])],
-            tuple(data.get("watched_final", ())), data.get("throttled_at"), str(data.get("error", "")),
+            str(data["batch"]),
+            BatchStatus(data["status"]),
+            [JobResult.from_dict(r) for r in data.get("results", [])],
+            tuple(data.get("watched_final", ())),
+            data.get("throttled_at"),
+            str(data.get("error", "")),
         )

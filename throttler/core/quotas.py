@@ -44,8 +44,17 @@ SIGNAL_SCOPES = ("stage", "key")
 CONCURRENCY = "concurrency"
 # Attributes of the quota item that are not tiers.
 META_KEYS = {
-    "pk", CONCURRENCY, "aligned", "margin_ms", "updated_at", "updated_by", "per_key", "keys",
-    "latency", "cost_header", "signals_scope",
+    "pk",
+    CONCURRENCY,
+    "aligned",
+    "margin_ms",
+    "updated_at",
+    "updated_by",
+    "per_key",
+    "keys",
+    "latency",
+    "cost_header",
+    "signals_scope",
 }
 KEY_META = {"weight"}
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
@@ -227,7 +236,9 @@ def _weight(key: str, value: Any) -> int:
     return weight
 
 
-def _key_quotas(item: Mapping[str, Any], per_key: tuple[Tier, ...], aligned: set[str], margin_ms: float | None) -> dict[str, KeyQuota]:
+def _key_quotas(
+    item: Mapping[str, Any], per_key: tuple[Tier, ...], aligned: set[str], margin_ms: float | None
+) -> dict[str, KeyQuota]:
     keys: dict[str, KeyQuota] = {}
     for key, override in _mapping(item.get("keys"), "keys").items():
         key = str(key)
@@ -331,65 +342,75 @@ def apply_assignments(
     and `weight`); with `per_key`, the default tiers of every key. Returns a new, validated item."""
     new: dict[str, Any] = {k: v for k, v in item.items() if k not in ("updated_at", "updated_by", "pk")}
     if key is not None:
-        if not KEY_NAME.match(key):
-            raise ConfigError(f"key name {key!r} must be 1-128 printable ASCII characters")
-        keys = {str(k): dict(v) for k, v in _mapping(new.get("keys"), "keys").items()}
-        target = keys.setdefault(key, {})
-        for name, value in assignments.items():
-            if name == "weight":
-                target["weight"] = _weight(key, value)
-            elif value.lower() == "off":
-                tier_window_s(name)
-                in_defaults = name in _mapping(new.get("per_key"), "per_key")
-                if in_defaults:
-                    target[name] = "off"  # drop the per-key default for this key only
-                else:
-                    target.pop(name, None)
-            else:
-                target[name] = _check_tier_value(name, value)
-        if not target:
-            keys.pop(key)
-        new["keys"] = keys
-        if not keys:
-            new.pop("keys")
+        _edit_key(new, key, assignments)
     elif per_key:
-        defaults = dict(_mapping(new.get("per_key"), "per_key"))
-        for name, value in assignments.items():
-            if value.lower() == "off":
-                tier_window_s(name)
-                defaults.pop(name, None)
-            else:
-                defaults[name] = _check_tier_value(name, value)
-        new["per_key"] = defaults
-        if not defaults:
-            new.pop("per_key")
+        _edit_per_key(new, assignments)
     else:
-        for name, value in assignments.items():
-            if name in ("per_key", "keys", "pk"):
-                raise ConfigError(f"{name} is set with --per-key or --key, not as TIER=LIMIT")
-            if value.lower() == "off":
-                new.pop(name, None)
-                if name in _names(new.get("aligned"), "aligned"):
-                    new["aligned"] = sorted(_names(new["aligned"], "aligned") - {name})
-                continue
-            if name == "aligned":
-                new["aligned"] = sorted(n for n in re.split(r"[,\s]+", value) if n)
-            elif name == "margin_ms":
-                new["margin_ms"] = value
-            elif name == CONCURRENCY:
-                new[CONCURRENCY] = _number(name, value)
-            elif name in ("latency", "signals_scope"):
-                new[name] = value.lower()
-            elif name == "cost_header":
-                new[name] = value
-            else:
-                new[name] = _check_tier_value(name, value)
+        _edit_stage(new, assignments)
     if not new.get("aligned"):
         new.pop("aligned", None)
     parse_quota_item(new)
     if "margin_ms" in new:
         new["margin_ms"] = float(new["margin_ms"])
     return new
+
+
+def _edit_key(new: dict[str, Any], key: str, assignments: Mapping[str, str]) -> None:
+    if not KEY_NAME.match(key):
+        raise ConfigError(f"key name {key!r} must be 1-128 printable ASCII characters")
+    keys = {str(k): dict(v) for k, v in _mapping(new.get("keys"), "keys").items()}
+    target = keys.setdefault(key, {})
+    for name, value in assignments.items():
+        if name == "weight":
+            target["weight"] = _weight(key, value)
+        elif value.lower() == "off":
+            tier_window_s(name)
+            if name in _mapping(new.get("per_key"), "per_key"):
+                target[name] = "off"  # drop the per-key default for this key only
+            else:
+                target.pop(name, None)
+        else:
+            target[name] = _check_tier_value(name, value)
+    if not target:
+        keys.pop(key)
+    new["keys"] = keys
+    if not keys:
+        new.pop("keys")
+
+
+def _edit_per_key(new: dict[str, Any], assignments: Mapping[str, str]) -> None:
+    defaults = dict(_mapping(new.get("per_key"), "per_key"))
+    for name, value in assignments.items():
+        if value.lower() == "off":
+            tier_window_s(name)
+            defaults.pop(name, None)
+        else:
+            defaults[name] = _check_tier_value(name, value)
+    new["per_key"] = defaults
+    if not defaults:
+        new.pop("per_key")
+
+
+def _edit_stage(new: dict[str, Any], assignments: Mapping[str, str]) -> None:
+    for name, value in assignments.items():
+        if name in ("per_key", "keys", "pk"):
+            raise ConfigError(f"{name} is set with --per-key or --key, not as TIER=LIMIT")
+        if value.lower() == "off":
+            new.pop(name, None)
+            if name in _names(new.get("aligned"), "aligned"):
+                new["aligned"] = sorted(_names(new["aligned"], "aligned") - {name})
+        elif name == "aligned":
+            new["aligned"] = sorted(n for n in re.split(r"[,\s]+", value) if n)
+        elif name == "margin_ms":
+            new["margin_ms"] = value
+        elif name == CONCURRENCY:
+            new[CONCURRENCY] = _number(name, value)
+        elif name in ("latency", "signals_scope"):
+            new[name] = value.lower()
+        elif name == "cost_header":
+            new[name] = value
+        else:
+            new[name] = _check_tier_value(name, value)
 
 
 def defaults_item(default_quotas: str) -> dict[str, Any] | None:

@@ -95,7 +95,9 @@ class Pauses:
             self.keys[signal.key] = max(self.keys.get(signal.key, 0.0), until)
         elif self.api_until is None or until > self.api_until:
             self.api_until = until
-            self.api_reason = "429 from the API" + (f" (Retry-After {signal.retry_after_s:g} s)" if signal.retry_after_s is not None else "")
+            self.api_reason = "429 from the API" + (
+                f" (Retry-After {signal.retry_after_s:g} s)" if signal.retry_after_s is not None else ""
+            )
         return until
 
     def on_success(self) -> None:

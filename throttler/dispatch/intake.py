@@ -31,7 +31,6 @@ HOLD_MAX_S = 10.0
 # A key that can never send at its limits (a limit of 0) is looked at again after this, doubling with
 # each receive of the message (at most 12 hours): a few receives a day.
 NEVER_RECHECK_S = 300.0
-BATCH_LEAD_S = 0.05
 
 
 @dataclass
@@ -51,7 +50,12 @@ class Intake:
         self.done_deleted = 0
 
     def accept(
-        self, messages: Sequence[QueuedMessage], now: float, visible_until: float, config: QuotaConfig, done_until: float | None
+        self,
+        messages: Sequence[QueuedMessage],
+        now: float,
+        visible_until: float,
+        config: QuotaConfig,
+        known_done: Callable[[list[Held]], set[str]],
     ) -> list[Held]:
         """File received messages; returns the newly held ones (the caller loads their keys' meters)."""
         fresh: list[Held] = []
@@ -67,7 +71,9 @@ class Intake:
                 if job.cost > max_cost:
                     raise InvalidJob(f"cost {job.cost} exceeds the limit of a tier that applies to it ({max_cost})")
             except InvalidJob as exc:
-                logger.warning("bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)})
+                logger.warning(
+                    "bad message dead-lettered", extra={"message_id": msg.message_id, "group": msg.group, "reason": str(exc)}
+                )
                 refused.append(DeadLetter(msg, str(exc), 0))
                 continue
             spec = JobSpec(job.job_id, msg.group, msg.body, 0.0, 0.0, job.key, job.cost)
@@ -75,23 +81,16 @@ class Intake:
         if refused:
             self.queue.dead_letter(refused)
             self.refused += len(refused)
-        fresh = self._drop_done(fresh, now, done_until)
-        for held in fresh:
-            self.inbox.add(held)
-        return fresh
-
-    def _drop_done(self, fresh: list[Held], now: float, done_until: float | None) -> list[Held]:
-        """After a crash, a job's success may be recorded while its message is still queued: delete it."""
-        if done_until is None or done_until < now:
-            return fresh
-        again = [h.job_id for h in fresh if h.msg.receive_count > 1]
-        done = self.store.done_ids(again) if again else set()
-        if not done:
-            return fresh
+        # A message received before may belong to a job whose call already succeeded (its run died before
+        # deleting it): delete it, never call it again.
+        again = [h for h in fresh if h.msg.receive_count > 1]
+        done = known_done(again) if again else set()
         for held in fresh:
             if held.job_id in done:
                 self.inbox.pending_deletes.append(held.msg.receipt)
                 self.done_deleted += 1
+            else:
+                self.inbox.add(held)
         return [h for h in fresh if h.job_id not in done]
 
     # ------------------------------------------------------------------ holding and hiding
@@ -136,11 +135,12 @@ class Intake:
 
 
 def hide_seconds(until: float | None, now: float, receive_count: int) -> float:
-    """Whole seconds to hide a message: until its slot (minus the batch lead), or a backing-off re-check."""
+    """Whole seconds to hide a message: until `until` (its key's next slot, less the batch lead), or a
+    backing-off re-check."""
     if until is None:
         seconds = NEVER_RECHECK_S * 2 ** max(0, min(receive_count, 10) - 1)
     else:
-        seconds = until - BATCH_LEAD_S - now
+        seconds = until - now
     return float(max(0, min(MAX_VISIBILITY_S, math.ceil(seconds))))
 
 

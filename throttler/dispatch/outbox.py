@@ -70,21 +70,35 @@ class Outbox:
     tally: Tally = field(default_factory=Tally)
     latency_s: float = 0.2  # a first guess at a call's duration, until results come in
     worker_trouble: int = 0
+    last_sent_slot: float | None = None  # the latest slot of a call that was (or may have been) sent
 
     # ------------------------------------------------------------------ sending
     def new_batch_id(self) -> str:
         return uuid.uuid4().hex
 
-    def send(self, batch_id: str, plan: Plan, now: float, watch: tuple[str, ...], tolerance: Callable[[Held], float],
-             pool_size: int, cost_header: str | None, key_scoped: bool, watch_throttle: bool = False,
-             signals_known_at: float | None = None) -> SentBatch:
+    def send(
+        self,
+        batch_id: str,
+        plan: Plan,
+        now: float,
+        watch: tuple[str, ...],
+        tolerance: Callable[[Held], float],
+        pool_size: int,
+        cost_header: str | None,
+        key_scoped: bool,
+        watch_throttle: bool = False,
+        api_policy: bool = False,
+        signals_known_at: float | None = None,
+    ) -> SentBatch:
         """`signals_known_at`: when the run last read the shared throttle record (it knows every 429 published
         before that; the worker must stop for any later one). Defaults to `now`."""
         specs = []
         for held, slot in plan.jobs:
             specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
         known = now if signals_known_at is None else min(now, signals_known_at)
-        request = BatchRequest(batch_id, self.owner, tuple(specs), watch, known, pool_size, cost_header, key_scoped, watch_throttle)
+        request = BatchRequest(
+            batch_id, self.owner, tuple(specs), watch, known, pool_size, cost_header, key_scoped, watch_throttle, api_policy
+        )
         for group, jobs in plan.by_group().items():
             self.inbox.take(group, len(jobs))
         sent = SentBatch(batch_id, list(plan.jobs), now, plan.jobs[-1][1], watch)
@@ -103,7 +117,9 @@ class Outbox:
         return list(self.in_flight)
 
     # ------------------------------------------------------------------ settling
-    def settle_finished(self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]) -> list[str]:
+    def settle_finished(
+        self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
+    ) -> list[str]:
         """Settle every batch whose worker answered (or failed); returns their ids."""
         done = [b for b, f in self.in_flight.items() if f.future.done()]
         for batch_id in done:
@@ -111,8 +127,9 @@ class Outbox:
             self._settle_one(flight, now, pacer, pauses, auto_window)
         return done
 
-    def _settle_one(self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses,
-                    auto_window: Callable[[str | None], float | None]) -> None:
+    def _settle_one(
+        self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
+    ) -> None:
         sent = flight.sent
         response: BatchResponse | None = None
         results: list[JobResult] | None = None
@@ -137,24 +154,43 @@ class Outbox:
         else:
             self.worker_trouble = 0
         self.tally.duplicates += outcome.duplicates
+        # Every 429 of the batch first: the pause and the learned limit's fall come before any success of the
+        # same batch is counted as a window without a 429.
         for group in outcome.groups:
-            self._apply(group, now, pacer, pauses, auto_window)
+            self._throttled(group, now, pacer, pauses, auto_window)
+        for group in outcome.groups:
+            self._apply(group, now, pacer, pauses, sent.sent_at)
 
-    def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses,
-               auto_window: Callable[[str | None], float | None]) -> None:
-        for held, result, slot in group.observed:
-            self._observe(held, result, slot, now, pacer)
-        for held, result, _slot in group.delete:
-            self.inbox.pending_deletes.append(held.msg.receipt)
-            self.tally.succeeded += 1
-            pauses.on_success()
-        for held, result, slot in group.throttled:
+    def _throttled(
+        self,
+        group: GroupSettlement,
+        now: float,
+        pacer: Pacer | None,
+        pauses: Pauses,
+        auto_window: Callable[[str | None], float | None],
+    ) -> None:
+        for held, result, _slot in group.throttled:
             self.tally.throttled += 1
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
             pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
-            logger.warning("api throttled, pausing", extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s})
+            logger.warning(
+                "api throttled, pausing",
+                extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s},
+            )
+
+    def _apply(self, group: GroupSettlement, now: float, pacer: Pacer | None, pauses: Pauses, planned_at: float) -> None:
+        for held, result, slot in group.observed:
+            self._observe(held, result, slot, now, pacer, planned_at)
+            self.last_sent_slot = slot if self.last_sent_slot is None else max(self.last_sent_slot, slot)
+        if pacer is not None:
+            for held, slot in group.unsent:
+                pacer.release(slot, held.key, held.cost)
+        for held, _result, _slot in group.delete:
+            self.inbox.pending_deletes.append(held.msg.receipt)
+            self.tally.succeeded += 1
+            pauses.on_success()
         self.tally.skipped += len(group.back) - len(group.throttled)
         self.tally.missed_slots += group.missed
         dead = [(h, r.reason or r.outcome.value, self._attempts(h, r, now)) for h, r in group.dead]
@@ -169,16 +205,23 @@ class Outbox:
             retry_changes.append((held.msg.receipt, delay))
             self.tally.retried += 1
             release = True
-            logger.info("job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay})
+            logger.info(
+                "job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay}
+            )
         if dead:
             self.queue.dead_letter([DeadLetter(h.msg, reason, attempts) for h, reason, attempts in dead])
             self.tally.dead_lettered += len(dead)
             self.tally.invalid += sum(1 for h, r in group.dead if r.outcome is Outcome.INVALID)
             for held, reason, attempts in dead:
-                logger.warning("job dead-lettered", extra={"job_id": held.job_id, "group": held.group, "reason": reason, "attempts": attempts})
+                logger.warning(
+                    "job dead-lettered",
+                    extra={"job_id": held.job_id, "group": held.group, "reason": reason, "attempts": attempts},
+                )
         if release:
             # An earlier job waits for its retry in SQS: the rest of the group stays behind it there.
-            rest = [(h.msg.receipt, 0.0) for h in group.back] + [(h.msg.receipt, 0.0) for h in self.inbox.remove_group(group.group)]
+            rest = [(h.msg.receipt, 0.0) for h in group.back] + [
+                (h.msg.receipt, 0.0) for h in self.inbox.remove_group(group.group)
+            ]
             self.queue.change_visibility(retry_changes + rest)
         else:
             self.inbox.put_back(group.group, group.back)
@@ -189,17 +232,19 @@ class Outbox:
             return self.store.add_attempt(held.job_id, now + ATTEMPTS_TTL_S)
         return self.store.get_attempts([held.job_id]).get(held.job_id, 0)
 
-    def _observe(self, held: Held, result: JobResult, slot: float, now: float, pacer: Pacer | None) -> None:
+    def _observe(self, held: Held, result: JobResult, slot: float, now: float, pacer: Pacer | None, planned_at: float) -> None:
         if result.duration_s is not None:
             self.latency_s = 0.8 * self.latency_s + 0.2 * result.duration_s
         if pacer is None:
             return
         if result.outcome is Outcome.SUCCEEDED:
-            pacer.observe_success(now, held.key)
+            pacer.observe_success(now, held.key, result.sent_at if result.sent_at is not None else slot, planned_at)
         if result.api:
             from throttler.core.ratelimit import ApiWord
 
-            pacer.observe_api(now, held.key, result.sent_at if result.sent_at is not None else slot, ApiWord.from_dict(result.api))
+            pacer.observe_api(
+                now, held.key, result.sent_at if result.sent_at is not None else slot, ApiWord.from_dict(result.api)
+            )
         if result.cost_used is not None and result.cost_used != held.cost:
             pacer.correct(slot, held.key, result.cost_used - held.cost)
 

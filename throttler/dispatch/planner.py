@@ -33,6 +33,9 @@ class PlanRequest:
     latency_s: float = 0.2  # expected call duration: a group's next job goes no sooner than this after the previous
     max_bytes: int = MAX_BATCH_BYTES
     key_paused_until: Mapping[str, float] = field(default_factory=dict)  # fair key -> until (key-scoped 429)
+    # Groups in a batch still in flight may bring work soon: do not skip stage capacity that none of the
+    # keys here can use (slots only move forward: skipping would keep it from them).
+    others_pending: bool = False
 
 
 @dataclass
@@ -50,6 +53,26 @@ class Plan:
         return out
 
 
+_STOP = object()
+
+
+@dataclass
+class _Walk:
+    """One planning pass: the keys ready and set aside, each group's position and when it is free."""
+
+    inbox: Inbox
+    request: PlanRequest
+    ready: KeyQueue
+    plan: Plan = field(default_factory=Plan)
+    deferred: list[tuple[float, str]] = field(default_factory=list)
+    cursor: dict[str, int] = field(default_factory=dict)
+    free_at: dict[str, float] = field(default_factory=dict)
+    budget: float = math.inf
+
+    def __post_init__(self) -> None:
+        self.budget = self.request.group_budget
+
+
 class Planner:
     def __init__(self, pacer: Pacer, fair: FairShare, weight: Callable[[str], int]):
         self.pacer = pacer
@@ -57,69 +80,73 @@ class Planner:
         self.weight = weight
 
     def plan(self, inbox: Inbox, request: PlanRequest) -> Plan:
-        plan = Plan()
-        ready = KeyQueue(self.fair)
-        deferred: list[tuple[float, str]] = []
-        cursor: dict[str, int] = {}
-        free_at: dict[str, float] = {}
-        budget = request.group_budget
-        for key in inbox.keys():
-            paused = request.key_paused_until.get(key)
+        walk = _Walk(inbox, request, KeyQueue(self.fair))
+        for fair_key in inbox.keys():
+            paused = request.key_paused_until.get(fair_key)
             if paused is not None and paused > request.start:
-                plan.key_next[key] = paused
-                continue
-            ready.push(key)
+                walk.plan.key_next[fair_key] = paused
+            else:
+                walk.ready.push(fair_key)
         t = request.start
         while True:
             stage_slot = self.pacer.stage.earliest(t, 1)
             if math.isinf(stage_slot) or stage_slot >= request.end:
-                plan.stage_next = None if math.isinf(stage_slot) else stage_slot
+                walk.plan.stage_next = None if math.isinf(stage_slot) else stage_slot
                 break
-            while deferred and deferred[0][0] <= stage_slot + _EPS:
-                ready.push(heapq.heappop(deferred)[1])
-            key = ready.pop()
+            while walk.deferred and walk.deferred[0][0] <= stage_slot + _EPS:
+                walk.ready.push(heapq.heappop(walk.deferred)[1])
+            key = walk.ready.pop()
             if key is None:
-                if deferred and deferred[0][0] < request.end:
-                    t = max(t, deferred[0][0])
+                if walk.deferred and walk.deferred[0][0] < request.end and not request.others_pending:
+                    t = max(t, walk.deferred[0][0])
                     continue
-                plan.stage_next = stage_slot
+                walk.plan.stage_next = stage_slot
                 break
-            group, wait_until = self._pick_group(inbox, key, stage_slot, request, cursor, free_at, budget)
-            if group is None:
-                if wait_until is not None and wait_until < request.end:
-                    heapq.heappush(deferred, (wait_until, key))
-                continue
-            held = inbox.at(group, cursor.get(group, 0))
-            assert held is not None
-            if plan.bytes + held.spec_bytes > request.max_bytes:
-                plan.full = True
+            placed = self._place(walk, key, stage_slot)
+            if placed is _STOP:
                 break
-            slot = self.pacer.next_slot(stage_slot, held.key, held.cost)
-            if slot is None:
-                plan.key_next[key] = None
-                continue
-            stage_only = self.pacer.stage.earliest(stage_slot, held.cost)
-            if slot > stage_only + _EPS:  # the key's own tiers: set it aside, others go
-                if slot >= request.end:
-                    plan.key_next[key] = slot
-                else:
-                    heapq.heappush(deferred, (slot, key))
-                continue
+            if isinstance(placed, float):
+                t = placed
+        return walk.plan
+
+    def _place(self, walk: _Walk, key: str, stage_slot: float) -> float | object | None:
+        """Give the key's next ready job the earliest slot it may have; returns that slot, None when the key
+        is set aside, or _STOP when the batch is full or the stage has no room before its end."""
+        plan, request = walk.plan, walk.request
+        group, wait_until = self._pick_group(walk.inbox, key, stage_slot, request, walk.cursor, walk.free_at, walk.budget)
+        if group is None:
+            if wait_until is not None and wait_until < request.end:
+                heapq.heappush(walk.deferred, (wait_until, key))
+            return None
+        held = walk.inbox.at(group, walk.cursor.get(group, 0))
+        assert held is not None
+        if plan.bytes + held.spec_bytes > request.max_bytes:
+            plan.full = True
+            return _STOP
+        slot = self.pacer.next_slot(stage_slot, held.key, held.cost)
+        if slot is None:
+            plan.key_next[key] = None
+            return None
+        if slot > self.pacer.stage.earliest(stage_slot, held.cost) + _EPS:  # the key's own tiers: set it aside
             if slot >= request.end:
-                plan.stage_next = slot
-                break
-            if group not in cursor:
-                budget -= 1
-            self.pacer.take(slot, held.key, held.cost)
-            self.fair.served(key, held.cost, self.weight(key))
-            plan.jobs.append((held, slot))
-            plan.bytes += held.spec_bytes
-            cursor[group] = cursor.get(group, 0) + 1
-            free_at[group] = slot + request.latency_s
-            inbox.rotate(key, group)
-            ready.push(key)
-            t = slot
-        return plan
+                plan.key_next[key] = slot
+            else:
+                heapq.heappush(walk.deferred, (slot, key))
+            return None
+        if slot >= request.end:
+            plan.stage_next = slot
+            return _STOP
+        if group not in walk.cursor:
+            walk.budget -= 1
+        self.pacer.take(slot, held.key, held.cost)
+        self.fair.served(key, held.cost, self.weight(key))
+        plan.jobs.append((held, slot))
+        plan.bytes += held.spec_bytes
+        walk.cursor[group] = walk.cursor.get(group, 0) + 1
+        walk.free_at[group] = slot + request.latency_s
+        walk.inbox.rotate(key, group)
+        walk.ready.push(key)
+        return slot
 
     @staticmethod
     def _pick_group(

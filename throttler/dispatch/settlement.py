@@ -46,6 +46,7 @@ class GroupSettlement:
     throttled: list[tuple[Held, JobResult, float]] = field(default_factory=list)
     observed: list[tuple[Held, JobResult, float]] = field(default_factory=list)  # every attempted call, for the pacer
     missed: int = 0  # jobs the worker could not start inside their slot
+    unsent: list[tuple[Held, float]] = field(default_factory=list)  # reserved slots never used (skipped)
 
 
 @dataclass
@@ -92,6 +93,7 @@ def settle(sent: SentBatch, response: BatchResponse | None, results: list[JobRes
             duplicates += int(result.duplicate)
         elif outcome is Outcome.SKIPPED:
             out.back.append(held)
+            out.unsent.append((held, slot))
             out.missed += int(result.reason == MISSED_SLOT)
         elif outcome is Outcome.THROTTLED:
             out.throttled.append((held, result, slot))

@@ -18,6 +18,21 @@ class RunSettings:
     retry_max_s: float = 900.0
     worker_timeout_s: float = 40.0
     worker_max_parallel: int = 64
+    allowed_hosts: tuple[str, ...] = ()
+    max_message_bytes: int = 256 * 1024
+    # A batch is handed to a worker this long before its first slot: the reservation's write, the visibility
+    # change, the invoke and the worker's claim (and its first look at the throttle record) all come first.
+    batch_lead_s: float = 0.25
+
+    def published(self) -> dict[str, Any]:
+        """What the stage's settings item records (for operators' tools that have no serverless.yml)."""
+        return {
+            "default_quotas": self.default_quotas,
+            "default_latency": self.default_latency,
+            "allowed_hosts": list(self.allowed_hosts),
+            "max_message_bytes": self.max_message_bytes,
+            "max_attempts": self.max_attempts,
+        }
 
 
 @dataclass
@@ -60,8 +75,17 @@ class RunSummary:
         self.dead_lettered = tally.dead_lettered + run.intake.refused
         self.invalid = tally.invalid + run.intake.refused
         self.succeeded = tally.succeeded + run.intake.done_deleted
-        for name in ("dispatched", "batches", "duplicates", "retried", "throttled", "skipped", "missed_slots",
-                     "worker_failures", "secrets_unavailable"):
+        for name in (
+            "dispatched",
+            "batches",
+            "duplicates",
+            "retried",
+            "throttled",
+            "skipped",
+            "missed_slots",
+            "worker_failures",
+            "secrets_unavailable",
+        ):
             setattr(self, name, getattr(tally, name))
         self.duplicates += run.intake.done_deleted
         if run.pacer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from throttler.core.pacing import Meter
 from throttler.store.base import MAX_KEYS_PER_COMMIT, KeyMeterWrite, OpenBatch, StateStore, UsageRecord
@@ -34,21 +35,29 @@ class UsageBook:
     conflicts: int = 0
     commits: int = 0
     key_window_s: dict[str, float] = field(default_factory=dict)  # longest window per key (for its TTL)
+    keys_seen: dict[str, Any] = field(default_factory=dict)  # the busiest keys' backlog, as last written
+    known_done: set[str] = field(default_factory=set)  # jobs that succeeded in other runs' batches
+    foreign_read: set[str] = field(default_factory=set)  # other runs' batches whose final record we read
 
     def load(self) -> None:
+        """Everything from the state table (at start, and after a lost race: every meter held may be stale)."""
         record: UsageRecord = self.store.load_usage()
         self.version = record.version
         self.stage = Meter.from_json(record.stage_meter)
+        held = list(self.keys)
         self.keys.clear()
+        self.load_keys(held)
         self.foreign = {b: o for b, o in record.open_batches.items() if o.owner != self.owner}
         self.mine = {b: o for b, o in record.open_batches.items() if o.owner == self.owner}
         self.done_until = record.done_until
+        self.keys_seen = dict(record.keys)
 
     def key_meter(self, key: str) -> Meter:
-        """A key's meter: loaded beforehand with `load_keys` (an unknown key starts empty)."""
+        """A key's meter (the run loads keys in batches as their messages arrive; a miss reads it now)."""
         meter = self.keys.get(key)
         if meter is None:
-            meter = self.keys[key] = Meter()
+            self.load_keys([key])
+            meter = self.keys[key]
         return meter
 
     def load_keys(self, keys: Iterable[str]) -> None:
@@ -58,14 +67,21 @@ class UsageBook:
             for key, text in self.store.load_key_meters(chunk).items():
                 self.keys[key] = Meter.from_json(text)
 
-    def commit(self, now: float, open_add: dict[str, OpenBatch] | None = None) -> bool:
+    def commit(
+        self, now: float, open_add: dict[str, OpenBatch] | None = None, keys_summary: dict[str, Any] | None = None
+    ) -> bool:
         """Write every change since the last commit; False (and everything reloaded) on a lost race."""
         dirty_keys = [k for k, m in self.keys.items() if m.dirty]
-        chunks: list[Sequence[str]] = [dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)] or [[]]
+        chunks: list[Sequence[str]] = [
+            dirty_keys[i : i + MAX_KEYS_PER_COMMIT] for i in range(0, len(dirty_keys), MAX_KEYS_PER_COMMIT)
+        ] or [[]]
         opened = dict(open_add or {})
         closing = set(self.to_close) - set(opened)
         for n, chunk in enumerate(chunks):
-            writes = {k: KeyMeterWrite(self.keys[k].to_json(), now + self.key_window_s.get(k, 86400.0) + KEY_STATE_GRACE_S) for k in chunk}
+            writes = {
+                k: KeyMeterWrite(self.keys[k].to_json(), now + self.key_window_s.get(k, 86400.0) + KEY_STATE_GRACE_S)
+                for k in chunk
+            }
             ok = self.store.commit_usage(
                 self.version,
                 self.stage.to_json() if n == 0 else None,
@@ -73,6 +89,7 @@ class UsageBook:
                 opened if n == 0 else {},
                 closing if n == 0 else (),
                 self.done_until if n == 0 else None,
+                keys_summary if n == 0 else None,
             )
             if not ok:
                 self.conflicts += 1
@@ -98,6 +115,10 @@ class UsageBook:
         """Batches a new batch must watch: ours still unsettled, and other runs' still running."""
         foreign = [b for b, o in self.foreign.items() if o.until > now]
         return tuple(dict.fromkeys([*unsettled, *foreign]))
+
+    def unread_foreign(self) -> list[str]:
+        """Other runs' open batches whose final record we have not read yet."""
+        return [b for b in self.foreign if b not in self.foreign_read]
 
     def stale_foreign(self, now: float) -> list[str]:
         """Other runs' batches whose workers must have finished (their run died before settling them). Their

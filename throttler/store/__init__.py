@@ -15,6 +15,16 @@ from throttler.store.dynamo import DynamoStateStore, DynamoWorkerRecords
 from throttler.store.memory import MemoryStateStore
 
 __all__ = [
-    "BatchRecord", "Control", "DynamoStateStore", "DynamoWorkerRecords", "KeyMeterWrite", "LeaseState",
-    "MemoryStateStore", "OpenBatch", "StateStore", "ThrottleSignal", "UsageRecord", "WorkerRecords",
+    "BatchRecord",
+    "Control",
+    "DynamoStateStore",
+    "DynamoWorkerRecords",
+    "KeyMeterWrite",
+    "LeaseState",
+    "MemoryStateStore",
+    "OpenBatch",
+    "StateStore",
+    "ThrottleSignal",
+    "UsageRecord",
+    "WorkerRecords",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 QUOTAS_KEY = "quotas"
+STAGE_KEY = "stage"  # the settings the throttler runs with (so an installed CLI needs no serverless.yml)
 LAST_GOOD_KEY = "quotas#last-good"
 PAUSE_KEY = "pause"
 LEASE_KEY = "lease"
@@ -61,6 +62,7 @@ class Control:
     pause_reason: str | None
     throttle: ThrottleSignal | None = None
     lease: LeaseState | None = None
+    stage_settings: dict[str, Any] | None = None  # default_quotas, allowed_hosts, max_message_bytes, default_latency
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class UsageRecord:
     stage_meter: str | None  # pacing.Meter JSON
     open_batches: Mapping[str, OpenBatch] = field(default_factory=dict)
     done_until: float | None = None  # until then, done#<job> records may exist (written after a crash)
+    keys: Mapping[str, Any] = field(default_factory=dict)  # the busiest keys' backlog: {key: {"held", "hidden", "seen_at"}}
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class StateStore(ABC):
     @abstractmethod
     def put_last_good(self, item: Mapping[str, Any]) -> None:
         """Remember a quota item that validated, for when a later edit does not."""
+
+    @abstractmethod
+    def put_stage_settings(self, settings: Mapping[str, Any]) -> None:
+        """Record the settings the throttler runs with (its stage defaults and allow-list)."""
 
     @abstractmethod
     def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
@@ -165,9 +172,11 @@ class StateStore(ABC):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None = None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> bool:
         """Atomically: if the stored version is `expected_version`, write version+1, the stage meter (None:
-        unchanged), at most MAX_KEYS_PER_COMMIT key meters, and the open-batch changes. False if another
+        unchanged), at most MAX_KEYS_PER_COMMIT key meters, the open-batch changes and (when given) the
+        busiest keys' backlog. False if another
         writer came first (nothing written). Every writer of key meters bumps the version, so a run whose
         writes keep succeeding knows that nobody else changed any meter it holds."""
 

@@ -26,6 +26,7 @@ from throttler.store.base import (
     MAX_KEYS_PER_COMMIT,
     PAUSE_KEY,
     QUOTAS_KEY,
+    STAGE_KEY,
     THROTTLE_KEY,
     TTL_ATTRIBUTE,
     USAGE_KEY,
@@ -86,7 +87,9 @@ class _Table:
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
             if code == "ResourceNotFoundException":
-                raise StoreError(f"table {self._table} does not exist: is the stage deployed (or the local stack running)?") from exc
+                raise StoreError(
+                    f"table {self._table} does not exist: is the stage deployed (or the local stack running)?"
+                ) from exc
             raise StoreError(f"dynamodb {operation} failed: {code}") from exc
 
     def _conditional(self, operation: str, **kwargs: Any) -> bool:
@@ -131,12 +134,12 @@ class _Table:
                 raise StoreError("dynamodb batch_write_item left items unprocessed")
 
 
-class DynamoStateStore(_Table, StateStore):
-    """The throttler's and operator's view (the throttler's role may write any item of the table)."""
+class _DynamoControl(_Table):
+    """Control items and the lease (the first half of DynamoStateStore)."""
 
     # ------------------------------------------------------------------ control
     def read_control(self) -> Control:
-        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY])
+        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
         pause = found.get(PAUSE_KEY)
         last_good = found.get(LAST_GOOD_KEY)
         quotas = found.get(QUOTAS_KEY)
@@ -147,6 +150,7 @@ class DynamoStateStore(_Table, StateStore):
             str(pause.get("reason")) if pause else None,
             _throttle(found.get(THROTTLE_KEY)),
             _lease(found.get(LEASE_KEY)),
+            json.loads(found[STAGE_KEY]["settings"]) if STAGE_KEY in found else None,
         )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -154,6 +158,10 @@ class DynamoStateStore(_Table, StateStore):
 
     def put_last_good(self, item: Mapping[str, Any]) -> None:
         body = {"pk": LAST_GOOD_KEY, "item": json.dumps(plain_item(item), sort_keys=True, default=str)}
+        self._call("put_item", TableName=self._table, Item=_item(body))
+
+    def put_stage_settings(self, settings: Mapping[str, Any]) -> None:
+        body = {"pk": STAGE_KEY, "settings": json.dumps(dict(settings), sort_keys=True, default=str)}
         self._call("put_item", TableName=self._table, Item=_item(body))
 
     def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
@@ -164,7 +172,9 @@ class DynamoStateStore(_Table, StateStore):
                 "ExpressionAttributeNames": {"#until": "until"},
                 "ExpressionAttributeValues": {":until": _n(until)},
             }
-        self._conditional("put_item", TableName=self._table, Item=_item({"pk": PAUSE_KEY, "until": until, "reason": reason}), **kwargs)
+        self._conditional(
+            "put_item", TableName=self._table, Item=_item({"pk": PAUSE_KEY, "until": until, "reason": reason}), **kwargs
+        )
 
     def clear_pause(self) -> None:
         self._write_many([{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in (PAUSE_KEY, THROTTLE_KEY)])
@@ -193,9 +203,16 @@ class DynamoStateStore(_Table, StateStore):
             TableName=self._table,
             Key={"pk": {"S": LEASE_KEY}},
             UpdateExpression="SET successor = :me, successor_until = :until",
-            ConditionExpression="#owner = :holder AND (attribute_not_exists(successor) OR successor = :me OR successor_until < :now)",
+            ConditionExpression=(
+                "#owner = :holder AND (attribute_not_exists(successor) OR successor = :me OR successor_until < :now)"
+            ),
             ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues={":me": {"S": owner}, ":holder": {"S": holder}, ":until": _n(now + wait_s), ":now": _n(now)},
+            ExpressionAttributeValues={
+                ":me": {"S": owner},
+                ":holder": {"S": holder},
+                ":until": _n(now + wait_s),
+                ":now": _n(now),
+            },
         )
 
     def hand_over(self, owner: str, successor: str, now: float, ttl_s: float) -> bool:
@@ -229,6 +246,10 @@ class DynamoStateStore(_Table, StateStore):
             ExpressionAttributeValues={":owner": {"S": owner}},
         )
 
+
+class DynamoStateStore(_DynamoControl, StateStore):
+    """The throttler's and operator's view (the throttler's role may write any item of the table)."""
+
     # ------------------------------------------------------------------ usage
     def load_usage(self) -> UsageRecord:
         item = self._get_many([USAGE_KEY]).get(USAGE_KEY)
@@ -236,7 +257,10 @@ class DynamoStateStore(_Table, StateStore):
             return UsageRecord(0, None)
         opened = {str(b): OpenBatch(str(v["owner"]), float(v["until"])) for b, v in (item.get("open") or {}).items()}
         done_until = item.get("done_until")
-        return UsageRecord(int(item["version"]), item.get("meter"), opened, float(done_until) if done_until is not None else None)
+        keys = json.loads(item["keys"]) if item.get("keys") else {}
+        return UsageRecord(
+            int(item["version"]), item.get("meter"), opened, float(done_until) if done_until is not None else None, keys
+        )
 
     def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
         found = self._get_many([KEY_USAGE_PREFIX + k for k in keys], projection="pk, meter")
@@ -249,6 +273,7 @@ class DynamoStateStore(_Table, StateStore):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         names: dict[str, str] = {"#v": "version"}
         values: dict[str, Any] = {":v0": _n(expected_version), ":v1": _n(expected_version + 1)}
@@ -269,6 +294,10 @@ class DynamoStateStore(_Table, StateStore):
         if done_until is not None:
             sets.append("done_until = :du")
             values[":du"] = _n(done_until)
+        if keys_summary is not None:
+            sets.append("#keys = :keys")
+            names["#keys"] = "keys"
+            values[":keys"] = {"S": json.dumps(dict(keys_summary), separators=(",", ":"))}
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         return {
             "TableName": self._table,
@@ -287,24 +316,40 @@ class DynamoStateStore(_Table, StateStore):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None = None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> bool:
         if len(key_meters) > MAX_KEYS_PER_COMMIT:
             raise ValueError(f"at most {MAX_KEYS_PER_COMMIT} key meters per commit")
         if expected_version == 0:
             # The first write creates the item (with its `open` map, which later updates set paths in).
-            body: dict[str, Any] = {"pk": USAGE_KEY, "version": 1, "open": {b: {"owner": o.owner, "until": o.until} for b, o in open_add.items()}}
+            body: dict[str, Any] = {
+                "pk": USAGE_KEY,
+                "version": 1,
+                "open": {b: {"owner": o.owner, "until": o.until} for b, o in open_add.items()},
+            }
             if stage_meter is not None:
                 body["meter"] = stage_meter
             if done_until is not None:
                 body["done_until"] = done_until
-            usage_write: dict[str, Any] = {"Put": {"TableName": self._table, "Item": _item(body), "ConditionExpression": "attribute_not_exists(pk)"}}
+            if keys_summary is not None:
+                body["keys"] = json.dumps(dict(keys_summary), separators=(",", ":"))
+            usage_write: dict[str, Any] = {
+                "Put": {"TableName": self._table, "Item": _item(body), "ConditionExpression": "attribute_not_exists(pk)"}
+            }
         else:
-            usage_write = {"Update": self._usage_update(expected_version, stage_meter, open_add, open_remove, done_until)}
+            usage_write = {
+                "Update": self._usage_update(expected_version, stage_meter, open_add, open_remove, done_until, keys_summary)
+            }
         if not key_meters:
             kind, spec = next(iter(usage_write.items()))
             return self._conditional("put_item" if kind == "Put" else "update_item", **spec)
         actions = [usage_write] + [
-            {"Put": {"TableName": self._table, "Item": _item({"pk": KEY_USAGE_PREFIX + k, "meter": w.meter_json, TTL_ATTRIBUTE: int(w.ttl_at)})}}
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": _item({"pk": KEY_USAGE_PREFIX + k, "meter": w.meter_json, TTL_ATTRIBUTE: int(w.ttl_at)}),
+                }
+            }
             for k, w in key_meters.items()
         ]
         try:
@@ -315,7 +360,9 @@ class DynamoStateStore(_Table, StateStore):
             if error["Code"] == "TransactionCanceledException":
                 reasons = exc.response.get("CancellationReasons") or []
                 first = (reasons[0] or {}).get("Code") if reasons else None
-                if first in ("ConditionalCheckFailed", CONDITION_FAILED) or "ConditionalCheckFailed" in str(error.get("Message", "")):
+                if first in ("ConditionalCheckFailed", CONDITION_FAILED) or "ConditionalCheckFailed" in str(
+                    error.get("Message", "")
+                ):
                     return False
             raise StoreError(f"dynamodb transact_write_items failed: {error['Code']}") from exc
 
@@ -355,7 +402,9 @@ class DynamoStateStore(_Table, StateStore):
 
     def mark_done(self, job_ids: Sequence[str], ttl_at: float) -> None:
         ttl = {"N": str(int(ttl_at))}
-        self._write_many([{"PutRequest": {"Item": {"pk": {"S": DONE_PREFIX + j}, TTL_ATTRIBUTE: ttl}}} for j in dict.fromkeys(job_ids)])
+        self._write_many(
+            [{"PutRequest": {"Item": {"pk": {"S": DONE_PREFIX + j}, TTL_ATTRIBUTE: ttl}}} for j in dict.fromkeys(job_ids)]
+        )
 
     def done_ids(self, job_ids: Sequence[str]) -> set[str]:
         found = self._get_many([DONE_PREFIX + j for j in job_ids], projection="pk")
@@ -373,7 +422,9 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         return self._conditional(
             "put_item",
             TableName=self._table,
-            Item=_item({"pk": BATCH_PREFIX + batch_id, "run": run_id, "claimed_at": now, "final": False, TTL_ATTRIBUTE: int(ttl_at)}),
+            Item=_item(
+                {"pk": BATCH_PREFIX + batch_id, "run": run_id, "claimed_at": now, "final": False, TTL_ATTRIBUTE: int(ttl_at)}
+            ),
             ConditionExpression="attribute_not_exists(pk)",
         )
 
@@ -399,8 +450,9 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
             return
         # Names always through placeholders: FINAL and CALLED are reserved words.
         names = {"#ok": "ok", "#called": "called", "#final": "final", "#th": "throttled_at"}
-        expression = " ".join(part for part in (
-            "SET " + ", ".join(sets) if sets else "", "ADD " + ", ".join(adds) if adds else "") if part)
+        expression = " ".join(
+            part for part in ("SET " + ", ".join(sets) if sets else "", "ADD " + ", ".join(adds) if adds else "") if part
+        )
         used = {k: v for k, v in names.items() if k in expression}
         self._call(
             "update_item",
@@ -437,7 +489,9 @@ def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
         return None
     retry = item.get("retry_after_s")
     key = item.get("key")
-    return ThrottleSignal(float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), str(key) if key else None)
+    return ThrottleSignal(
+        float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), str(key) if key else None
+    )
 
 
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
@@ -445,13 +499,22 @@ def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
         return None
     until = item.get("successor_until")
     successor = item.get("successor")
-    return LeaseState(str(item["owner"]), float(item["expires_at"]), str(successor) if successor else None, float(until) if until is not None else None)
+    return LeaseState(
+        str(item["owner"]),
+        float(item["expires_at"]),
+        str(successor) if successor else None,
+        float(until) if until is not None else None,
+    )
 
 
 def _batch(item: Mapping[str, Any]) -> BatchRecord:
     throttled = item.get("throttled_at")
     return BatchRecord(
-        str(item["pk"])[len(BATCH_PREFIX):], str(item.get("run", "")), float(item.get("claimed_at", 0.0)),
-        frozenset(item.get("ok") or ()), frozenset(item.get("called") or ()), bool(item.get("final")),
+        str(item["pk"])[len(BATCH_PREFIX) :],
+        str(item.get("run", "")),
+        float(item.get("claimed_at", 0.0)),
+        frozenset(item.get("ok") or ()),
+        frozenset(item.get("called") or ()),
+        bool(item.get("final")),
         float(throttled) if throttled is not None else None,
     )

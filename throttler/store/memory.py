@@ -19,6 +19,7 @@ from throttler.store.base import (
     MAX_KEYS_PER_COMMIT,
     PAUSE_KEY,
     QUOTAS_KEY,
+    STAGE_KEY,
     THROTTLE_KEY,
     TTL_ATTRIBUTE,
     USAGE_KEY,
@@ -34,8 +35,8 @@ from throttler.store.base import (
 )
 
 
-class MemoryStateStore(StateStore, WorkerRecords):
-    """Items by partition key, as plain dicts. Serves both the throttler's and the worker's views."""
+class _MemoryControl:
+    """Control items and the lease (the first half of MemoryStateStore)."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
@@ -54,6 +55,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 pause.get("reason") if pause else None,
                 _throttle(self.items.get(THROTTLE_KEY)),
                 _lease(self.items.get(LEASE_KEY)),
+                json.loads(self.items[STAGE_KEY]["settings"]) if STAGE_KEY in self.items else None,
             )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -63,6 +65,10 @@ class MemoryStateStore(StateStore, WorkerRecords):
     def put_last_good(self, item: Mapping[str, Any]) -> None:
         with self._lock:
             self.items[LAST_GOOD_KEY] = {"pk": LAST_GOOD_KEY, "item": json.dumps(plain_item(item), sort_keys=True, default=str)}
+
+    def put_stage_settings(self, settings: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.items[STAGE_KEY] = {"pk": STAGE_KEY, "settings": json.dumps(dict(settings), sort_keys=True, default=str)}
 
     def set_pause(self, until: float, reason: str, extend_only: bool = True) -> None:
         with self._lock:
@@ -77,7 +83,14 @@ class MemoryStateStore(StateStore, WorkerRecords):
             self.items.pop(THROTTLE_KEY, None)
 
     def publish_throttle(self, signal: ThrottleSignal) -> None:
-        self.throttle(signal)
+        with self._lock:
+            current = self.items.get(THROTTLE_KEY)
+            if current is not None and float(current["at"]) >= signal.at:
+                return
+            self.items[THROTTLE_KEY] = {
+                "pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
+                "batch": signal.batch_id, "key": signal.key,
+            }
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
@@ -122,6 +135,10 @@ class MemoryStateStore(StateStore, WorkerRecords):
             if self.items.get(LEASE_KEY, {}).get("owner") == owner:
                 del self.items[LEASE_KEY]
 
+
+class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
+    """Items by partition key, as plain dicts. Serves both the throttler's and the worker's views."""
+
     # ------------------------------------------------------------------ usage
     def load_usage(self) -> UsageRecord:
         with self._lock:
@@ -133,6 +150,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 usage.get("meter"),
                 {b: OpenBatch(v["owner"], float(v["until"])) for b, v in usage.get("open", {}).items()},
                 usage.get("done_until"),
+                copy.deepcopy(usage.get("keys", {})),
             )
 
     def load_key_meters(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -151,6 +169,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
         open_add: Mapping[str, OpenBatch],
         open_remove: Iterable[str],
         done_until: float | None = None,
+        keys_summary: Mapping[str, Any] | None = None,
     ) -> bool:
         if len(key_meters) > MAX_KEYS_PER_COMMIT:
             raise ValueError(f"at most {MAX_KEYS_PER_COMMIT} key meters per commit")
@@ -170,9 +189,15 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 opened[batch_id] = {"owner": batch.owner, "until": batch.until}
             if done_until is not None:
                 usage["done_until"] = max(done_until, float(usage.get("done_until") or 0))
+            if keys_summary is not None:
+                usage["keys"] = copy.deepcopy(dict(keys_summary))
             self.items[USAGE_KEY] = usage
             for key, write in key_meters.items():
-                self.items[KEY_USAGE_PREFIX + key] = {"pk": KEY_USAGE_PREFIX + key, "meter": write.meter_json, TTL_ATTRIBUTE: write.ttl_at}
+                self.items[KEY_USAGE_PREFIX + key] = {
+                    "pk": KEY_USAGE_PREFIX + key,
+                    "meter": write.meter_json,
+                    TTL_ATTRIBUTE: write.ttl_at,
+                }
             return True
 
     def close_open_batches(self, batch_ids: Iterable[str]) -> None:
@@ -218,16 +243,25 @@ class MemoryStateStore(StateStore, WorkerRecords):
             key = BATCH_PREFIX + batch_id
             if key in self.items:
                 return False
-            self.items[key] = {"pk": key, "run": run_id, "claimed_at": now, "ok": set(), "called": set(), "final": False,
-                               TTL_ATTRIBUTE: ttl_at}
+            self.items[key] = {
+                "pk": key,
+                "run": run_id,
+                "claimed_at": now,
+                "ok": set(),
+                "called": set(),
+                "final": False,
+                TTL_ATTRIBUTE: ttl_at,
+            }
             return True
 
     def record(
         self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
     ) -> None:
         with self._lock:
-            item = self.items.setdefault(BATCH_PREFIX + batch_id, {"pk": BATCH_PREFIX + batch_id, "run": "", "claimed_at": 0.0,
-                                                                   "ok": set(), "called": set(), "final": False})
+            item = self.items.setdefault(
+                BATCH_PREFIX + batch_id,
+                {"pk": BATCH_PREFIX + batch_id, "run": "", "claimed_at": 0.0, "ok": set(), "called": set(), "final": False},
+            )
             item["ok"] |= set(succeeded)
             item["called"] |= set(called)
             item["final"] = item["final"] or final
@@ -235,12 +269,7 @@ class MemoryStateStore(StateStore, WorkerRecords):
                 item["throttled_at"] = throttled_at
 
     def throttle(self, signal: ThrottleSignal) -> None:
-        with self._lock:
-            current = self.items.get(THROTTLE_KEY)
-            if current is not None and float(current["at"]) >= signal.at:
-                return
-            self.items[THROTTLE_KEY] = {"pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
-                                        "batch": signal.batch_id, "key": signal.key}
+        self.publish_throttle(signal)
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
         with self._lock:
@@ -252,20 +281,28 @@ def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
     if not item:
         return None
     retry = item.get("retry_after_s")
-    return ThrottleSignal(float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key"))
+    return ThrottleSignal(
+        float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key")
+    )
 
 
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
     if not item:
         return None
     until = item.get("successor_until")
-    return LeaseState(str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None)
+    return LeaseState(
+        str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None
+    )
 
 
 def _batch(item: Mapping[str, Any]) -> BatchRecord:
     throttled = item.get("throttled_at")
     return BatchRecord(
-        str(item["pk"])[len(BATCH_PREFIX):], str(item.get("run", "")), float(item.get("claimed_at", 0.0)),
-        frozenset(item.get("ok", ())), frozenset(item.get("called", ())), bool(item.get("final")),
+        str(item["pk"])[len(BATCH_PREFIX) :],
+        str(item.get("run", "")),
+        float(item.get("claimed_at", 0.0)),
+        frozenset(item.get("ok", ())),
+        frozenset(item.get("called", ())),
+        bool(item.get("final")),
         float(throttled) if throttled is not None else None,
     )

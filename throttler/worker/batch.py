@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from throttler.core.outcome import JobResult, Outcome
+from throttler.core.pacing import ApiBudget
 from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.store.base import ThrottleSignal
 
@@ -26,6 +27,8 @@ RECORD_EVERY_S = 1.0
 # While an earlier batch may still meet a 429, look at the shared throttle record at least this often
 # before starting a call: no call leaves more than a second after a 429 reached any worker.
 WATCH_EVERY_S = 0.8
+# Look this long before a slot (a read takes a few milliseconds; a call may leave only a little late).
+WATCH_LEAD_S = 0.1
 
 
 @dataclass
@@ -57,6 +60,8 @@ class BatchExecution:
         self._watching = set(request.watch)
         self.watched_final: set[str] = set()
         self._last_watch: float | None = None
+        self._budgets: dict[str | None, ApiBudget] = {}  # by key when 429s and headers are key-scoped
+        self._started: list[tuple[float, str | None]] = []  # (start time, key) of every call started
 
     # ------------------------------------------------------------------ the driver calls these
     def step(self, now: float) -> Step:
@@ -68,7 +73,7 @@ class BatchExecution:
             queue = self.pending[group]
             while queue and group not in self.running:
                 spec = queue[0]
-                why = self._why_not(spec)
+                why = self._why_not(spec, now)
                 if why:
                     self._skip_rest(group, why)
                     break
@@ -76,13 +81,21 @@ class BatchExecution:
                     self._skip_rest(group, "missed its slot", first=True)
                     break
                 if now < spec.not_before:
-                    wake = spec.not_before if wake is None else min(wake, spec.not_before)
+                    due = spec.not_before
+                    if self._must_watch(spec.not_before):
+                        if now >= spec.not_before - WATCH_LEAD_S:
+                            out.poll_watch = True  # look now, ahead of the slot
+                            return self._finish_step(out, now, wake)
+                        due = spec.not_before - WATCH_LEAD_S
+                    wake = due if wake is None else min(wake, due)
                     break
                 if self._must_watch(now):
                     out.poll_watch = True
                     return self._finish_step(out, now, wake)
                 queue.popleft()
                 self.running[group] = spec
+                self._started.append((now, spec.key))
+                self._use_budget(spec.key)
                 out.start.append(spec)
             if not queue:
                 del self.pending[group]
@@ -94,6 +107,7 @@ class BatchExecution:
             return
         del self.running[spec.group]
         self.results[spec.id] = result
+        self._observe_budget(spec, result, now)
         if result.outcome is Outcome.SUCCEEDED and not result.duplicate:
             self._unrecorded_ok.append((now, spec.id))
         elif result.attempted:
@@ -148,9 +162,38 @@ class BatchExecution:
         self.stop_all = self.stop_all or reason
 
     # ------------------------------------------------------------------ rules
-    def _why_not(self, spec: JobSpec) -> str:
+    def _scope(self, key: str | None) -> str | None:
+        return key if self.request.key_scoped_429 else None
+
+    def _observe_budget(self, spec: JobSpec, result: JobResult, now: float) -> None:
+        """Follow the API's own count inside the batch: the throttler only hears of it when the batch is over."""
+        api = result.api or {}
+        remaining, reset_at, sent = api.get("remaining"), api.get("reset_at"), result.sent_at
+        if remaining is None or reset_at is None or sent is None or float(reset_at) <= now:
+            return
+        scope = self._scope(spec.key)
+        current = self._budgets.get(scope)
+        if current is not None and current.observed_sent_at > sent:
+            return  # an older answer: the newer count stands
+        since = sum(1 for t, k in self._started if t > sent and self._scope(k) == scope)
+        self._budgets[scope] = ApiBudget(int(remaining), float(reset_at), sent, since)
+
+    def _use_budget(self, key: str | None) -> None:
+        budget = self._budgets.get(self._scope(key))
+        if budget is not None:
+            budget.used += 1
+
+    def _budget_says_no(self, spec: JobSpec, now: float) -> bool:
+        if self.request.api_policy:
+            return False  # the slots already follow the API's stated policy
+        budget = self._budgets.get(self._scope(spec.key))
+        return budget is not None and budget.exhausted(now)
+
+    def _why_not(self, spec: JobSpec, now: float | None = None) -> str:
         if self.stop_all:
             return self.stop_all
+        if now is not None and self._budget_says_no(spec, now):
+            return "the API's rate-limit headers say no calls are left until its reset"
         if spec.group in self.stopped:
             return self.stopped[spec.group]
         if spec.key is not None and spec.key in self.stopped_keys:
@@ -169,7 +212,9 @@ class BatchExecution:
         self.stopped.setdefault(group, why)
 
     def _must_watch(self, now: float) -> bool:
-        return (bool(self._watching) or self.request.watch_throttle) and (self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S - 1e-9)
+        return (bool(self._watching) or self.request.watch_throttle) and (
+            self._last_watch is None or now - self._last_watch >= WATCH_EVERY_S - 1e-9
+        )
 
     def _finish_step(self, out: Step, now: float, wake: float | None) -> Step:
         due = self._unrecorded_ok and now - self._unrecorded_ok[0][0] >= RECORD_EVERY_S - 1e-9

@@ -36,8 +36,9 @@ def call_job(spec: JobSpec, setup: CallSetup, deadline: float) -> JobResult:
     """Run one job now; every failure is a result, never an exception (the batch must go on)."""
     clock = setup.clock
     try:
-        job = parse_job(spec.body, spec.group, spec.id, tasks=setup.registry, validation=setup.validation,
-                        max_bytes=setup.max_message_bytes)
+        job = parse_job(
+            spec.body, spec.group, spec.id, tasks=setup.registry, validation=setup.validation, max_bytes=setup.max_message_bytes
+        )
     except InvalidJob as exc:
         return JobResult(spec.id, Outcome.INVALID, str(exc))
     fn = setup.registry.get(job.task)
@@ -67,7 +68,9 @@ def call_job(spec: JobSpec, setup: CallSetup, deadline: float) -> JobResult:
         return JobResult(spec.id, Outcome.INVALID, str(exc))
     except Exception as exc:  # noqa: BLE001 - a custom task's bug is a retryable failure, not a crash
         logger.warning("task raised", extra={"job_id": spec.id, "task": job.task, "error": type(exc).__name__})
-        return _result(spec, Outcome.RETRYABLE, RetryableTaskError(f"task raised {type(exc).__name__}"), sent_at, clock, None, setup)
+        return _result(
+            spec, Outcome.RETRYABLE, RetryableTaskError(f"task raised {type(exc).__name__}"), sent_at, clock, None, setup
+        )
     result = _result(spec, Outcome.SUCCEEDED, None, sent_at, clock, getattr(out, "headers", None), setup)
     if out is not None:
         result.status = getattr(out, "status", None)
@@ -86,8 +89,13 @@ def _result(
 ) -> JobResult:
     now = clock.now()
     result = JobResult(
-        spec.id, outcome, str(error) if error is not None else "", status=getattr(error, "status", None),
-        retry_after_s=retry_after_s, sent_at=sent_at, duration_s=max(0.0, now - sent_at),
+        spec.id,
+        outcome,
+        str(error) if error is not None else "",
+        status=getattr(error, "status", None),
+        retry_after_s=retry_after_s,
+        sent_at=sent_at,
+        duration_s=max(0.0, now - sent_at),
     )
     if headers:
         word = ratelimit.parse_api_word(headers, now)

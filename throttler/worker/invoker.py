@@ -19,9 +19,18 @@ from throttler.core.protocol import BatchRequest, BatchResponse
 
 # Errors Lambda returns before the function ran: nothing was called.
 NOT_RUN_CODES = {
-    "TooManyRequestsException", "ServiceException", "ResourceNotReadyException", "ResourceNotFoundException",
-    "EC2ThrottledException", "RequestTooLargeException", "InvalidRequestContentException", "AccessDeniedException",
-    "ResourceConflictException", "KMSAccessDeniedException", "InvalidRuntimeException", "UnsupportedMediaTypeException",
+    "TooManyRequestsException",
+    "ServiceException",
+    "ResourceNotReadyException",
+    "ResourceNotFoundException",
+    "EC2ThrottledException",
+    "RequestTooLargeException",
+    "InvalidRequestContentException",
+    "AccessDeniedException",
+    "ResourceConflictException",
+    "KMSAccessDeniedException",
+    "InvalidRuntimeException",
+    "UnsupportedMediaTypeException",
 }
 
 
@@ -52,7 +61,9 @@ class LambdaInvoker:
 
     def _invoke(self, request: BatchRequest) -> BatchResponse:
         try:
-            response = self._lambda.invoke(FunctionName=self._function, InvocationType="RequestResponse", Payload=request.to_json())
+            response = self._lambda.invoke(
+                FunctionName=self._function, InvocationType="RequestResponse", Payload=request.to_json()
+            )
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
             if code in NOT_RUN_CODES:

@@ -75,12 +75,18 @@ class WorkerService:
         if not self.records.claim(request.batch_id, request.run_id, start, start + BATCH_RECORD_TTL_S):
             logger.warning("batch already claimed", extra={"batch": request.batch_id})
             return BatchResponse(request.batch_id, BatchStatus.DUPLICATE)
-        parallel = max(1, min(self.config.max_parallel, request.pool_size or self.config.max_parallel,
-                              len({j.group for j in request.jobs})))
+        parallel = max(
+            1, min(self.config.max_parallel, request.pool_size or self.config.max_parallel, len({j.group for j in request.jobs}))
+        )
         session = self.new_session(parallel)
         setup = CallSetup(
-            registry=self.registry, clock=self.clock, session=session, validation=self.config.validation,
-            secret_headers=secrets, max_message_bytes=self.config.max_message_bytes, cost_header=request.cost_header,
+            registry=self.registry,
+            clock=self.clock,
+            session=session,
+            validation=self.config.validation,
+            secret_headers=secrets,
+            max_message_bytes=self.config.max_message_bytes,
+            cost_header=request.cost_header,
         )
         execution = BatchExecution(request)
         try:
@@ -93,8 +99,11 @@ class WorkerService:
             ok, called = execution.final_record()
             self._record(request.batch_id, ok, called, True, execution.throttled_at)
         return BatchResponse(
-            request.batch_id, BatchStatus.RAN, execution.ordered_results(),
-            tuple(sorted(execution.watched_final)), execution.throttled_at,
+            request.batch_id,
+            BatchStatus.RAN,
+            execution.ordered_results(),
+            tuple(sorted(execution.watched_final)),
+            execution.throttled_at,
         )
 
     def _drive(self, execution: BatchExecution, pool: ThreadPoolExecutor, setup: CallSetup, deadline: float) -> None:

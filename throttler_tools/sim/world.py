@@ -11,6 +11,7 @@ again, what it held stays hidden until its visibility runs out, and its lease ex
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import random
@@ -65,15 +66,21 @@ def job_body(path: str = "/ok", group: str | None = None, seq: int | None = None
 class WorldConfig:
     seed: int = 1
     quotas: dict[str, Any] | None = None  # the quota item (None: the stage default below)
-    default_quotas: str = "second=20 minute=600"
+    default_quotas: str = "second=20 minute=600 margin_ms=20"
     default_latency: str = "cost"
     api_tiers: list[tuple[float, int]] = field(default_factory=lambda: [(1, 20), (60, 600)])
     api_aligned: list[tuple[float, int]] = field(default_factory=list)
-    latency_s: Callable[[random.Random], float] = lambda rng: rng.uniform(0.02, 0.08)
+    # A call's round trip; half of it is the way to the API. Its spread must stay within the quota's margin
+    # (margin_ms), or the API rightly sees calls bunch up: that is what the margin is for.
+    latency_s: Callable[[random.Random], float] = lambda rng: rng.uniform(0.045, 0.065)
     latency: Latency | None = None  # outbound / API / inbound (None: `latency_s`, half of it outbound)
     faults: WorkerFaults = field(default_factory=WorkerFaults)
     run_faults: RunFaults = field(default_factory=RunFaults)
     schedule_every_s: float = 60.0
+    # The simulation's coarser idle step: a scheduled run is not started while the stage is idle (no run
+    # alive, the queue empty: nothing visible, in flight or delayed) and no job arrives within its budget.
+    # Such a run would only take the lease, find nothing and end; skipping it keeps an idle day cheap.
+    skip_idle_runs: bool = False
     schedule_jitter_s: tuple[float, float] = (0.05, 0.6)  # EventBridge starts a run this late
     run_budget_s: float = 110.0
     throttler_timeout_s: float = 170.0  # the function's timeout: Lambda kills a run still going then
@@ -86,6 +93,7 @@ class WorldConfig:
     max_message_bytes: int = 256 * 1024
     start: float = START
     stage: str = "local"
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
 
 
 @dataclass
@@ -154,7 +162,7 @@ class World:
         self.session = session_for(self.api)
         self.registry = TaskRegistry()
         self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
-        self.validation = ValidationContext.build(LOCAL_HOSTS, cfg.stage)
+        self.validation = ValidationContext.build(cfg.allowed_hosts, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
         self.workers = SimWorkers(self.loop, self.clock, self.backends.records, self._setup, cfg.latency or cfg.latency_s,
                                   self.rng, cfg.faults, cfg.worker_timeout_s,
@@ -164,10 +172,13 @@ class World:
         self.deaths: list[RunDeath] = []
         self.queue_events: list[QueueEvent] = []
         self.dropped_events = 0  # scheduled runs that never started (throttled past their age, or lost)
+        self.idle_runs_skipped = 0
+        self._arrivals: list[float] = []  # when enqueue_at jobs arrive (sorted)
         self._alive: dict[str, ThrottlerRun] = {}
         self._dead: set[str] = set()
         self._frozen_until: dict[str, float] = {}
         self._long_polling: dict[str, Ticker] = {}
+        self.crashed: dict[str, BaseException] = {}  # runs that raised (their Lambda died), by owner
         if self.sqs is not None:
             self.sqs.on_send.append(self._on_send)
         self._schedule_started = False
@@ -185,7 +196,7 @@ class World:
     def run_settings(self) -> RunSettings:
         cfg = self.config
         return RunSettings(cfg.default_quotas, cfg.default_latency, cfg.max_attempts, cfg.retry_base_s, cfg.retry_max_s,
-                           cfg.worker_timeout_s, 64)
+                           cfg.worker_timeout_s, 64, cfg.allowed_hosts, cfg.max_message_bytes)
 
     def _on_send(self, queue: str, view: Any) -> None:
         kind = "dlq" if queue.endswith("-dlq.fifo") else "jobs"
@@ -238,7 +249,9 @@ class World:
     def _invoke_scheduled(self, event_at: float) -> None:
         """Lambda's async invoke of the scheduled event: throttled while the reserved concurrency is in use
         (retried for up to max_event_age_s), then dropped."""
-        if len(self._alive) < self.config.throttler_concurrency:
+        if self.config.skip_idle_runs and self._idle(self.loop.now):
+            self.idle_runs_skipped += 1
+        elif len(self._alive) < self.config.throttler_concurrency:
             self.start_run()
         elif self.loop.now - event_at < self.config.max_event_age_s:
             self.loop.at(self.loop.now + self.rng.uniform(1.0, 5.0), lambda: self._invoke_scheduled(event_at))
@@ -301,6 +314,7 @@ class World:
             detail = f"{type(exc).__name__}: {exc}"
             if not expected:
                 detail += " | " + " / ".join(traceback.format_exception(exc)[-3:]).replace("\n", " ")
+            self.crashed[run.owner] = exc
             self._die(run, ticker, detail, expected)
             return
         if wake is None:
@@ -325,7 +339,15 @@ class World:
         self.queue.send(list(jobs))
 
     def enqueue_at(self, at: float, jobs: list[tuple[str, str, str]]) -> None:
+        bisect.insort(self._arrivals, at)
         self.loop.at(at, lambda: self.enqueue(jobs))
+
+    def _idle(self, now: float) -> bool:
+        """Nothing for a run to do now or within its budget (see WorldConfig.skip_idle_runs)."""
+        if self._alive or self.depth() != 0:
+            return False
+        i = bisect.bisect_left(self._arrivals, now)
+        return i == len(self._arrivals) or self._arrivals[i] > now + self.config.run_budget_s
 
     def at(self, t: float, action: Callable[[], None]) -> None:
         self.loop.at(t, action)
@@ -335,6 +357,21 @@ class World:
 
     def run_for(self, seconds: float) -> None:
         self.loop.run_until(self.loop.now + seconds)
+
+    def drain(self, timeout_s: float = 1800.0) -> bool:
+        """Scheduled runs until the queue holds nothing (visible, in flight or delayed); True if it emptied."""
+        self.start_schedule()
+        done = [False]
+
+        def check() -> None:
+            if self.depth() == 0:
+                done[0] = True
+            else:
+                self.loop.at(self.loop.now + 1.0, check)
+
+        self.loop.at(self.loop.now + 1.0, check)
+        self.loop.run_until(self.loop.now + timeout_s, stop=lambda: done[0])
+        return done[0]
 
     # ------------------------------------------------------------------ what happened
     def depth(self) -> int:

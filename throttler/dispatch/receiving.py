@@ -1,0 +1,202 @@
+"""Receiving for a run: how much to hold, when to receive, and what to hide so that keys share fairly.
+
+- Hold about `rate x (2 horizons + 1 s)` messages: enough for the next batches, not the whole backlog.
+- A key holding more than its share of what the run holds hides the rest (its groups wait in SQS), so
+  receives reach other keys' messages: a small backlog is not stuck behind a large one.
+- A key whose own tiers have no room for more than HOLD_MAX_S is hidden until its next slot.
+- A message received before may be a job that already succeeded in a run that died: it is deleted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from throttler.core.clock import Clock
+from throttler.core.fairness import NO_KEY
+from throttler.dispatch.config import InForce
+from throttler.dispatch.inbox import Held, Inbox
+from throttler.dispatch.intake import HOLD_MAX_S, Intake
+from throttler.dispatch.outbox import Outbox
+from throttler.dispatch.summary import RunSettings, RunSummary
+from throttler.dispatch.timing import CONTROL_REFRESH_S, Timing
+from throttler.dispatch.usage import UsageBook
+from throttler.queue import JobQueue, QueuedMessage
+from throttler.store.base import StateStore
+
+MAX_HELD = 3000
+RECEIVES_PER_STEP = 30
+BATCH_TARGET_JOBS = 20  # a batch spans up to 2 s at low rates, so that its fixed cost is shared
+MAX_HORIZON_S = 5.0
+DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
+
+
+class Receiver:
+    def __init__(
+        self,
+        *,
+        settings: RunSettings,
+        queue: JobQueue,
+        store: StateStore,
+        inbox: Inbox,
+        intake: Intake,
+        usage: UsageBook,
+        in_force: InForce,
+        outbox: Outbox,
+        timing: Timing,
+        summary: RunSummary,
+        clock: Clock,
+    ):
+        self.s, self.queue, self.store, self.inbox, self.intake = settings, queue, store, inbox, intake
+        self.usage, self.in_force, self.outbox, self.t, self.summary, self.clock = usage, in_force, outbox, timing, summary, clock
+        self.hidden: dict[str, list[tuple[float, int]]] = {}  # fair key -> [(hidden until, messages)]
+        self.keys_written_at = -math.inf
+        # Settled batches stay listed as open until their successes are deleted: if the run dies before the
+        # deletes, a later run reads their records and never calls those jobs again.
+        self.settled: list[str] = []
+        self.close_settled: Callable[[list[str]], None] = lambda batch_ids: None
+
+    # ------------------------------------------------------------------ how much, how long
+    def horizon(self) -> float:
+        """How much time one batch covers: about BATCH_TARGET_JOBS calls (1 to 2 s); longer when the held
+        groups are fewer than its calls. A group's next job waits for its batch to settle, so each batch
+        boundary leaves a group idle for a call's latency: fewer boundaries lose less."""
+        rate = self.in_force.rate(self.clock.now(), unbounded=math.inf)
+        if rate <= 0 or math.isinf(rate):
+            return 1.0
+        base = max(1.0, min(2.0, BATCH_TARGET_JOBS / rate))
+        groups = len(self.inbox.groups)
+        if 0 < groups < rate * base:
+            return min(MAX_HORIZON_S, base * rate * base / groups)
+        return base
+
+    def held_target(self) -> int:
+        rate = self.in_force.rate(self.clock.now())
+        return min(MAX_HELD, math.ceil(rate * (2 * self.horizon() + 1)) + 10)
+
+    def visibility(self, now: float) -> int:
+        rate = max(0.1, min(1000.0, self.in_force.rate(now, unbounded=1000.0)))
+        ahead = (len(self.inbox) + 10) / rate
+        return math.ceil(min(max(0.0, self.t.deadline - now), ahead) + 2 * self.horizon() + self.s.worker_timeout_s + 5)
+
+    # ------------------------------------------------------------------ receiving
+    def top_up(self, now: float) -> None:
+        target = self.held_target()
+        for _ in range(RECEIVES_PER_STEP):
+            if len(self.inbox) >= target:
+                return
+            if self.inbox.pending_deletes:
+                self.flush(now)  # FIFO shows a group's next message only once the finished ones are gone
+            visibility = self.visibility(now)
+            messages = self.queue.receive(10, visibility, wait_s=0)
+            if not messages:
+                self.t.queue_empty = not self.inbox and not self.outbox.in_flight
+                self.t.receive_after = now + (CONTROL_REFRESH_S if self.t.queue_empty else 0.5)
+                return
+            self.t.queue_empty = False
+            self.file(messages, now, visibility)
+
+    def long_poll(self, wait_s: float) -> None:
+        now = self.clock.now()
+        visibility = self.visibility(now)
+        messages = self.queue.receive(10, visibility, wait_s=max(0, min(20, int(wait_s))))
+        if messages:
+            self.file(messages, self.clock.now(), visibility)
+
+    def file(self, messages: list[QueuedMessage], now: float, visibility: int) -> None:
+        config, pacer = self.in_force.config, self.in_force.pacer
+        assert config is not None and pacer is not None
+        fresh = self.intake.accept(messages, now, now + visibility, config, lambda again: self.known_done(again, now))
+        keys = [h.key for h in fresh if h.key is not None and pacer.needs_key_meter(h.key)]
+        if keys:
+            self.usage.load_keys(keys)
+            for key in keys:
+                self.in_force.note_key(key)
+        self.balance(now)
+
+    def flush(self, now: float) -> None:
+        self.outbox.flush_deletes()
+        self.t.last_flush = now
+        closing, self.settled = self.settled, []
+        if closing:
+            self.close_settled(closing)
+
+    def known_done(self, again: list[Held], now: float) -> set[str]:
+        """Which of these messages received before belong to jobs that already succeeded: in a batch of
+        another run still listed open (read its record now), or in the durable success records."""
+        ids = [h.job_id for h in again]
+        pending = self.usage.unread_foreign()
+        if pending:
+            for batch_id, record in self.store.read_batches(pending).items():
+                self.usage.known_done |= record.succeeded
+                if record.final:
+                    self.usage.foreign_read.add(batch_id)
+        done = {j for j in ids if j in self.usage.known_done}
+        if self.usage.done_until is not None and self.usage.done_until > now:
+            done |= self.store.done_ids([j for j in ids if j not in done])
+        return done
+
+    def recover_foreign(self, now: float) -> None:
+        """Batches still listed open long after their workers must have finished: their run died before
+        settling them. Their successes get durable records (never called again), then they are forgotten."""
+        stale = self.usage.stale_foreign(now)
+        if not stale:
+            return
+        records = self.store.read_batches(stale)
+        succeeded = sorted({j for r in records.values() for j in r.succeeded})
+        if succeeded:
+            self.store.mark_done(succeeded, now + DONE_TTL_S)
+            self.usage.done_until = now + DONE_TTL_S
+            self.usage.known_done |= set(succeeded)
+        self.usage.forget_foreign(stale)
+        self.summary.recovered_batches += len(stale)
+
+    # ------------------------------------------------------------------ sharing and hiding
+    def balance(self, now: float) -> None:
+        """Only when the run holds all it may (it would receive nothing more): then a key past its share
+        hides the rest, until the soonest its held share can be sent (at its own fastest rate), so that
+        receives reach other keys, and nothing waits hidden while the stage has room for it."""
+        keys = self.inbox.keys()
+        target = self.held_target()
+        if len(keys) < 2 or len(self.inbox) < target:
+            return
+        pacer = self.in_force.pacer
+        assert pacer is not None
+        weights = {k: self.in_force.weight(k) for k in keys}
+        total_w = sum(weights.values())
+        for key in keys:
+            share = max(1, math.floor(target * weights[key] / total_w))
+            surplus = self.intake.surplus_groups(key, share)
+            if surplus:
+                fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
+                self.hide(key, surplus, now + share / min(fastest, 1000.0), now)
+
+    def hide_waiting(self, key_next: dict[str, float | None], now: float) -> None:
+        for key, when in key_next.items():
+            if when is not None and when - now <= HOLD_MAX_S:
+                continue
+            groups = self.intake.groups_headed_by(key)
+            if groups:
+                self.hide(key, groups, when, now)
+                self.summary.hidden += len(groups)
+
+    def hide(self, key: str, groups: list[str], until: float | None, now: float) -> None:
+        count = sum(len(self.inbox.groups.get(g, ())) for g in groups)
+        entries = [e for e in self.hidden.get(key, []) if e[0] > now]
+        entries.append((until if until is not None else now + 300.0, count))
+        self.hidden[key] = entries
+        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now)
+
+    def keys_summary(self, now: float) -> dict[str, Any] | None:
+        """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""
+        if now - self.keys_written_at < 5.0:
+            return None
+        self.keys_written_at = now
+        backlog: dict[str, dict[str, Any]] = {}
+        for key in set(self.inbox.keys()) | set(self.hidden):
+            held = self.inbox.held_of_key(key)
+            hidden = sum(c for until, c in self.hidden.get(key, []) if until > now)
+            if held or hidden:
+                backlog[key] = {"held": held, "hidden": hidden, "seen_at": round(now, 3)}
+        return dict(sorted(backlog.items(), key=lambda kv: -(kv[1]["held"] + kv[1]["hidden"]))[:50])
