@@ -81,8 +81,21 @@ def resolve(value: Any, stage: str, raw: dict[str, Any]) -> Any:
     return VAR.sub(lambda m: str(one(m.group(1))), value)
 
 
+_DEFINITIONS: dict[tuple[str, float], dict[str, Any]] = {}
+
+
 def stage_definition(stage: str) -> dict[str, Any]:
-    """{'resources': {logical id: {Type, Properties}}, 'environment': {...}} with variables resolved."""
+    """{'resources': {logical id: {Type, Properties}}, 'environment': {...}} with variables resolved (read
+    once per process while serverless.yml is unchanged: the simulation builds a stage per seed)."""
+    import copy
+
+    key = (stage, SERVERLESS_YML.stat().st_mtime)
+    if key not in _DEFINITIONS:
+        _DEFINITIONS[key] = _stage_definition(stage)
+    return copy.deepcopy(_DEFINITIONS[key])
+
+
+def _stage_definition(stage: str) -> dict[str, Any]:
     raw = load_raw()
     return {
         "resources": resolve(raw["resources"]["Resources"], stage, raw),

@@ -163,7 +163,8 @@ class Checker:
             if letters:
                 letter = letters[0]
                 if letter.error_reason == MOVED_BY_SQS or not letter.error_reason or letter.attempts is None:
-                    r.fail("4 dead letters carry a reason and attempts", f"{job_id}: {letter.error_reason!r} attempts={letter.attempts}")
+                    detail = f"{job_id}: {letter.error_reason!r} attempts={letter.attempts}"
+                    r.fail("4 dead letters carry a reason and attempts", detail)
                 if successes:
                     if all(self._lost(job_id, c) for c in successes):
                         r.counts["_ambiguous"] += 1  # every success of it was lost: nobody could know (README)

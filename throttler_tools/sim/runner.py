@@ -23,7 +23,7 @@ from throttler.dispatch.control import INDEFINITE_PAUSE_S
 from throttler_tools.sim.checker import Checker, Report, Timeline
 from throttler_tools.sim.engine import WorkerFaults
 from throttler_tools.sim.faults import RunFaults
-from throttler_tools.sim.scenario import Action, Scenario, generate
+from throttler_tools.sim.scenario import JOB_SCALE, Action, Scenario, generate
 from throttler_tools.sim.world import World
 
 TAIL_MAX_S = 14 * 3600.0
@@ -50,12 +50,15 @@ class SeedResult:
         return dict(self.__dict__)
 
 
-def replay_command(seed: int, days: float, jobs: int | None, profile: str | None = None) -> str:
+def replay_command(seed: int, days: float, jobs: int | None, profile: str | None = None, scale: float = JOB_SCALE) -> str:
+    """One line that lives through this seed again, identically, and prints what it broke."""
     parts = [f"python -m throttler sim --seed {seed} --days {days:g}"]
     if jobs is not None:
         parts.append(f"--jobs {jobs}")
     if profile is not None:
         parts.append(f"--profile {profile}")
+    if scale != JOB_SCALE:
+        parts.append(f"--scale {scale:g}")
     return " ".join(parts)
 
 
@@ -156,11 +159,12 @@ def quiet() -> None:
     logging.getLogger("throttler").setLevel(logging.CRITICAL)
 
 
-def run_seed(seed: int, days: float = 1.0, jobs: int | None = None, profile: str | None = None) -> SeedResult:
+def run_seed(seed: int, days: float = 1.0, jobs: int | None = None, profile: str | None = None,
+             scale: float = JOB_SCALE) -> SeedResult:
     quiet()
     started = time.process_time()
-    scenario = generate(seed, days, jobs, profile)
-    replay = replay_command(seed, days, jobs, profile)
+    scenario = generate(seed, days, jobs, profile, scale)
+    replay = replay_command(seed, days, jobs, profile, scale)
     try:
         sim = Simulation(scenario)
         sim.run()
@@ -172,14 +176,15 @@ def run_seed(seed: int, days: float = 1.0, jobs: int | None = None, profile: str
                       dict(report.checked), time.process_time() - started, sim.ended - scenario.config.start, replay)
 
 
-def _run_one(args: tuple[int, float, int | None, str | None]) -> SeedResult:
+def _run_one(args: tuple[int, float, int | None, str | None, float]) -> SeedResult:
     return run_seed(*args)
 
 
 def run_many(seeds: Iterable[int], days: float, jobs: int | None = None, profile: str | None = None,
-             processes: int | None = None, on_result: Callable[[SeedResult], None] | None = None) -> list[SeedResult]:
+             processes: int | None = None, on_result: Callable[[SeedResult], None] | None = None,
+             scale: float = JOB_SCALE) -> list[SeedResult]:
     """Run seeds in parallel processes (each seed deterministic on its own); results in seed order."""
-    work = [(s, days, jobs, profile) for s in seeds]
+    work = [(s, days, jobs, profile, scale) for s in seeds]
     processes = processes or os.cpu_count() or 1
     results: list[SeedResult] = []
     if processes <= 1 or len(work) <= 1:

@@ -125,23 +125,28 @@ def big_body(rng: random.Random, group: str, seq: int, path: str, target_bytes: 
 
 
 # ------------------------------------------------------------------------------------------- the generator
+# Jobs per seed, as a share of each profile's full size: a seed's cost is about 3 ms of CPU per call, and
+# `make sim` runs a thousand seeds of a day on two shared cores. Every profile still spends its tiers.
+JOB_SCALE = 0.05
 PROFILES = ("daily", "bursts", "keys", "auto", "storms", "edits", "big", "chaos")
 
 
-def generate(seed: int, days: float = 1.0, jobs: int | None = None, profile: str | None = None) -> Scenario:
-    """The scenario of a seed (the same seed, days and jobs give the same scenario, always)."""
+def generate(seed: int, days: float = 1.0, jobs: int | None = None, profile: str | None = None,
+             scale: float = JOB_SCALE) -> Scenario:
+    """The scenario of a seed (the same seed, days, jobs and scale give the same scenario, always)."""
     rng = random.Random(seed * 1_000_003 + 17)
     drawn = rng.choice(PROFILES)  # drawn whatever is asked, so that a seed's other draws do not move
     profile = profile or drawn
-    b = _Builder(rng, seed, days, profile, jobs)
+    b = _Builder(rng, seed, days, profile, jobs, scale)
     getattr(b, f"_{profile}")()
     b.finish()
     return b.scenario
 
 
 class _Builder:
-    def __init__(self, rng: random.Random, seed: int, days: float, profile: str, jobs: int | None):
+    def __init__(self, rng: random.Random, seed: int, days: float, profile: str, jobs: int | None, scale: float):
         self.rng = rng
+        self.scale = scale
         self.seed = seed
         self.days = days
         self.profile = profile
@@ -191,7 +196,7 @@ class _Builder:
 
     # ------------------------------------------------------------------ jobs
     def n_jobs(self, default: int) -> int:
-        return self.job_target if self.job_target is not None else default
+        return self.job_target if self.job_target is not None else max(20, round(default * self.scale))
 
     def group_names(self, n: int) -> list[str]:
         return [f"g{i}" for i in range(n)]
@@ -266,7 +271,7 @@ class _Builder:
         rng = self.rng
         second = rng.choice([2, 5, 10])
         minute = rng.choice([60, 120, 300])
-        day = rng.choice([300, 600, 1000, 1500])
+        day = max(20, round(rng.choice([300, 600, 1000, 1500]) * self.scale))
         aligned = rng.random() < 0.4
         self.quotas = {"second": second, "minute": minute, "day": day}
         if aligned:
@@ -274,7 +279,7 @@ class _Builder:
             self._aligned_margin()
         self.api_tiers = [(1, second), (60, minute)] + ([] if aligned else [(86400, day)])
         self.api_aligned = [(86400, day)] if aligned else []
-        n = self.n_jobs(int(day * rng.uniform(1.2, 1.8)))
+        n = self.job_target if self.job_target is not None else int(day * rng.uniform(1.2, 1.8))
         groups = self.group_names(rng.choice([5, 20, 80]))
         self.backlog(self.start + rng.uniform(0, 600), n, groups, 0.04)
         self.features.append(f"day={day}{' aligned' if aligned else ''}, {n} jobs in {len(groups)} groups")
@@ -321,7 +326,7 @@ class _Builder:
         group_key[groups[0]] = slow_key
         for i in range(n):
             g = rng.choice(groups) if i % 7 else groups[0]
-            t = self.start + rng.uniform(0, HOUR * 6)
+            t = self.start + rng.uniform(0, HOUR * 6 * self.scale)
             self.add_job(t, g, self.mixed_kind(0.03), group_key[g])
         self.features.append(f"{n_keys} keys, per_key minute={per_key_minute}, {slow_key} day-limited")
         self.maybe_faults(0.4)
@@ -549,6 +554,7 @@ class _Builder:
             faults=self.worker_faults,
             run_faults=self.run_faults,
             retry_base_s=rng.choice([5.0, 10.0]),
+            skip_idle_runs=True,
         )
         tail_second = 20
         tail = {"second": tail_second, "minute": tail_second * 60, "margin_ms": self.margin_ms}

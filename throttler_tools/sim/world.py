@@ -77,9 +77,10 @@ class WorldConfig:
     faults: WorkerFaults = field(default_factory=WorkerFaults)
     run_faults: RunFaults = field(default_factory=RunFaults)
     schedule_every_s: float = 60.0
-    # The simulation's coarser idle step: a scheduled run is not started while the stage is idle (no run
-    # alive, the queue empty: nothing visible, in flight or delayed) and no job arrives within its budget.
-    # Such a run would only take the lease, find nothing and end; skipping it keeps an idle day cheap.
+    # The simulation's coarser idle step: a scheduled run is not started while the stage is idle (the queue
+    # empty: nothing visible, in flight or delayed) and no job arrives within its budget. Such a run would
+    # only take the lease, find nothing and end (or long-poll an empty queue, latency=low, while the run
+    # before it does the same); skipping it keeps an idle day cheap.
     skip_idle_runs: bool = False
     schedule_jitter_s: tuple[float, float] = (0.05, 0.6)  # EventBridge starts a run this late
     run_budget_s: float = 110.0
@@ -344,7 +345,7 @@ class World:
 
     def _idle(self, now: float) -> bool:
         """Nothing for a run to do now or within its budget (see WorldConfig.skip_idle_runs)."""
-        if self._alive or self.depth() != 0:
+        if self.depth() != 0:
             return False
         i = bisect.bisect_left(self._arrivals, now)
         return i == len(self._arrivals) or self._arrivals[i] > now + self.config.run_budget_s
