@@ -80,3 +80,21 @@ def test_a_429_behind_a_slow_call_stops_the_batches_planned_after_it() -> None:
     assert len(answered) == 1 and answered[0] is not None
     late = [c for c in world.workers.sent if answered[0] + 1.0 < c.sent_at]
     assert late == [], f"{len(late)} calls left more than 1 s after the 429 reached a worker"
+
+
+def test_a_stream_of_short_429_pauses_costs_a_waiting_job_no_receive_per_pause() -> None:
+    """SPEC promise 4 (issue 11, break 1: "a stream of 429 Retry-After: 1 ... moved the first jobs to the DLQ
+    within 18-25 minutes"). Every pause released all held messages at visibility 0 and received them again a
+    second later: one receive per pause for every waiting job (found by the simulation, seed 1: 440 receives
+    in 47 minutes of a storm with Retry-After 0.5 s). A short pause is now held through: one receive per run."""
+    from throttler_tools.fakeapi import Storm
+
+    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 50}, api_tiers=[(1, 10)]))
+    start = world.loop.now
+    world.api.storms.append(Storm(start, start + 600, "delta", 1.0))
+    world.enqueue([(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(20)])
+    world.start_schedule()
+    world.run_for(900)
+    assert world.depth() == 0 and world.api.successes_by_key() == {f"j{i}": 1 for i in range(20)}
+    worst = max(len(times) for times in world.received_at.values())
+    assert worst <= 15, f"a waiting job was received {worst} times in a 10-minute storm (10 runs)"

@@ -212,8 +212,8 @@ class ThrottlerRun:
         paused_until = self.pauses.until(now)
         if paused_until is not None:
             self.summary.paused_until = paused_until
-            if not self.released_for_pause:
-                self.intake.release_all()
+            if not self.released_for_pause and not self._hold_through(paused_until, now):
+                self.summary.released += self.intake.release_all()
                 self.released_for_pause = True
             if paused_until >= t.deadline and not self.outbox.in_flight:
                 self._begin_end("paused")
@@ -245,6 +245,21 @@ class ThrottlerRun:
         if self.inbox.pending_deletes and (now - t.last_flush >= DELETE_FLUSH_S or len(self.inbox.pending_deletes) >= 10):
             self.receiver.flush(now)
         return Wake(self._next_wake(now, stage_next, target))
+
+    def _hold_through(self, paused_until: float, now: float) -> bool:
+        """A short pause (a 429's Retry-After of a second or so) that ends before the deadline: keep what is
+        held (hidden a little longer where its visibility would end first). Releasing it would cost each
+        message a receive per pause, and a stream of 429s would then bring every waiting job to
+        maxReceiveCount within hours. A longer pause releases everything (the next run receives it)."""
+        if paused_until + RECEIVE_AHEAD_S >= self.t.deadline:
+            return False
+        short = [held for held in self.inbox if held.visible_until <= paused_until + RECEIVE_AHEAD_S]
+        if short:
+            visibility = self.receiver.visibility(now)
+            self.queue.change_visibility([(held.msg.receipt, float(visibility)) for held in short])
+            for held in short:
+                held.visible_until = now + visibility
+        return True
 
     def _next_wake(self, now: float, stage_next: float, target: int) -> float:
         """The next thing due: a refresh, the deadline, the next plan, the next receive, a delete flush. (A
