@@ -388,8 +388,8 @@ class _Builder:
         groups = self.group_names(60)
         at = self.start + 60
         drawn = rng.randint(30, 60)
-        # At least 24 (about 6 MB: more than one batch's worth of Lambda's payload limit), up to 60.
-        for i in range(max(24, round(drawn * min(1.0, self.scale * 10)))):
+        # At least 12 (about 3 MB, well past any limit counted in characters), up to 60 at full scale.
+        for i in range(max(12, round(drawn * min(1.0, self.scale * 5)))):
             self.add_job(at, groups[i % len(groups)], "big" if rng.random() < 0.85 else "big-dead")
         self.backlog(at, self.n_jobs(rng.randint(300, 800)), groups, 0.05)
         self.features.append("messages near 256 KiB")
