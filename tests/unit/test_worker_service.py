@@ -7,7 +7,7 @@ import json
 import time
 
 from throttler.core.clock import SystemClock
-from throttler.core.errors import SecretsUnavailable
+from throttler.core.errors import SecretsUnavailable, StoreError
 from throttler.core.protocol import BatchRequest, BatchStatus, JobSpec
 from throttler.store import MemoryStateStore
 from throttler.tasks import default_registry
@@ -78,6 +78,25 @@ def test_a_429_stops_every_chain_and_is_published_for_every_other_worker() -> No
     assert response.results[0].retry_after_s == 9.0 and len(api.calls) == 1
     signal = records.read_control().throttle
     assert signal is not None and signal.retry_after_s == 9.0 and signal.batch_id == "b1"
+
+
+def test_a_429_is_published_even_when_the_state_table_refuses_the_first_writes() -> None:
+    # Found by the simulation (seed 15): one refused write (DynamoDB throttling, once botocore's retries were
+    # spent) left every other worker blind to the 429: calls went on for 1.7 s, until the run heard of it.
+    class Refusing(MemoryStateStore):
+        refusals = 2
+
+        def throttle(self, signal: object) -> None:  # type: ignore[override]
+            if self.refusals:
+                self.refusals -= 1
+                raise StoreError("ProvisionedThroughputExceededException")
+            super().throttle(signal)  # type: ignore[arg-type]
+
+    api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), Refusing()
+    now = time.time()
+    make_worker(api, records).run(batch(spec("a0", "a", "/throttle/9", now), spec("b0", "b", "/ok", now + 0.3)))
+    signal = records.read_control().throttle
+    assert signal is not None and signal.retry_after_s == 9.0
 
 
 def test_a_second_delivery_of_the_same_batch_calls_nothing() -> None:

@@ -40,6 +40,22 @@ class WorkerConfig:
     max_parallel: int = 64
 
 
+# A 429 that other workers do not see lets their calls go on until the run hears of it (seconds): the
+# publish is tried again at once when the state table refuses it (throttled, a 5xx after botocore's retries).
+PUBLISH_ATTEMPTS = 3
+
+
+def publish_429(write: Callable[[], None]) -> bool:
+    """Publish a 429 in the shared throttle record, trying up to PUBLISH_ATTEMPTS times; False if it never went."""
+    for _ in range(PUBLISH_ATTEMPTS):
+        try:
+            write()
+            return True
+        except StoreError:
+            continue
+    return False
+
+
 class WorkerService:
     def __init__(
         self,
@@ -142,10 +158,9 @@ class WorkerService:
 
     def _act(self, execution: BatchExecution, step: Step) -> None:
         if step.publish is not None:
-            try:
-                self.records.throttle(step.publish)
-            except StoreError as exc:
-                logger.error("could not publish a 429", extra={"error": str(exc)})
+            publish = step.publish
+            if not publish_429(lambda: self.records.throttle(publish)):
+                logger.error("could not publish a 429", extra={"attempts": PUBLISH_ATTEMPTS})
         if step.poll_watch:
             try:
                 signal, final = self.records.watch(sorted(execution.watching))

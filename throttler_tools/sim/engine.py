@@ -27,7 +27,7 @@ from throttler.store.base import ThrottleSignal, WorkerRecords
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
 from throttler.worker.invoker import WorkerFailed, WorkerNotRun
-from throttler.worker.service import STOP_BEFORE_TIMEOUT_S
+from throttler.worker.service import STOP_BEFORE_TIMEOUT_S, publish_429
 
 
 class Spinning(RuntimeError):
@@ -375,10 +375,7 @@ class _SimBatch:
         w, ex = self.w, self.execution
         if step.publish is not None:
             publish: ThrottleSignal = step.publish
-            try:
-                w.store(lambda: w.records.throttle(publish))
-            except StoreError:
-                pass  # logged by the service; the 429 still stops this batch
+            publish_429(lambda: w.store(lambda: w.records.throttle(publish)))  # as the service does
         if step.poll_watch:
             try:
                 signal, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
