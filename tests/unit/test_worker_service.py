@@ -10,6 +10,7 @@ from throttler.core.clock import SystemClock
 from throttler.core.errors import SecretsUnavailable, StoreError
 from throttler.core.protocol import BatchRequest, BatchStatus, JobSpec
 from throttler.store import MemoryStateStore
+from throttler.store.base import ThrottleSignal
 from throttler.tasks import default_registry
 from throttler.tasks.registry import ValidationContext
 from throttler.worker.service import WorkerConfig, WorkerService
@@ -86,11 +87,11 @@ def test_a_429_is_published_even_when_the_state_table_refuses_the_first_writes()
     class Refusing(MemoryStateStore):
         refusals = 2
 
-        def throttle(self, signal: object) -> None:  # type: ignore[override]
+        def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
             if self.refusals:
                 self.refusals -= 1
                 raise StoreError("ProvisionedThroughputExceededException")
-            super().throttle(signal)  # type: ignore[arg-type]
+            super().throttle(signal, now)
 
     api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), Refusing()
     now = time.time()

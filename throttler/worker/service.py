@@ -159,7 +159,7 @@ class WorkerService:
     def _act(self, execution: BatchExecution, step: Step) -> None:
         if step.publish is not None:
             publish = step.publish
-            if not publish_429(lambda: self.records.throttle(publish)):
+            if not publish_429(lambda: self.records.throttle(publish, self.clock.now())):
                 logger.error("could not publish a 429", extra={"attempts": PUBLISH_ATTEMPTS})
         if step.poll_watch:
             try:

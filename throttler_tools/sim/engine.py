@@ -375,7 +375,8 @@ class _SimBatch:
         w, ex = self.w, self.execution
         if step.publish is not None:
             publish: ThrottleSignal = step.publish
-            publish_429(lambda: w.store(lambda: w.records.throttle(publish)))  # as the service does
+            now = self.local(w.loop.now)
+            publish_429(lambda: w.store(lambda: w.records.throttle(publish, now)))  # as the service does
         if step.poll_watch:
             try:
                 signal, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
