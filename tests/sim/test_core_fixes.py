@@ -98,3 +98,4 @@ def test_a_stream_of_short_429_pauses_costs_a_waiting_job_no_receive_per_pause()
     assert world.depth() == 0 and world.api.successes_by_key() == {f"j{i}": 1 for i in range(20)}
     worst = max(len(times) for times in world.received_at.values())
     assert worst <= 15, f"a waiting job was received {worst} times in a 10-minute storm (10 runs)"
+
