@@ -8,7 +8,6 @@ with their reason, and what the API said fed back to the pacer and the pauses.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -72,7 +71,6 @@ class Outbox:
     latency_s: float = 0.2  # a first guess at a call's duration, until results come in
     worker_trouble: int = 0
     last_sent_slot: float | None = None  # the latest slot of a call that was (or may have been) sent
-    unheard_at: float = -math.inf  # the last time a batch that may have made calls settled without an answer
 
     # ------------------------------------------------------------------ sending
     def new_batch_id(self) -> str:
@@ -145,7 +143,6 @@ class Outbox:
         if response is not None and response.status is BatchStatus.DUPLICATE:
             trouble = "worker answered for a batch claimed before"
         if trouble and not trouble.startswith("worker not run"):
-            self.unheard_at = now  # its 429s, if any, are only in the shared throttle record
             record = self.store.read_batches([sent.batch_id]).get(sent.batch_id)
             results = results_from_failure(sent, record, now, "worker failed")
         outcome = settle(sent, response, results, trouble)

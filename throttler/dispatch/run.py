@@ -234,10 +234,9 @@ class ThrottlerRun:
                 return Wake(now)
             return Wake(min(t.next_refresh, t.deadline), long_poll=True)
         if self.inbox and now >= t.next_plan_at:
-            if self.pauses.last_signal_at > t.refreshed_at or self.outbox.unheard_at > t.refreshed_at:
-                # A 429 came back in a batch since the last read of the shared record (or a batch settled without
-                # an answer: its 429 is only there): read it now, so that the next batch's worker does not stop
-                # for a 429 this run already knows of (it stops for any later), and the run pauses for it.
+            if self.pauses.last_signal_at > t.refreshed_at:
+                # A 429 came back in a batch since the last read of the shared record: read it now, so that the
+                # next batch's worker does not stop for a 429 this run already knows of (it stops for any later).
                 self._refresh(now)
                 if self.phase is not Phase.RUNNING or self.pauses.until(now) is not None:
                     return Wake(now + 0.001)
