@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from throttler.core.errors import StoreError
+from throttler.store.base import OPERATOR_SIGNAL, Control
 from throttler_tools.cli.base import (
     PROG,
     CommandGroup,
@@ -411,18 +412,24 @@ def pause(duration: str | None, stage: str | None) -> None:
     click.echo(f"stage {aws.stage} paused {how}: dispatch stops within 5 s; calls already sent finish")
 
 
+def pauses_lifted(control: Control, now: float) -> list[str]:
+    """What `resume` lifts, in words: the operator's pause, and the pause of the API's latest 429 (not the
+    record of an operator's pause that a run leaves in the same place for the workers)."""
+    lifted = []
+    if control.pause_until is not None and control.pause_until > now:
+        lifted.append("the operator's pause")
+    if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
+        lifted.append("the pause of the API's latest 429")
+    return lifted
+
+
 @cli.command()
 @stage_option
 def resume(stage: str | None) -> None:
     """Lift a pause (an operator's, or one a 429 started); dispatch restarts within 5 s."""
     aws = _aws(stage)
     now = time.time()
-    control = aws.store.read_control()
-    lifted = []
-    if control.pause_until is not None and control.pause_until > now:
-        lifted.append("the operator's pause")
-    if control.throttle is not None:
-        lifted.append("the pause of the API's latest 429")
+    lifted = pauses_lifted(aws.store.read_control(), now)
     aws.store.clear_pause()
     if lifted:
         click.echo(f"stage {aws.stage} resumed: lifted {' and '.join(lifted)}; dispatch restarts within 5 s")

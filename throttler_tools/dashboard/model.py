@@ -279,16 +279,13 @@ class Dashboard:
 
     def resume(self) -> Outcome:
         """`resume`: lifts the operator's pause and the pause of the API's latest 429."""
+        from throttler_tools.cli.operator import pauses_lifted
+
         box: list[Outcome] = []
         with _as_outcome(box, self.aws):
             self._writable()
             now = self.clock()
-            control = self.aws.store.read_control()
-            lifted = []
-            if control.pause_until is not None and control.pause_until > now:
-                lifted.append("the operator's pause")
-            if control.throttle is not None:
-                lifted.append("the pause of the API's latest 429")
+            lifted = pauses_lifted(self.aws.store.read_control(), now)
             self.aws.store.clear_pause()
             if lifted:
                 what = " and ".join(lifted)
