@@ -129,7 +129,7 @@ def test_the_dashboard_in_a_browser_follows_a_running_throttler_and_pauses_it(ru
             assert run.store.read_control().quotas == QUOTAS
 
             # A pause from the page: the state table shows it; the run that was dispatching stops within 5 s, and
-            # the runs that start after it dispatch nothing.
+            # a run that starts after it dispatches nothing (it stays to its deadline, watching for a resume).
             used_before_pause = used(page, "minute")
             page.fill("#pause-duration", "10m")
             page.click("#pause-button")
@@ -139,8 +139,8 @@ def test_the_dashboard_in_a_browser_follows_a_running_throttler_and_pauses_it(ru
             paused_at = control.pause_until - 600  # the dashboard's clock when it wrote the pause
             assert eventually(lambda: page.text_content("#state-pill") == "PAUSED", 5)
             later = lambda: [s for s in pipeline.summaries if s.started_at > paused_at]  # noqa: E731
-            assert eventually(lambda: len(later()) >= 2, 20), "no run started after the pause"
-            assert [(s.dispatched, bool(s.paused_until)) for s in later()[:2]] == [(0, True), (0, True)]
+            assert eventually(lambda: later(), 20), "no run started after the pause ended"
+            assert (later()[0].dispatched, bool(later()[0].paused_until)) == (0, True)
             assert [round(c.at - paused_at, 2) for c in api.calls if c.at > paused_at + 5] == []
             assert [c for c in api.calls if c.at >= later()[0].started_at] == []
             assert run.depth() > 0  # the jobs wait; none is lost
