@@ -206,7 +206,7 @@ function renderKeys(status) {
     const tiers = Object.entries(entry.tiers).map(([t, e]) => `${t} ${e.used}/${limitInForce(e) ?? "?"}`).join(", ") || "the stage's tiers only";
     const paused = entry.paused_until ? ` · paused by a 429 until ${clock(entry.paused_until).slice(11)}` : "";
     body.append(el("tr", { "data-key": name },
-      el("td", { cls: "mono", text: name }), el("td", { cls: "num", text: String(entry.weight) }),
+      el("td", { cls: "mono", text: name || "(no key)" }), el("td", { cls: "num", text: String(entry.weight) }),
       el("td", { cls: "num", text: entry.backlog == null ? "?" : String(entry.backlog) }),
       el("td", { text: tiers + paused }), el("td", { text: drainText(entry.drain) })));
   }
