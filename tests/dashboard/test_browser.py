@@ -163,3 +163,28 @@ def test_the_dashboard_in_a_browser_follows_a_running_throttler_and_pauses_it(ru
     if target:
         shutil.copyfile(final, ROOT / target)
     print(f"\nscreenshots in {SHOTS} ({time.monotonic() - started:.1f} s)")
+
+
+def test_the_page_shows_learned_limits_and_the_apis_word_and_what_dispatch_follows(run: Cli, page: Any) -> None:
+    from throttler.core.pacing import ApiBudget, ApiPolicy, ApiState, Learned, Meter
+
+    now = time.time()
+    run.store.put_quotas({"second": "auto:50", "minute": 120})
+    meter = Meter()
+    history = [[now - 90, 25, "raised"], [now - 30, 17, "429"]]
+    meter.learned["second"] = Learned(17.6, bad=25, changed_at=now - 30, history=history)
+    meter.api = ApiState([ApiPolicy(100, 60.0, now + 100), ApiPolicy(7, 10.0, now + 100)], ApiBudget(40, now + 30, now - 1, 2),
+                         now - 1, "RateLimit-Policy q=100 w=60")
+    assert run.store.commit_usage(0, meter.to_json(), {}, {}, [])
+    with DashboardServer(Dashboard(StageAws("local"), min_refresh_s=0.0), "127.0.0.1", 0) as server:
+        page.goto(server.url)
+        page.wait_for_selector('[data-tier="api:10s"]')
+        assert page.get_attribute('[data-tier="second"]', "data-limit") == "17"
+        assert page.text_content('[data-tier="second"] .extra') == "learned 17 (configured auto:50)"
+        assert page.text_content('[data-tier="minute"] .extra').startswith("the API says 100 per 1 min, 38 calls left, resets in")
+        assert page.text_content("#follows").startswith("paced by the API says 7 per 10 s")
+        learned = page.text_content("#learned")
+        assert "learned second: 25 (raised" in learned and "17 (429" in learned
+        assert "the API said: RateLimit-Policy q=100 w=60" in learned
+        assert page.text_content("#batches") == "0 batches sent and not settled"
+        shoot(page, "learned-and-api")
