@@ -103,7 +103,7 @@ def test_the_dashboard_in_a_browser_follows_a_running_throttler_and_pauses_it(ru
     enqueue(run)
     api = FakeApi(tiers=[(1, 4), (60, 150)])
     board = Dashboard(StageAws("local"), min_refresh_s=0.3)
-    pipeline = Pipeline(run.stack.endpoint, run.stack.env, api)
+    pipeline = Pipeline(run.stack.endpoint, run.stack.env, api, run_s=3.0)
     with DashboardServer(board, "127.0.0.1", 0) as server:
         pipeline.start()
         try:
