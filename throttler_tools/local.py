@@ -484,8 +484,10 @@ def serve(
         if dashboard_port is not None:
             if dashboard_port and not port_is_free(dashboard_port):
                 raise LocalStackError(f"port {dashboard_port} on 127.0.0.1 is in use: pass another with --dashboard-port")
-        with stack:
-            try:
+        # The echo API stops after the stack: the runs settle their batches (calls in flight finish) first, so a
+        # stop never turns a call into a failed attempt.
+        try:
+            with stack:
                 if echo_port is not None:
                     names = [h for h, _ in stack.settings().secret_headers]
                     echo = EchoApi(port=echo_port, secret_header_names=names).start()
@@ -497,8 +499,8 @@ def serve(
                 while not stop.wait(0.2):
                     pass
                 logger.info("stopping: runs in progress settle and put back what they hold")
-            finally:
-                if board is not None:
-                    board.stop()
-                if echo is not None:
-                    echo.stop()
+        finally:
+            if board is not None:
+                board.stop()
+            if echo is not None:
+                echo.stop()

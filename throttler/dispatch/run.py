@@ -214,9 +214,8 @@ class ThrottlerRun:
             if not self.released_for_pause:
                 self.intake.release_all()
                 self.released_for_pause = True
-            # Paused past the deadline: with latency=cost the run ends (a resume is seen by the next scheduled run,
-            # as a new job is); with latency=low it stays, re-reading the pause every CONTROL_REFRESH_S, so a
-            # resume takes effect within seconds.
+            # latency=cost: a run paused past its deadline ends (`resume` starts the next one); latency=low: it
+            # waits, reading the pause item at each refresh, so a `resume` takes effect within the refresh (5 s).
             if paused_until >= t.deadline and not self.outbox.in_flight and self.in_force.latency() == "cost":
                 self._begin_end("paused")
             return Wake(min(paused_until, t.next_refresh, t.deadline))

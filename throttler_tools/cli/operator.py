@@ -13,8 +13,7 @@ from typing import Any
 
 import click
 
-from throttler.core.errors import StoreError
-from throttler.store.base import OPERATOR_SIGNAL, Control
+from throttler.core.errors import ConfigError, StoreError
 from throttler_tools.cli.base import (
     PROG,
     CommandGroup,
@@ -406,6 +405,8 @@ def pause(duration: str | None, stage: str | None) -> None:
     from throttler.dispatch.control import INDEFINITE_PAUSE_S
     from throttler_tools.status import clock_text, duration_text
 
+    if duration is not None and not duration.strip():
+        raise ConfigError("--for needs a duration (e.g. 10m); leave --for out to pause until `resume`")
     seconds = parse_duration(duration) if duration else INDEFINITE_PAUSE_S
     aws = _aws(stage)
     until = time.time() + seconds
@@ -417,29 +418,11 @@ def pause(duration: str | None, stage: str | None) -> None:
 NO_KEY_LABEL = "(no key)"
 
 
-def pauses_lifted(control: Control, now: float) -> list[str]:
-    """What `resume` lifts, in words: the operator's pause, and the pause of the API's latest 429 (not the
-    record of an operator's pause that a run leaves in the same place for the workers)."""
-    lifted = []
-    if control.pause_until is not None and control.pause_until > now:
-        lifted.append("the operator's pause")
-    if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
-        lifted.append("the pause of the API's latest 429")
-    return lifted
-
-
 @cli.command()
 @stage_option
 def resume(stage: str | None) -> None:
     """Lift a pause (an operator's, or one a 429 started); dispatch restarts within 5 s."""
-    aws = _aws(stage)
-    now = time.time()
-    lifted = pauses_lifted(aws.store.read_control(), now)
-    aws.store.clear_pause()
-    if lifted:
-        click.echo(f"stage {aws.stage} resumed: lifted {' and '.join(lifted)}; dispatch restarts within 5 s")
-    else:
-        click.echo(f"stage {aws.stage} was not paused: nothing to lift")
+    click.echo(_aws(stage).resume(time.time()))
 
 
 # ---------------------------------------------------------------------------- status

@@ -279,19 +279,10 @@ class Dashboard:
 
     def resume(self) -> Outcome:
         """`resume`: lifts the operator's pause and the pause of the API's latest 429."""
-        from throttler_tools.cli.operator import pauses_lifted
-
         box: list[Outcome] = []
         with _as_outcome(box, self.aws):
             self._writable()
-            now = self.clock()
-            lifted = pauses_lifted(self.aws.store.read_control(), now)
-            self.aws.store.clear_pause()
-            if lifted:
-                what = " and ".join(lifted)
-                box.append(Outcome(True, f"stage {self.stage} resumed: lifted {what}; dispatch restarts within 5 s"))
-            else:
-                box.append(Outcome(True, f"stage {self.stage} was not paused: nothing to lift"))
+            box.append(Outcome(True, self.aws.resume(self.clock())))
         return self._done(box)
 
     def set_quota(self, assignments: str, *, key: str | None = None, per_key: bool = False) -> Outcome:
