@@ -85,6 +85,7 @@ class ThrottlerRun:
             RetryPolicy(settings.max_attempts, settings.retry_base_s, settings.retry_max_s),
             self.owner,
             on_done=self.wakeup.set,
+            worker_timeout_s=settings.worker_timeout_s,
         )
         self.usage = UsageBook(store, self.owner)
         self.lease = Lease(store, self.owner)
@@ -246,6 +247,9 @@ class ThrottlerRun:
         batch that finishes wakes the run on its own.) Never "now" again: every step must move time on."""
         t, soon = self.t, now + 0.001
         wake = min(t.next_refresh, t.deadline)
+        recheck = self.outbox.next_recheck()
+        if recheck is not None:
+            wake = min(wake, max(recheck, soon))
         if self.inbox:
             wake = min(wake, max(t.next_plan_at, soon))
         if len(self.inbox) < target:
