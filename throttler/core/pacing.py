@@ -18,7 +18,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from throttler.core.quotas import DEFAULT_MARGIN_CAP_S, DEFAULT_MARGIN_FRACTION, MIN_MARGIN_MS, QuotaConfig, Tier
@@ -29,6 +29,7 @@ BUCKETS_PER_WINDOW = 400
 STANDING_WINDOWS_S = (60, 3600, 86400, 7 * 86400, 31 * 86400)
 RECENT_SLOTS_KEPT = 20_000  # for counting calls sent after the call an API header describes
 API_POLICY_TTL_S = 120.0  # the API's policy stays in force this long after a response last stated it
+MAX_API_POLICIES = 8  # policies the API stated that are followed at once (each has a ledger in the usage item)
 MAX_API_RESET_S = 86400.0
 _EPS = 1e-9
 
@@ -302,6 +303,7 @@ class Limit:
     aligned: bool
     margin_s: float
     ledger: Ledger
+    learned: bool = False  # an auto tier: never below one call per window, whatever the call's cost
 
 
 class Meter:
@@ -389,14 +391,23 @@ class Scope:
     def limits(self, now: float) -> list[Limit]:
         """Every window in force: configured tiers (learned limits resolved) and the API's policies."""
         out = []
+        margins = [tier.margin_s for tier, _ in self._configured]
         for tier, ledger in self._configured:
-            limit = tier.limit if tier.limit is not None else self.meter.learned_for(tier).limit
-            out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger))
+            if tier.limit is not None:
+                limit = tier.limit
+            else:  # a learned value from before MAX was lowered never counts above the new MAX
+                limit = min(self.meter.learned_for(tier).limit, tier.auto_max or 0)
+            out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger,
+                             learned=tier.limit is None))
+        strictest: dict[int, int] = {}  # several policies of one window: the stricter one wins
         for policy in self.meter.api.active_policies(now):
             window_s = max(1, math.ceil(policy.window_s))
-            margin = default_margin_s(window_s)
+            strictest[window_s] = min(strictest.get(window_s, policy.limit), policy.limit)
+        for window_s, limit in sorted(strictest.items()):
+            # The stage's own margin when it states one (the API's window sees the same jitter as ours).
+            margin = max([default_margin_s(window_s), *[m for m in margins if m <= window_s * 0.05]])
             ledger = self.meter.ensure(window_s, False)
-            out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, policy.limit, False, margin, ledger))
+            out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, limit, False, margin, ledger))
         return out
 
     def spacing_s(self, limits: list[Limit]) -> float:
@@ -408,7 +419,7 @@ class Scope:
 
     def earliest(self, t: float, cost: int) -> float:
         """The earliest time >= t this scope allows a call of `cost` units (inf: never, at these limits)."""
-        limits = self.limits(t)
+        limits = [replace(lim, limit=max(lim.limit, cost)) if lim.learned else lim for lim in self.limits(t)]
         if any(lim.limit < cost for lim in limits):
             return math.inf
         meter = self.meter
@@ -434,12 +445,12 @@ class Scope:
         budget = self.meter.api.budget
         if budget is None or t >= budget.reset_at:
             return t
+        if budget.exhausted(t, cost):
+            return budget.reset_at + default_margin_s(1)  # nothing left until the reset, policy or not
         if self.meter.api.active_policies(t):
             # The API stated its policy (q per w): that paces. Its remaining count and reset are only upper
             # bounds (the draft's `t` is whole seconds), which would hold calls back a second at every turn.
             return t
-        if budget.exhausted(t, cost):
-            return budget.reset_at + default_margin_s(1)
         if not budget.spread:
             return t  # the API stated its policy: that paces; what is left is only a bound
         # Spread what is left until the reset, so the API's count runs out no sooner than it resets.
@@ -472,7 +483,11 @@ class Scope:
         meter.dirty = True
 
     def correct(self, slot: float, delta: int) -> None:
-        """The API says a call used `delta` more (or fewer) units than reserved: count it where it went."""
+        """The API says a call used `delta` more (or fewer) units than reserved: count it where it went. An
+        upward correction counts at most the largest limit in force (a hostile or broken header cannot fill
+        the month's ledger)."""
+        ceiling = max((lim.limit for lim in self.limits(slot)), default=0)
+        delta = min(delta, max(ceiling, 1))
         if delta == 0:
             return
         for ledger in self.meter.ledgers.values():
@@ -617,7 +632,9 @@ class Pacer:
             limit, window_s = int(policy.limit), float(policy.window_s)
             if limit < 0 or not 0 < window_s <= 31 * 86400:
                 continue
-            found = next((p for p in api.policies if p.window_s == window_s), None)
+            found = next((p for p in api.policies if p.window_s == window_s and p.limit == limit), None)
+            if found is None and len(api.active_policies(now)) >= MAX_API_POLICIES:
+                continue  # an API naming ever new windows cannot grow the usage item without bound
             if found is None:
                 api.policies.append(ApiPolicy(limit, window_s, now + max(API_POLICY_TTL_S, 2 * window_s)))
             else:

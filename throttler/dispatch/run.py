@@ -85,6 +85,7 @@ class ThrottlerRun:
             RetryPolicy(settings.max_attempts, settings.retry_base_s, settings.retry_max_s),
             self.owner,
             on_done=self.wakeup.set,
+            worker_timeout_s=settings.worker_timeout_s,
         )
         self.usage = UsageBook(store, self.owner)
         self.lease = Lease(store, self.owner)
@@ -215,7 +216,9 @@ class ThrottlerRun:
             if not self.released_for_pause and not self._hold_through(paused_until, now):
                 self.summary.released += self.intake.release_all()
                 self.released_for_pause = True
-            if paused_until >= t.deadline and not self.outbox.in_flight:
+            # latency=cost: a run paused past its deadline ends (`resume` starts the next one); latency=low: it
+            # waits, reading the pause item at each refresh, so a `resume` takes effect within the refresh (5 s).
+            if paused_until >= t.deadline and not self.outbox.in_flight and self.in_force.latency() == "cost":
                 self._begin_end("paused")
             return Wake(min(paused_until, t.next_refresh, t.deadline))
         self.released_for_pause = False
@@ -266,6 +269,9 @@ class ThrottlerRun:
         batch that finishes wakes the run on its own.) Never "now" again: every step must move time on."""
         t, soon = self.t, now + 0.001
         wake = min(t.next_refresh, t.deadline)
+        recheck = self.outbox.next_recheck()
+        if recheck is not None:
+            wake = min(wake, max(recheck, soon))
         if self.inbox:
             wake = min(wake, max(t.next_plan_at, soon))
         if len(self.inbox) < target:

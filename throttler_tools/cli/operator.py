@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from throttler.core.errors import StoreError
+from throttler.core.errors import ConfigError, StoreError
 from throttler_tools.cli.base import (
     PROG,
     CommandGroup,
@@ -229,7 +229,8 @@ def _print_tiers(tiers: Mapping[str, Mapping[str, Any]], aligned: set[str], inde
     for name, entry in tiers.items():
         kind = "calendar-aligned" if name in aligned else "sliding"
         learned = f", learned {entry['learned']} so far" if "learned" in entry else ""
-        click.echo(f"{indent}{name:<12} {entry['limit']!s:>8} calls per {_tier_window(name)} ({kind}{learned})")
+        calls = "call " if entry["limit"] == 1 else "calls"
+        click.echo(f"{indent}{name:<12} {entry['limit']!s:>8} {calls} per {_tier_window(name)} ({kind}{learned})")
 
 
 def _print_quotas(report: Mapping[str, Any], key: str | None) -> None:
@@ -382,7 +383,8 @@ def _show_set(item: Mapping[str, Any], key: str | None, per_key: bool) -> None:
         plain = plain_item(item)
         _print_tiers(configured_tiers(config.tiers, None), aligned)
         if plain.get("concurrency") is not None:
-            click.echo(f"  {'concurrency':<12} {plain['concurrency']!s:>8} calls in flight at once")
+            calls = "call " if plain["concurrency"] == 1 else "calls"
+            click.echo(f"  {'concurrency':<12} {plain['concurrency']!s:>8} {calls} in flight at once")
         if plain.get("margin_ms") is not None:
             click.echo(f"  {'margin_ms':<12} {plain['margin_ms']!s:>8} ms added to every window")
 
@@ -403,6 +405,8 @@ def pause(duration: str | None, stage: str | None) -> None:
     from throttler.dispatch.control import INDEFINITE_PAUSE_S
     from throttler_tools.status import clock_text, duration_text
 
+    if duration is not None and not duration.strip():
+        raise ConfigError("--for needs a duration (e.g. 10m); leave --for out to pause until `resume`")
     seconds = parse_duration(duration) if duration else INDEFINITE_PAUSE_S
     aws = _aws(stage)
     until = time.time() + seconds
@@ -411,23 +415,14 @@ def pause(duration: str | None, stage: str | None) -> None:
     click.echo(f"stage {aws.stage} paused {how}: dispatch stops within 5 s; calls already sent finish")
 
 
+NO_KEY_LABEL = "(no key)"
+
+
 @cli.command()
 @stage_option
 def resume(stage: str | None) -> None:
     """Lift a pause (an operator's, or one a 429 started); dispatch restarts within 5 s."""
-    aws = _aws(stage)
-    now = time.time()
-    control = aws.store.read_control()
-    lifted = []
-    if control.pause_until is not None and control.pause_until > now:
-        lifted.append("the operator's pause")
-    if control.throttle is not None:
-        lifted.append("the pause of the API's latest 429")
-    aws.store.clear_pause()
-    if lifted:
-        click.echo(f"stage {aws.stage} resumed: lifted {' and '.join(lifted)}; dispatch restarts within 5 s")
-    else:
-        click.echo(f"stage {aws.stage} was not paused: nothing to lift")
+    click.echo(_aws(stage).resume(time.time()))
 
 
 # ---------------------------------------------------------------------------- status
@@ -514,8 +509,9 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
     keys = report["keys"]
     if keys:
         lines.append(f"  keys      {count_text(len(keys), 'key')} (backlog as the throttler last saw it):")
-        width = min(24, max(len(k) for k in keys))
+        width = min(24, max(len(k or NO_KEY_LABEL) for k in keys))
         for name, entry in keys.items():
+            name = name or NO_KEY_LABEL  # jobs without a key share the stage as one more key
             backlog = "?" if entry["backlog"] is None else str(entry["backlog"])
             use = ", ".join(_tier_use(n, e) for n, e in entry["tiers"].items()) or "no tiers of its own"
             lines.append(f"    {_cut(name, width):<{width}}  weight {entry['weight']:<4} backlog {backlog:<6} {use}; "

@@ -26,7 +26,7 @@ from throttler.core.protocol import LAMBDA_PAYLOAD_LIMIT, BatchRequest, BatchRes
 from throttler.store.base import ThrottleSignal, WorkerRecords
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
-from throttler.worker.invoker import WorkerFailed, WorkerNotRun
+from throttler.worker.invoker import WorkerFailed, WorkerLost, WorkerNotRun
 from throttler.worker.service import STOP_BEFORE_TIMEOUT_S, publish_429
 
 
@@ -456,7 +456,7 @@ class _SimBatch:
         if self.lost:
             self._lose_unrecorded()
             self.w.deaths.append(WorkerDeath(self.worker, self.request.batch_id, self.w.loop.now, "response lost"))
-            self.w._answer(self.answer, None, WorkerFailed("ReadTimeoutError"))
+            self.w._answer(self.answer, None, WorkerLost("ReadTimeoutError"))
         else:
             self.w._answer(self.answer, response)
 
