@@ -265,6 +265,15 @@ class ApiState:
     budget: ApiBudget | None = None
     said_at: float | None = None
     summary: str = ""
+    # 429s in a row with no success between them, across runs: a storm of short Retry-Afters backs off beyond
+    # them, so runs stop receiving the waiting jobs again and again (SQS's redrive counts every receive).
+    streak: int = 0
+    streak_at: float = 0.0  # the latest 429 counted
+
+    def note_429(self, at: float) -> int:
+        if at > self.streak_at:
+            self.streak, self.streak_at = self.streak + 1, at
+        return self.streak
 
     def active_policies(self, now: float) -> list[ApiPolicy]:
         return [p for p in self.policies if p.until > now]
@@ -278,6 +287,8 @@ class ApiState:
             data["b"] = [b.remaining, b.reset_at, b.observed_sent_at, b.used, int(b.spread)]
         if self.said_at is not None:
             data["t"], data["s"] = self.said_at, self.summary
+        if self.streak:
+            data["k"] = [self.streak, self.streak_at]
         return data
 
     @classmethod
@@ -288,6 +299,8 @@ class ApiState:
             state.budget = ApiBudget(int(r), float(reset), float(sent), int(used), bool(spread[0]) if spread else True)
         if data.get("t") is not None:
             state.said_at, state.summary = float(data["t"]), str(data.get("s", ""))
+        if data.get("k"):
+            state.streak, state.streak_at = int(data["k"][0]), float(data["k"][1])
         return state
 
 

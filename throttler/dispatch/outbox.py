@@ -201,7 +201,12 @@ class Outbox:
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
-            pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
+            streak = pacer.stage.meter.api.note_429(at) if pacer is not None else 0
+            if pacer is not None:
+                pacer.stage.meter.dirty = True
+            pauses.on_429(
+                ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window, streak
+            )
             logger.warning(
                 "api throttled, pausing",
                 extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s},
@@ -218,6 +223,9 @@ class Outbox:
             self.inbox.pending_deletes.append(held.msg.receipt)
             self.tally.succeeded += 1
             pauses.on_success()
+            if pacer is not None and pacer.stage.meter.api.streak:
+                pacer.stage.meter.api.streak = 0
+                pacer.stage.meter.dirty = True
         self.tally.skipped += len(group.back) - len(group.throttled)
         self.tally.missed_slots += group.missed
         dead = [(h, r.reason or r.outcome.value, self._attempts(h, r, now)) for h, r in group.dead]

@@ -192,7 +192,8 @@ class ThrottlerRun:
             return
         self.in_force.apply(control, now)
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
-        self.pauses.from_control(control, now, self.in_force.auto_window(None))
+        streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
+        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak)
         if newly_paused and self.outbox.in_flight:
             # Workers of long batches look at the shared throttle record: tell them too.
             self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))

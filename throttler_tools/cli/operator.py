@@ -586,5 +586,9 @@ def dlq_redrive(limit: int | None, stage: str | None) -> None:
     from throttler_tools.status import count_text
 
     aws = _aws(stage)
-    moved = DeadLetters(aws.queue).redrive(limit, reset_attempts=aws.store.reset_attempts)
+    letters = DeadLetters(aws.queue)
+    moved = letters.redrive(limit, reset_attempts=aws.store.reset_attempts)
     click.echo(f"redrove {count_text(moved, 'job')} from {aws.names.dlq} to {aws.names.jobs_queue}")
+    if letters.too_large:
+        click.echo(f"left {count_text(len(letters.too_large), 'job')} in the DLQ: within a few bytes of the 256 KiB limit, "
+                   "a copy cannot carry its job id (its Idempotency-Key); resend it yourself", err=True)

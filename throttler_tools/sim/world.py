@@ -26,6 +26,7 @@ from throttler.dispatch.run import ThrottlerRun, Wake
 from throttler.dispatch.summary import RunSettings, RunSummary
 from throttler.queue import DeadLetters, JobQueue, MemoryJobQueue, MemorySqs, QueuedMessage
 from throttler.queue.base import QueueError
+from throttler.queue.dead_letters import job_id_of
 from throttler.store.base import StateStore, WorkerRecords
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import http as http_task
@@ -191,7 +192,7 @@ class World:
                          max_message_bytes=self.config.max_message_bytes, cost_header=request.cost_header)
 
     def parse(self, message: QueuedMessage) -> Job:
-        return parse_job(message.body, message.group, message.dedup_id, tasks=self.registry, validation=self.validation,
+        return parse_job(message.body, message.group, job_id_of(message), tasks=self.registry, validation=self.validation,
                          max_bytes=self.config.max_message_bytes)
 
     def run_settings(self) -> RunSettings:
