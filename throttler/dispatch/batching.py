@@ -73,8 +73,8 @@ class Batcher:
             others_pending=bool(busy),
         )
         plan = planner.plan(self.inbox, request)
+        self.receiver.hide_waiting(plan.key_next, now, frozenset(plan.by_group()))
         if not plan.jobs:
-            self.receiver.hide_waiting(plan.key_next, now)
             # Nothing could go: the stage's next slot is later, or every held group waits for a batch in flight
             # (its settling wakes the run), or a key's own next slot (held for at most HOLD_MAX_S).
             candidates = [t for t in plan.key_next.values() if t is not None]
@@ -108,9 +108,6 @@ class Batcher:
             bool(pacer.stage.meter.api.active_policies(now)) and config.signals_scope != "key",
             self.t.refreshed_at,
         )
-        # Only now, with the planned jobs taken out of the inbox: hiding a key's groups releases all but their
-        # head, and a planned job released that way came back while its call succeeded (a second call).
-        self.receiver.hide_waiting(plan.key_next, now)
         reached_end = plan.full or (plan.stage_next is not None and plan.stage_next >= end)
         # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
         # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.

@@ -173,12 +173,15 @@ class Receiver:
                 fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
                 self.hide(key, surplus, now + share / min(fastest, 1000.0), now)
 
-    def hide_waiting(self, key_next: dict[str, float | None], now: float) -> None:
+    def hide_waiting(self, key_next: dict[str, float | None], now: float, planned: frozenset[str] = frozenset()) -> None:
+        """Hide the groups of keys whose next slot is far. Not the groups of the batch being planned: hiding a
+        group releases all but its head, and a planned job released that way came back while its call
+        succeeded (its delete then failed on the old receipt: a second call)."""
         pacer = self.in_force.pacer
         for key, when in key_next.items():
             if when is not None and when - now <= HOLD_MAX_S:
                 continue
-            groups = self.intake.groups_headed_by(key)
+            groups = [g for g in self.intake.groups_headed_by(key) if g not in planned]
             if groups:
                 # Its slots come one at a time: its groups come back one slot apart, not all at the first.
                 rate = pacer.rate_per_s(now, None if key == NO_KEY else key) if pacer is not None else 0.0
