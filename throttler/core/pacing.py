@@ -417,8 +417,9 @@ class Scope:
             window_s = max(1, math.ceil(policy.window_s))
             strictest[window_s] = min(strictest.get(window_s, policy.limit), policy.limit)
         for window_s, limit in sorted(strictest.items()):
-            # The stage's own margin when it states one (the API's window sees the same jitter as ours).
-            margin = max([default_margin_s(window_s), *[m for m in margins if m <= window_s * 0.05]])
+            # At least the stage's own margin (its finest tier's: margin_ms when set): the API's window sees the
+            # same jitter as ours.
+            margin = max(default_margin_s(window_s), min(margins, default=0.0))
             ledger = self.meter.ensure(window_s, False)
             out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, limit, False, margin, ledger))
         return out
