@@ -270,8 +270,10 @@ class ApiState:
     streak: int = 0
     streak_at: float = 0.0  # the latest 429 counted
 
-    def note_429(self, at: float) -> int:
-        if at > self.streak_at:
+    def note_429(self, at: float, sent_at: float | None = None) -> int:
+        """Count a 429 received at `at` for a call sent at `sent_at`: once per try after the last one counted (a
+        burst of 429s to calls sent before the first came back is one)."""
+        if (sent_at if sent_at is not None else at) > self.streak_at:
             self.streak, self.streak_at = self.streak + 1, at
         return self.streak
 

@@ -94,11 +94,11 @@ class Pauses:
         if signal.at > self.last_signal_at:
             self.consecutive_429 += 1
             self.last_signal_at = signal.at
-        in_a_row = max(self.consecutive_429, streak)
+        in_a_row = streak
         if signal.retry_after_s is not None:
             delay = signal.retry_after_s
         else:
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (in_a_row - 1))
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (max(self.consecutive_429, streak) - 1))
             if auto_window_s is not None:
                 delay = min(delay, auto_window_s)
         if in_a_row >= STORM_AFTER:

@@ -201,7 +201,7 @@ class Outbox:
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
-            streak = pacer.stage.meter.api.note_429(at) if pacer is not None else 0
+            streak = pacer.stage.meter.api.note_429(at, result.sent_at) if pacer is not None else 0
             if pacer is not None:
                 pacer.stage.meter.dirty = True
             pauses.on_429(
