@@ -171,6 +171,7 @@ class WorkerFaults:
     crash: float = 0.0  # the worker dies part-way, up to its timeout (its response never comes)
     lost_response: float = 0.0  # the worker finishes but the response is lost (a read timeout)
     duplicate: float = 0.0  # the same invoke is delivered twice
+    dropped_connection: float = 0.0  # the invoke's connection drops early (WorkerLost) while the worker runs on
     secrets: float = 0.0  # the worker cannot read its secrets
     store_error: float = 0.0  # a worker's state-table request fails (claim, record, publish, watch)
     clock_skew_s: float = 0.0  # each worker's clock is off by up to this (uniform, either way)
@@ -244,6 +245,12 @@ class SimWorkers:
             self.loop.at(self.loop.now + delay, lambda: future.set_exception(WorkerNotRun("TooManyRequestsException")))
             return future
         future.batch_id = request.batch_id  # type: ignore[attr-defined]
+        if self.faults.dropped_connection and self.rng.random() < self.faults.dropped_connection:
+            # botocore gives up on the connection; the function runs its batch to the end all the same.
+            self.loop.at(self.loop.now + delay, lambda: self._start(request, None))
+            cut = delay + self.rng.uniform(0.05, 0.5)
+            self.loop.at(self.loop.now + cut, lambda: future.set_exception(WorkerLost("ConnectionClosedError")))
+            return future
         deliveries = 2 if self.rng.random() < self.faults.duplicate else 1
         for n in range(deliveries):
             answer = future if n == 0 else None
