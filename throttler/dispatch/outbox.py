@@ -221,6 +221,7 @@ class Outbox:
                 pacer.release(slot, held.key, held.cost)
         for held, _result, _slot in group.delete:
             self.inbox.pending_deletes.append(held.msg.receipt)
+            self.inbox.succeeded_by_receipt[held.msg.receipt] = held.job_id
             self.tally.succeeded += 1
             pauses.on_success()
             if pacer is not None and pacer.stage.meter.api.streak:
@@ -286,12 +287,17 @@ class Outbox:
             pacer.correct(slot, held.key, result.cost_used - held.cost)
 
     # ------------------------------------------------------------------ deletes
-    def flush_deletes(self) -> None:
-        if self.inbox.pending_deletes:
-            receipts, self.inbox.pending_deletes = self.inbox.pending_deletes, []
-            failed = self.queue.delete(receipts)
-            if failed:
-                logger.warning("deletes failed", extra={"count": len(failed)})
+    def flush_deletes(self) -> list[str]:
+        """Delete what is done; returns the job ids of successes whose delete failed (their receipt lapsed: the
+        message will be received again, so the caller records them as done for good)."""
+        if not self.inbox.pending_deletes:
+            return []
+        receipts, self.inbox.pending_deletes = self.inbox.pending_deletes, []
+        jobs = {r: self.inbox.succeeded_by_receipt.pop(r) for r in receipts if r in self.inbox.succeeded_by_receipt}
+        failed = self.queue.delete(receipts)
+        if failed:
+            logger.warning("deletes failed", extra={"count": len(failed)})
+        return [jobs[r] for r in failed if r in jobs]
 
 
 def pauses_keyed(pacer: Pacer | None) -> bool:

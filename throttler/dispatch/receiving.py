@@ -117,7 +117,13 @@ class Receiver:
         self.balance(now)
 
     def flush(self, now: float) -> None:
-        self.outbox.flush_deletes()
+        undeleted = self.outbox.flush_deletes()
+        if undeleted:
+            # Succeeded, but the message could not be deleted (its visibility lapsed first): it comes back, and
+            # these records make the next run delete it instead of calling it again.
+            self.store.mark_done(sorted(undeleted), now + DONE_TTL_S)
+            self.usage.done_until = now + DONE_TTL_S
+            self.usage.known_done |= set(undeleted)
         self.t.last_flush = now
         closing, self.settled = self.settled, []
         if closing:
@@ -134,8 +140,12 @@ class Receiver:
                 if record.final:
                     self.usage.foreign_read.add(batch_id)
         done = {j for j in ids if j in self.usage.known_done}
-        if self.usage.done_until is not None and self.usage.done_until > now:
-            done |= self.store.done_ids([j for j in ids if j not in done])
+        # Success records are written by crash recovery and by a run whose delete came too late (its receipt
+        # lapsed): that run may have ended without a commit to say so, so a message received again is always
+        # looked up (one batched read per receive that brings such messages).
+        rest = [j for j in ids if j not in done]
+        if rest:
+            done |= self.store.done_ids(rest)
         return done
 
     def recover_foreign(self, now: float) -> None:

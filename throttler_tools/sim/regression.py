@@ -28,6 +28,8 @@ REGRESSION: tuple[Case, ...] = (
          "(fixed by 'core fix: a worker tries a refused 429 publish again')"),
     Case(20, "storms", "promise 4 / break 1: six storms, every Retry-After form, a 5xx outage, pauses (58 receives a day "
          "before the short-pause fix); promise 6 / break 2: slow calls beside 429s, no call 1 s after a 429"),
+    Case(963, "bursts", "promise 5: a worker answered after its messages' visibility lapsed; the deletes of its "
+         "successes failed and the next run called them again (now recorded as done, looked up on every receive again)"),
     # One seed per break of issue 11 that the checker covers.
     Case(4, "daily", "break 1: a spent day tier; the backlog waits for the next day's window with few receives"),
     Case(3, "edits", "break 3: tiers added (also longer than a day), lowered, removed and set to 0, no window over"),
