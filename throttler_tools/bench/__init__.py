@@ -1,0 +1,1 @@
+"""The benchmark in virtual time (see BENCHMARKS.md): `python -m throttler bench`."""
