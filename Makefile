@@ -29,8 +29,11 @@ demo: install
 local: install
 	$(PY) -m throttler local
 
+# The benchmark in virtual time (about 10 minutes on 2 cores); BENCHFLAGS=--full adds 200,000 jobs, 10,000 keys
+# and a 3-minute slow-API run (about 40 minutes more). The plots go to docs/.
+BENCHFLAGS ?=
 bench: install
-	$(PY) -m throttler bench
+	$(PY) -m throttler bench --plot docs $(BENCHFLAGS)
 
 lint: install
 	$(PY) -m ruff check throttler throttler_tools handlers tests

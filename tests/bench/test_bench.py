@@ -1,84 +1,91 @@
-"""The benchmark end to end on a tiny backlog (shape and safety only: no timing assertions)."""
+"""The benchmark end to end on tiny sizes: the shape of `bench --json` (no timing assertions)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+from click.testing import CliRunner
 
-from throttler_tools import bench
+from throttler_tools.cli import cli
 
 PER_STRATEGY = {
     "jobs",
+    "completed",
+    "drained",
     "drain_s",
     "ideal_s",
     "quota_use",
     "violations",
     "api_429s",
     "aws_requests_per_job",
+    "aws_requests_by_action",
+    "aws_requests_per_job_by_action",
     "cpu_ms_per_job",
-    "requests_by_action",
-    "requests_per_job_by_action",
+    "own_cpu_ms_per_job",
+    "aws_client_cpu_ms_per_job",
     "reservation_writes_per_s",
-    "completed",
-    "drained",
+    "usd_per_million_jobs",
 }
 
 
-def test_bench_json_shape_and_throttler_stays_within_every_tier(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    # Given a tiny backlog, when the benchmark runs with --json and --plot
-    png = tmp_path / "bench.png"
-    assert bench.main(jobs=60, groups=6, as_json=True, plot=str(png)) == 0
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    plots = tmp_path_factory.mktemp("plots")
+    result = CliRunner().invoke(cli, ["bench", "--smoke", "--json", "--jobs", "60", "--groups", "12", "--plot", str(plots)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    report["_plots"] = sorted(p.name for p in plots.iterdir())
+    return report
 
-    # Then the last line of stdout is one JSON object with every strategy and the figures it promises
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    report = json.loads(last)
+
+def test_bench_json_is_one_object_with_every_strategy_and_the_figures_they_promise(report: dict) -> None:
     assert set(report["strategies"]) == {"throttler", "seed-2019", "floor"}
     for name, result in report["strategies"].items():
         assert PER_STRATEGY <= set(result), name
         assert result["jobs"] == 60
     assert [scale["jobs"] for scale in report["scales"]] == [6, 60]
+    assert set(report["strategies"]["floor"]["aws_requests_by_action"]) == {"sqs:ReceiveMessage", "sqs:DeleteMessageBatch"}
+    assert isinstance(report["cpu_vs_floor"], float)
     assert {"nproc", "cpu", "python"} <= set(report["machine"])
-    assert report["rate_probe"]["violations"] == 0 and report["rate_probe"]["api_429s"] == 0
-    assert set(report["targets"]) == {"quota_use", "violations", "api_429s", "aws_requests_per_job", "cpu_vs_floor"}
 
-    # And the throttler drained everything without a single violation or 429, in order
+
+def test_bench_json_has_the_scenarios_of_issues_12_13_and_14(report: dict) -> None:
+    for mode in ("low", "cost"):
+        assert set(report["idle_latency_s"][mode]) == {"p50", "p99"}
+    assert {"api_latency_ms", "tiers", "quota_use", "violations"} <= set(report["slow_api"])
+    assert report["slow_api"]["tiers"] == "second=200" and report["slow_api"]["api_latency_ms"] >= 250
+    assert set(report["usd_per_million_jobs"]) == {"throttler", "seed-2019", "api-destinations"}
+    keys = report["keys"]["10"]
+    assert {
+        "violations_stage",
+        "violations_key",
+        "global_quota_use",
+        "fairness_jain",
+        "light_wait_p99_s",
+        "reservation_writes_per_s",
+        "usd_per_million_jobs",
+    } <= set(keys)
+    assert {"after_2_min", "last_minute_of_first_2", "learned_at_120_s"} <= set(report["adaptive"]["steady"])
+    assert {"learned_60_s_after", "minute_after"} <= set(report["adaptive"]["halved"])
+    assert report["_plots"] == ["bench-idle-latency.png", "bench-slow-api.png"]
+
+
+def test_the_throttler_stays_within_every_tier_in_every_scenario(report: dict) -> None:
     throttler = report["strategies"]["throttler"]
-    assert throttler["drained"] and throttler["completed"] == 60
-    assert throttler["violations"] == 0
-    assert throttler["api_429s"] == 0
-    assert throttler["order_violations"] == 0
-    assert throttler["requests_by_action"]["sqs:ReceiveMessage"] > 0
-    assert throttler["requests_by_action"]["lambda:Invoke"] > 0
-    # The floor only receives and deletes
-    assert set(report["strategies"]["floor"]["requests_by_action"]) == {"sqs:ReceiveMessage", "sqs:DeleteMessageBatch"}
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert throttler["drained"] and throttler["violations"] == 0 and throttler["order_violations"] == 0
+    assert report["slow_api"]["violations"] == 0
+    assert report["keys"]["10"]["violations_stage"] == 0 and report["keys"]["10"]["violations_key"] == 0
+    assert report["idle_latency_detail"]["low"]["violations"] == 0
 
 
-def test_ideal_is_the_fastest_schedule_every_sliding_window_allows() -> None:
-    # 20,000 jobs: the minute tier binds; the last partial minute bursts at the second tier's 20/s
-    assert bench.fastest_schedule_s(20_000, bench.TIERS) == 33 * 60 + 9
-    assert bench.ideal(20_000).binding_tier == "minute"
-    # 200,000 jobs: the hour tier binds (30,000 an hour), then the minute and second tiers shape the rest
-    best = bench.ideal(200_000)
-    assert best.binding_tier == "hour"
-    assert best.drain_s == 6 * 3600 + 33 * 60 + 9
-    # One tier alone: `limit` calls at once, then `limit` more each window
-    assert bench.fastest_schedule_s(25, (("second", 1, 10),)) == 2
-    assert bench.fastest_schedule_s(0, bench.TIERS) == 0
+def test_twins_and_moto_count_the_same_requests(report: dict) -> None:
+    check = report["request_count_check"]
+    assert check["moto_completed"] == check["jobs"]
+    for action, row in check["by_action"].items():
+        assert row["twins"] == row["moto"], action
 
 
-def test_scales_are_a_tenth_the_headline_and_ten_times_it_with_full() -> None:
-    assert bench.scales_for(20_000, full=False) == [2_000, 20_000]
-    assert bench.scales_for(20_000, full=True) == [2_000, 20_000, 200_000]
-
-
-def test_cpu_meter_charges_nested_sections_exclusively() -> None:
-    meter = bench.CpuMeter()
-    meter.start()
-    with meter.section("emulator"):
-        sum(range(100_000))
-    meter.stop()
-    assert set(meter.totals) == {"strategy", "emulator"}
-    assert all(v >= 0 and math.isfinite(v) for v in meter.totals.values())
+def test_bad_tiers_are_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--tiers", "fortnight=5"])
+    assert result.exit_code == 2

@@ -50,12 +50,20 @@ class Bill:
 
     def per_million(self, jobs: int) -> dict[str, float]:
         scale = 1e6 / max(1, jobs)
-        lines = {name: getattr(self, name) * scale for name in ("lambda_requests", "lambda_gb_s", "sqs", "dynamodb", "eventbridge", "producers")}
-        return {**{k: round(v, 4) for k, v in lines.items()}, "dispatch": round(self.dispatch * scale, 4), "total": round(self.total * scale, 4)}
+        lines = {
+            name: getattr(self, name) * scale
+            for name in ("lambda_requests", "lambda_gb_s", "sqs", "dynamodb", "eventbridge", "producers")
+        }
+        return {
+            **{k: round(v, 4) for k, v in lines.items()},
+            "dispatch": round(self.dispatch * scale, 4),
+            "total": round(self.total * scale, 4),
+        }
 
 
-def bill(*, sqs_chunks: int, rru: float, wru: float, lambda_invocations: int, billed_s: float,
-         producer_sqs_requests: int = 0) -> Bill:
+def bill(
+    *, sqs_chunks: int, rru: float, wru: float, lambda_invocations: int, billed_s: float, producer_sqs_requests: int = 0
+) -> Bill:
     """The bill of a run of the throttler or of seed-2019 (both on SQS, Lambda and, for the throttler, DynamoDB)."""
     return Bill(
         lambda_requests=lambda_invocations * LAMBDA_REQUEST,
@@ -69,8 +77,10 @@ def bill(*, sqs_chunks: int, rru: float, wru: float, lambda_invocations: int, bi
 def api_destinations(jobs: int, invocations: int | None = None) -> Bill:
     """EventBridge API destinations for the same work: one PutEvents entry per job (producers) and one
     API destination invocation per call (no Lambda, no queue; a retry is one more invocation)."""
-    return Bill(eventbridge=(invocations if invocations is not None else jobs) * API_DESTINATION_INVOCATION,
-                producers=jobs * EVENTBRIDGE_EVENT)
+    return Bill(
+        eventbridge=(invocations if invocations is not None else jobs) * API_DESTINATION_INVOCATION,
+        producers=jobs * EVENTBRIDGE_EVENT,
+    )
 
 
 def monthly(bill_for_span: Bill, span_s: float) -> dict[str, float]:

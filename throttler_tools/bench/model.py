@@ -37,7 +37,7 @@ def rate_per_s(tiers: Tiers) -> float:
 
 def burst_rate_per_s(tiers: Tiers) -> float:
     """The rate the finest tier allows (calls are spaced evenly at it)."""
-    name, window_s, limit = min(tiers, key=lambda t: (t[1], t[2]))
+    _name, window_s, limit = min(tiers, key=lambda t: (t[1], t[2]))
     return limit / window_s
 
 
@@ -111,9 +111,11 @@ class ApiLatency:
         return 2 * self.net_ms / 1000.0 + self.processing_median_s * math.exp(self.sigma * z)
 
     def describe(self) -> str:
-        return (f"median {self.median_ms:g} ms (network {self.net_ms:g} ms each way + exponential jitter of mean "
-                f"{self.jitter_ms:g} ms; the API's work lognormal, sigma {self.sigma:g}; p99 about "
-                f"{1000 * self.quantile_s(0.99):.0f} ms)")
+        return (
+            f"median {self.median_ms:g} ms (network {self.net_ms:g} ms each way + exponential jitter of mean "
+            f"{self.jitter_ms:g} ms; the API's work lognormal, sigma {self.sigma:g}; p99 about "
+            f"{1000 * self.quantile_s(0.99):.0f} ms)"
+        )
 
 
 def _normal_quantile(q: float) -> float:

@@ -91,8 +91,11 @@ def moto_aws() -> Iterator[Any]:
 
     freezegun.configure(default_ignore_list=[])  # freezegun walks the stack on each clock read otherwise
     try:
-        with mock.patch.dict(os.environ, FAKE_ENV), freeze_time("2026-03-02 09:00:00") as frozen, \
-                mock_aws(config={"lambda": {"use_docker": False}}):
+        with (
+            mock.patch.dict(os.environ, FAKE_ENV),
+            freeze_time("2026-03-02 09:00:00") as frozen,
+            mock_aws(config={"lambda": {"use_docker": False}}),
+        ):
             os.environ.pop("AWS_ENDPOINT_URL", None)
             patch_moto_fifo_order()
             yield frozen
@@ -120,8 +123,12 @@ def moto_backends(stack: ExitStack) -> tuple[Callable[..., Any], dict[str, Clien
         dynamodb = hooks.attach(boto3.client("dynamodb", region_name=REGION))
         env = provision(boto3.client("sqs", region_name=REGION), boto3.client("dynamodb", region_name=REGION), stage)
         table = env["STATE_TABLE"]
-        return Backends(SqsJobQueue(sqs, env["JOBS_QUEUE_URL"], env["DLQ_URL"], clock, 262_144, 1_048_576),
-                        DynamoStateStore(dynamodb, table), DynamoWorkerRecords(dynamodb, table), env)
+        return Backends(
+            SqsJobQueue(sqs, env["JOBS_QUEUE_URL"], env["DLQ_URL"], clock, 262_144, 1_048_576),
+            DynamoStateStore(dynamodb, table),
+            DynamoWorkerRecords(dynamodb, table),
+            env,
+        )
 
     return backends, holder
 
@@ -150,44 +157,98 @@ def client_cpu_ms(repeat: int = 200, batch_payload: bytes | None = None) -> dict
         url = admin.create_queue(QueueName="calibrate.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
         table = "calibrate"
         boto3.client("dynamodb", region_name=REGION).create_table(
-            TableName=table, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
-        role = boto3.client("iam", region_name=REGION).create_role(RoleName="calibrate", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+            TableName=table,
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        role = boto3.client("iam", region_name=REGION).create_role(RoleName="calibrate", AssumeRolePolicyDocument="{}")["Role"][
+            "Arn"
+        ]
         boto3.client("lambda", region_name=REGION).create_function(
-            FunctionName="calibrate", Runtime="python3.12", Role=role, Handler="handler.handler", Code={"ZipFile": _worker_zip()})
+            FunctionName="calibrate", Runtime="python3.12", Role=role, Handler="handler.handler", Code={"ZipFile": _worker_zip()}
+        )
         system = ["MessageGroupId", "MessageDeduplicationId", "ApproximateReceiveCount", "SentTimestamp"]
-        meter_json = json.dumps({"l": {"60": [[11816280000 + i, 2] for i in range(400)], "1": [[708976800000 + i, 1] for i in range(20)]}},
-                                separators=(",", ":"))
-        payload = batch_payload or json.dumps({"batch": "b" * 32, "run": "r" * 32, "jobs": [
-            {"id": f"job-{i:07d}", "group": f"g{i:05d}", "body": bench_job(f"g{i:05d}", i), "nb": 1.7e9, "na": 1.7e9}
-            for i in range(20)]}).encode()
+        meter_json = json.dumps(
+            {"l": {"60": [[11816280000 + i, 2] for i in range(400)], "1": [[708976800000 + i, 1] for i in range(20)]}},
+            separators=(",", ":"),
+        )
+        payload = (
+            batch_payload
+            or json.dumps(
+                {
+                    "batch": "b" * 32,
+                    "run": "r" * 32,
+                    "jobs": [
+                        {"id": f"job-{i:07d}", "group": f"g{i:05d}", "body": bench_job(f"g{i:05d}", i), "nb": 1.7e9, "na": 1.7e9}
+                        for i in range(20)
+                    ],
+                }
+            ).encode()
+        )
         n = 0
         for round_ in range(repeat):
-            entries = [{"Id": str(i), "MessageBody": bench_job(f"g{n + i}", 0), "MessageGroupId": f"g{n + i}",
-                        "MessageDeduplicationId": f"d{n + i}"} for i in range(10)]
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": bench_job(f"g{n + i}", 0),
+                    "MessageGroupId": f"g{n + i}",
+                    "MessageDeduplicationId": f"d{n + i}",
+                }
+                for i in range(10)
+            ]
             n += 10
             sqs.send_message_batch(QueueUrl=url, Entries=entries)
-            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                      MessageSystemAttributeNames=system, MessageAttributeNames=["All"])["Messages"]
+            got = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=60,
+                MessageSystemAttributeNames=system,
+                MessageAttributeNames=["All"],
+            )["Messages"]
             receipts = [m["ReceiptHandle"] for m in got]
-            sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 60} for i, r in enumerate(receipts[:5])])
+            sqs.change_message_visibility_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 60} for i, r in enumerate(receipts[:5])],
+            )
             sqs.delete_message(QueueUrl=url, ReceiptHandle=receipts[0])
-            sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts[1:])])
+            sqs.delete_message_batch(
+                QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts[1:])]
+            )
             pk = f"worker#batch#{round_}"
-            ddb.put_item(TableName=table, Item={"pk": {"S": pk}, "run": {"S": "r"}, "claimed_at": {"N": "1.7e9"}},
-                         ConditionExpression="attribute_not_exists(pk)")
-            ddb.update_item(TableName=table, Key={"pk": {"S": pk}}, UpdateExpression="ADD #ok :ok SET #final = :t",
-                            ExpressionAttributeNames={"#ok": "ok", "#final": "final"},
-                            ExpressionAttributeValues={":ok": {"SS": [f"job-{i}" for i in range(20)]}, ":t": {"BOOL": True}})
-            ddb.update_item(TableName=table, Key={"pk": {"S": "usage"}}, UpdateExpression="SET #v = :v, meter = :m",
-                            ExpressionAttributeNames={"#v": "version"},
-                            ExpressionAttributeValues={":v": {"N": str(round_)}, ":m": {"S": meter_json}})
-            ddb.batch_get_item(RequestItems={table: {"Keys": [{"pk": {"S": k}} for k in ("quotas", "pause", "lease", "usage", pk)],
-                                                     "ConsistentRead": True}})
-            ddb.transact_write_items(TransactItems=[
-                {"Put": {"TableName": table, "Item": {"pk": {"S": f"usage#key#k{i}"}, "meter": {"S": meter_json[:2000]}}}} for i in range(3)])
-            ddb.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": {"pk": {"S": f"done#{round_}-{i}"}}}} for i in range(5)]})
+            ddb.put_item(
+                TableName=table,
+                Item={"pk": {"S": pk}, "run": {"S": "r"}, "claimed_at": {"N": "1.7e9"}},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            ddb.update_item(
+                TableName=table,
+                Key={"pk": {"S": pk}},
+                UpdateExpression="ADD #ok :ok SET #final = :t",
+                ExpressionAttributeNames={"#ok": "ok", "#final": "final"},
+                ExpressionAttributeValues={":ok": {"SS": [f"job-{i}" for i in range(20)]}, ":t": {"BOOL": True}},
+            )
+            ddb.update_item(
+                TableName=table,
+                Key={"pk": {"S": "usage"}},
+                UpdateExpression="SET #v = :v, meter = :m",
+                ExpressionAttributeNames={"#v": "version"},
+                ExpressionAttributeValues={":v": {"N": str(round_)}, ":m": {"S": meter_json}},
+            )
+            ddb.batch_get_item(
+                RequestItems={
+                    table: {"Keys": [{"pk": {"S": k}} for k in ("quotas", "pause", "lease", "usage", pk)], "ConsistentRead": True}
+                }
+            )
+            ddb.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": table, "Item": {"pk": {"S": f"usage#key#k{i}"}, "meter": {"S": meter_json[:2000]}}}}
+                    for i in range(3)
+                ]
+            )
+            ddb.batch_write_item(
+                RequestItems={table: [{"PutRequest": {"Item": {"pk": {"S": f"done#{round_}-{i}"}}}} for i in range(5)]}
+            )
             ddb.delete_item(TableName=table, Key={"pk": {"S": f"done#{round_}-0"}})
             ddb.get_item(TableName=table, Key={"pk": {"S": "usage"}}, ConsistentRead=True)
             lam.invoke(FunctionName="calibrate", InvocationType="RequestResponse", Payload=payload)["Payload"].read()
@@ -209,9 +270,12 @@ def _invoke_costs(repeat: int, payload: bytes) -> dict[str, float]:
     meter, requests = CpuMeter(), Requests()
     results = {}
     with moto_aws():
-        role = boto3.client("iam", region_name=REGION).create_role(RoleName="calibrate", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        role = boto3.client("iam", region_name=REGION).create_role(RoleName="calibrate", AssumeRolePolicyDocument="{}")["Role"][
+            "Arn"
+        ]
         boto3.client("lambda", region_name=REGION).create_function(
-            FunctionName="calibrate", Runtime="python3.12", Role=role, Handler="handler.handler", Code={"ZipFile": _worker_zip()})
+            FunctionName="calibrate", Runtime="python3.12", Role=role, Handler="handler.handler", Code={"ZipFile": _worker_zip()}
+        )
         for kind, body in (("RequestResponse", payload), ("Event", payload[:600])):
             hooks = ClientHooks(meter, requests)
             lam = hooks.attach(boto3.client("lambda", region_name=REGION))

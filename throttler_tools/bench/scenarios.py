@@ -4,6 +4,7 @@ per-key quotas at scale, and learned limits against an API whose limit is hidden
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import defaultdict
 from typing import Any
@@ -18,8 +19,9 @@ SLOW_TIERS = parse_tiers("second=200")
 
 
 # ---------------------------------------------------------------------------------------------- a quiet stage
-def idle_latency(mode: str, jobs: int = 120, span_s: float = 1800.0, api_latency: ApiLatency | None = None,
-                 seed: int = 7) -> dict[str, Any]:
+def idle_latency(
+    mode: str, jobs: int = 120, span_s: float = 1800.0, api_latency: ApiLatency | None = None, seed: int = 7
+) -> dict[str, Any]:
     """Jobs enqueued one by one at random times on an idle stage: from enqueue to the API's arrival."""
     latency = api_latency or ApiLatency()
     spec = ThrottlerSpec(jobs, jobs, IDLE_TIERS, latency, seed=seed, latency_mode=mode, stop_at_s=span_s + 120)
@@ -29,7 +31,7 @@ def idle_latency(mode: str, jobs: int = 120, span_s: float = 1800.0, api_latency
     times = sorted(rng.uniform(30.0, span_s) for _ in range(jobs))
     for i, at in enumerate(times):
         body = bench_job(f"q{i}", 0)
-        world.loop.at(start + at, lambda b=body, i=i: world.enqueue([(b, f"q{i}", f"idle-{i}")]))
+        world.loop.at(start + at, functools.partial(world.enqueue, [(body, f"q{i}", f"idle-{i}")]))
     world.start_schedule()
     world.run_until(start + span_s + 120)
     arrivals = {c.key: c.at for c in world.api.calls if c.status == 200 and c.key is not None}
@@ -56,8 +58,9 @@ def idle_cost(mode: str, span_s: float = 1800.0) -> dict[str, Any]:
     open_runs = [r for r in world.runs if r.summary.ended_at == 0.0]
     billed += sum(world.loop.now - r.summary.started_at for r in open_runs if r.summary.started_at)
     requests = world.requests
-    bill = cost.bill(sqs_chunks=requests.sqs_chunks, rru=requests.rru, wru=requests.wru,
-                     lambda_invocations=len(world.runs), billed_s=billed)
+    bill = cost.bill(
+        sqs_chunks=requests.sqs_chunks, rru=requests.rru, wru=requests.wru, lambda_invocations=len(world.runs), billed_s=billed
+    )
     month = cost.monthly(bill, span_s)
     return {
         "mode": mode,
@@ -69,8 +72,14 @@ def idle_cost(mode: str, span_s: float = 1800.0) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- a slow API
-def slow_api(median_ms: float = 250.0, tiers: Tiers = SLOW_TIERS, seconds: float = 60.0, depth: int = 1,
-             max_parallel: int = 64, seed: int = 3) -> dict[str, Any]:
+def slow_api(
+    median_ms: float = 250.0,
+    tiers: Tiers = SLOW_TIERS,
+    seconds: float = 60.0,
+    depth: int = 1,
+    max_parallel: int = 64,
+    seed: int = 3,
+) -> dict[str, Any]:
     """A backlog at the finest tier's rate for `seconds`, over groups `depth` jobs deep, against an API with
     a median latency of `median_ms` and a long tail: the steady dispatch rate against the binding rate."""
     rate = min(limit / window for _, window, limit in tiers)
@@ -120,8 +129,9 @@ KEYS_STAGE = parse_tiers("second=100")
 KEYS_PER_KEY = (("second", 1, 25),)
 
 
-def keys_scenario(keys: int, heaviest: int = 2000, seed: int = 5, api_latency: ApiLatency | None = None,
-                  jobs_per_group: int = 2) -> dict[str, Any]:
+def keys_scenario(
+    keys: int, heaviest: int = 2000, seed: int = 5, api_latency: ApiLatency | None = None, jobs_per_group: int = 2
+) -> dict[str, Any]:
     """A Zipf backlog over `keys` keys (heaviest / rank jobs each, at least one) with a stage tier and a
     per-key tier, some keys weighing 2 or 3; jobs enqueued shuffled (each group's order kept)."""
     backlog = zipf_backlog(keys, heaviest)
@@ -133,8 +143,10 @@ def keys_scenario(keys: int, heaviest: int = 2000, seed: int = 5, api_latency: A
     queues = []
     for i, name in enumerate(names):
         groups = max(1, -(-backlog[i] // jobs_per_group))
-        entries = [(bench_job(f"{name}-{j % groups}", j // groups, name), f"{name}-{j % groups}", f"{name}-{j:05d}")
-                   for j in range(backlog[i])]
+        entries = [
+            (bench_job(f"{name}-{j % groups}", j // groups, name), f"{name}-{j % groups}", f"{name}-{j:05d}")
+            for j in range(backlog[i])
+        ]
         queues.append(entries)
     rng = random.Random(seed)
     order = [i for i, q in enumerate(queues) for _ in q]
@@ -146,8 +158,16 @@ def keys_scenario(keys: int, heaviest: int = 2000, seed: int = 5, api_latency: A
     quotas: dict[str, Any] = {n: limit for n, _, limit in KEYS_STAGE}
     quotas["per_key"] = {n: limit for n, _, limit in KEYS_PER_KEY}
     quotas["keys"] = {k: {"weight": w} for k, w in weights.items() if w != 1}
-    spec = ThrottlerSpec(len(jobs), 1, KEYS_STAGE, api_latency or ApiLatency(), seed=seed, quotas=quotas,
-                         key_tiers=[(float(w), limit) for _, w, limit in KEYS_PER_KEY], jobs_list=jobs)
+    spec = ThrottlerSpec(
+        len(jobs),
+        1,
+        KEYS_STAGE,
+        api_latency or ApiLatency(),
+        seed=seed,
+        quotas=quotas,
+        key_tiers=[(float(w), limit) for _, w, limit in KEYS_PER_KEY],
+        jobs_list=jobs,
+    )
     figures, world = run_throttler(spec)
     start = world.config.start
     # Fairness: over the time it took to serve half the jobs, among the keys still backlogged then.
@@ -209,8 +229,9 @@ def keys_scenario(keys: int, heaviest: int = 2000, seed: int = 5, api_latency: A
 
 
 # ---------------------------------------------------------------------------------------------- learned limits
-def adaptive(hidden: int = 6, ceiling: int = 20, minutes: float = 5.0, halve_at_s: float | None = None,
-             seed: int = 11) -> dict[str, Any]:
+def adaptive(
+    hidden: int = 6, ceiling: int = 20, minutes: float = 5.0, halve_at_s: float | None = None, seed: int = 11
+) -> dict[str, Any]:
     """`second=auto:CEILING` against an API whose real limit (`hidden` per second) the quota item does not
     state; optionally the API halves its limit at `halve_at_s`."""
     seconds = minutes * 60
@@ -218,8 +239,16 @@ def adaptive(hidden: int = 6, ceiling: int = 20, minutes: float = 5.0, halve_at_
     changes = [(0.0, [(1.0, hidden)])]
     if halve_at_s is not None:
         changes.append((halve_at_s, [(1.0, max(1, hidden // 2))]))
-    spec = ThrottlerSpec(jobs, jobs // 2, parse_tiers(f"second={ceiling}"), ApiLatency(), seed=seed,
-                         quotas={"second": f"auto:{ceiling}"}, api_tiers=[(1.0, hidden)], stop_at_s=seconds)
+    spec = ThrottlerSpec(
+        jobs,
+        jobs // 2,
+        parse_tiers(f"second={ceiling}"),
+        ApiLatency(),
+        seed=seed,
+        quotas={"second": f"auto:{ceiling}"},
+        api_tiers=[(1.0, hidden)],
+        stop_at_s=seconds,
+    )
     world = throttler_world(spec)
     start = world.config.start
     world.api.changes = [(start + at, tiers) for at, tiers in changes[1:]]
@@ -242,8 +271,13 @@ def adaptive(hidden: int = 6, ceiling: int = 20, minutes: float = 5.0, halve_at_
         inside = [s for t, s in calls if a <= t < b]
         throttled = sum(1 for s in inside if s == 429)
         ok = len(inside) - throttled
-        return {"from_s": a, "to_s": b, "calls": len(inside), "rate_per_s": round(ok / (b - a), 2),
-                "share_429": round(throttled / len(inside), 4) if inside else None}
+        return {
+            "from_s": a,
+            "to_s": b,
+            "calls": len(inside),
+            "rate_per_s": round(ok / (b - a), 2),
+            "share_429": round(throttled / len(inside), 4) if inside else None,
+        }
 
     out: dict[str, Any] = {
         "hidden_limit_per_s": hidden,

@@ -139,8 +139,9 @@ class WorkerStats:
 class BenchWorkers(SimWorkers):
     """SimWorkers with the production worker's thread pool, split latency and CPU sections."""
 
-    def __init__(self, *args: Any, api_latency: ApiLatency, meter: CpuMeter, requests: Requests, max_parallel: int = 64,
-                 **kwargs: Any):
+    def __init__(
+        self, *args: Any, api_latency: ApiLatency, meter: CpuMeter, requests: Requests, max_parallel: int = 64, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.api_latency = api_latency
         self.meter = meter
@@ -180,8 +181,15 @@ class BenchWorkers(SimWorkers):
 class BenchBatch(_SimBatch):
     w: BenchWorkers
 
-    def __init__(self, workers: BenchWorkers, request: BatchRequest, answer: Future[BatchResponse] | None,
-                 started: float, crash_at: float | None, lost: bool):
+    def __init__(
+        self,
+        workers: BenchWorkers,
+        request: BatchRequest,
+        answer: Future[BatchResponse] | None,
+        started: float,
+        crash_at: float | None,
+        lost: bool,
+    ):
         super().__init__(workers, request, answer, started, crash_at, lost)
         groups = len({j.group for j in request.jobs})
         self.parallel = max(1, min(workers.max_parallel, request.pool_size or workers.max_parallel, groups))
@@ -294,22 +302,48 @@ class RunStats:
 class BenchWorld(World):
     """A World whose every actor is counted (see the module docstring)."""
 
-    def __init__(self, config: WorldConfig, api_latency: ApiLatency, *, key_tiers: Iterable[tuple[float, int]] = (),
-                 api_changes: Iterable[tuple[float, list[tuple[float, int]]]] = (), max_parallel: int = 64,
-                 profile: bool = False, backends: Callable[[BenchWorld, SimClock, str], Backends] | None = None,
-                 on_advance: Callable[[float], None] | None = None):
+    api: BenchApi
+    workers: BenchWorkers
+
+    def __init__(
+        self,
+        config: WorldConfig,
+        api_latency: ApiLatency,
+        *,
+        key_tiers: Iterable[tuple[float, int]] = (),
+        api_changes: Iterable[tuple[float, list[tuple[float, int]]]] = (),
+        max_parallel: int = 64,
+        profile: bool = False,
+        backends: Callable[[BenchWorld, SimClock, str], Backends] | None = None,
+        on_advance: Callable[[float], None] | None = None,
+    ):
         self.meter = CpuMeter(THROTTLER if profile else None)
         self.requests = Requests()
         chosen = backends or BenchWorld._counting_backends
         super().__init__(config, backends=lambda clock, stage: chosen(self, clock, stage), on_advance=on_advance)
-        self.api = BenchApi(tiers=list(config.api_tiers), clock=self.clock, key_tiers=list(key_tiers),
-                            changes=sorted(api_changes, key=lambda c: c[0]), meter=self.meter)
+        self.api = BenchApi(
+            tiers=list(config.api_tiers),
+            clock=self.clock,
+            key_tiers=list(key_tiers),
+            changes=sorted(api_changes, key=lambda c: c[0]),
+            meter=self.meter,
+        )
         self.session = session_for(self.api)
-        self.workers = BenchWorkers(self.loop, self.clock, self.backends.records, self._setup, config.latency_s, self.rng,
-                                    config.faults, config.worker_timeout_s,
-                                    on_call=lambda spec, at: self.calls.append((spec, at)),
-                                    api_latency=api_latency, meter=self.meter, requests=self.requests,
-                                    max_parallel=max_parallel)
+        self.workers = BenchWorkers(
+            self.loop,
+            self.clock,
+            self.backends.records,
+            self._setup,
+            config.latency_s,
+            self.rng,
+            config.faults,
+            config.worker_timeout_s,
+            on_call=lambda spec, at: self.calls.append((spec, at)),
+            api_latency=api_latency,
+            meter=self.meter,
+            requests=self.requests,
+            max_parallel=max_parallel,
+        )
         self.invoker = BenchInvoker(self.workers, self.requests, self.meter)
         self.run_stats: list[RunStats] = []
         self.enqueued_at: dict[str, float] = {}
@@ -328,8 +362,15 @@ class BenchWorld(World):
     # -- the runs, as World starts them, with the bench's invoker and CPU sections
     def start_run(self, at: float | None = None, budget_s: float | None = None) -> ThrottlerRun:
         start = self.loop.now if at is None else at
-        run = ThrottlerRun(settings=self.run_settings(), store=self.store, queue=self.queue, invoker=self.invoker,
-                           clock=self.clock, parse=self.parse, owner=f"run-{len(self.runs) + 1}")
+        run = ThrottlerRun(
+            settings=self.run_settings(),
+            store=self.store,
+            queue=self.queue,
+            invoker=self.invoker,
+            clock=self.clock,
+            parse=self.parse,
+            owner=f"run-{len(self.runs) + 1}",
+        )
         self.runs.append(run)
         ticker = Ticker(self.loop, lambda: self._step(run, ticker))
         run.outbox.on_done = lambda: ticker.schedule(self.loop.now)
@@ -356,8 +397,9 @@ class BenchWorld(World):
             self.summaries.append(run.summary)
             s = run.summary
             virtual = s.ended_at - s.started_at
-            self.run_stats.append(RunStats(run.owner, s.started_at, s.ended_at,
-                                           max(virtual, self.requests.busy_s.pop(run.owner, 0.0)), s))
+            self.run_stats.append(
+                RunStats(run.owner, s.started_at, s.ended_at, max(virtual, self.requests.busy_s.pop(run.owner, 0.0)), s)
+            )
             return
         if wake.long_poll:
             self._long_polling[run.owner] = ticker

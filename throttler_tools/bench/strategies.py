@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -23,7 +24,7 @@ from typing import Any
 from throttler.dispatch.run import Phase
 from throttler.queue import MemorySqs
 from throttler_tools.bench.cost import bill
-from throttler_tools.bench.meters import API, STRATEGY, THROTTLER, TWIN, WORKER, CpuMeter, Requests
+from throttler_tools.bench.meters import STRATEGY, THROTTLER, TWIN, WORKER, CpuMeter, Requests
 from throttler_tools.bench.model import ApiLatency, Tiers, ideal, tiers_text
 from throttler_tools.bench.stage import BenchApi, BenchWorld, bench_job
 from throttler_tools.bench.twins import CountingJobQueue
@@ -84,10 +85,21 @@ class ThrottlerSpec:
 def throttler_world(spec: ThrottlerSpec) -> BenchWorld:
     quotas = spec.quotas if spec.quotas is not None else {name: limit for name, _, limit in spec.tiers}
     api_tiers = spec.api_tiers if spec.api_tiers is not None else [(float(w), limit) for _, w, limit in spec.tiers]
-    config = WorldConfig(seed=spec.seed, quotas=quotas, default_quotas=tiers_text(spec.tiers), default_latency=spec.latency_mode,
-                         api_tiers=api_tiers)
-    return BenchWorld(config, spec.api_latency, key_tiers=spec.key_tiers, api_changes=spec.api_changes,
-                      max_parallel=spec.max_parallel, profile=spec.profile)
+    config = WorldConfig(
+        seed=spec.seed,
+        quotas=quotas,
+        default_quotas=tiers_text(spec.tiers),
+        default_latency=spec.latency_mode,
+        api_tiers=api_tiers,
+    )
+    return BenchWorld(
+        config,
+        spec.api_latency,
+        key_tiers=spec.key_tiers,
+        api_changes=spec.api_changes,
+        max_parallel=spec.max_parallel,
+        profile=spec.profile,
+    )
 
 
 def run_throttler(spec: ThrottlerSpec, world: BenchWorld | None = None) -> tuple[dict[str, Any], BenchWorld]:
@@ -114,7 +126,9 @@ def run_throttler(spec: ThrottlerSpec, world: BenchWorld | None = None) -> tuple
     return throttler_figures(w, spec, len(jobs), start, cpu, time.perf_counter() - wall), w
 
 
-def throttler_figures(w: BenchWorld, spec: ThrottlerSpec, jobs: int, start: float, cpu: dict[str, float], wall_s: float) -> dict[str, Any]:
+def throttler_figures(
+    w: BenchWorld, spec: ThrottlerSpec, jobs: int, start: float, cpu: dict[str, float], wall_s: float
+) -> dict[str, Any]:
     best = ideal(jobs, spec.tiers)
     api = w.api
     done = api.successes
@@ -126,8 +140,14 @@ def throttler_figures(w: BenchWorld, spec: ThrottlerSpec, jobs: int, start: floa
     invocations = len(w.run_stats) + w.workers.stats.invocations
     requests = w.requests
     producer = sum(n for (s, _), n in requests.counts.items() if s == "producer")
-    money = bill(sqs_chunks=requests.sqs_chunks, rru=requests.rru, wru=requests.wru, lambda_invocations=invocations,
-                 billed_s=runs_billed + workers_billed, producer_sqs_requests=producer)
+    money = bill(
+        sqs_chunks=requests.sqs_chunks,
+        rru=requests.rru,
+        wru=requests.wru,
+        lambda_invocations=invocations,
+        billed_s=runs_billed + workers_billed,
+        producer_sqs_requests=producer,
+    )
     return {
         "jobs": jobs,
         "completed": done,
@@ -146,7 +166,9 @@ def throttler_figures(w: BenchWorld, spec: ThrottlerSpec, jobs: int, start: floa
         "aws_requests_by_action": requests.by_action(),
         "aws_requests_per_job_by_action": {a: round(n / per_job, 4) for a, n in requests.by_action().items()},
         "requests_by_function": dict(requests.by_caller),
-        "requests_per_job_by_function": {f"{c} {a}": round(n / per_job, 4) for (c, a), n in sorted(requests.by_caller_action.items())},
+        "requests_per_job_by_function": {
+            f"{c} {a}": round(n / per_job, 4) for (c, a), n in sorted(requests.by_caller_action.items())
+        },
         "dynamodb_rru_per_job": round(requests.rru / per_job, 4),
         "dynamodb_wru_per_job": round(requests.wru / per_job, 4),
         "own_cpu_ms_per_job": round(1000 * cpu.get(THROTTLER, 0.0) / per_job, 4),
@@ -210,7 +232,7 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
     if per_minute is None:
         per_minute = max(1, int(60 * min(limit / window_s for _, window_s, limit in tiers)))
     start = w.loop.now
-    state = {"done": 0, "invoked": 0, "minutes": 0, "scheduler_s": 0.0, "worker_s": 0.0}
+    state: dict[str, Any] = {"done": 0, "invoked": 0, "minutes": 0, "scheduler_s": 0.0, "worker_s": 0.0}
 
     def worker(message: Any, accepted_at: float, place: int) -> None:
         """One worker Lambda: its call reaches the API after its start and the outbound network leg."""
@@ -226,7 +248,7 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
 
         def finish(ok: bool) -> None:
             if ok:
-                with w.meter.section(WORKER):
+                with w.meter.section(WORKER), w.requests.as_caller(WORKER):
                     w.requests.add("sqs", "DeleteMessage", chunks=1)
                     with w.meter.section(TWIN):
                         w.sqs.delete_message_batch(w.queue_name, [message.receipt])
@@ -257,7 +279,7 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
     low, high = SEED_TRIGGER_S
     minutes = int(budget_s // 60)
     for n in range(minutes):
-        w.loop.at(start + 60 * n + low + (high - low) * ((n * 0.6180339887) % 1.0), lambda n=n: minute(n))
+        w.loop.at(start + 60 * n + low + (high - low) * ((n * 0.6180339887) % 1.0), functools.partial(minute, n))
     wall = time.perf_counter()
     _quiet_heap()
     try:
@@ -273,8 +295,14 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
     invocations = state["minutes"] + state["invoked"]
     requests = w.requests
     producer = sum(n for (s, _), n in requests.counts.items() if s == "producer")
-    money = bill(sqs_chunks=requests.sqs_chunks, rru=0.0, wru=0.0, lambda_invocations=invocations,
-                 billed_s=state["scheduler_s"] + state["worker_s"], producer_sqs_requests=producer)
+    money = bill(
+        sqs_chunks=requests.sqs_chunks,
+        rru=0.0,
+        wru=0.0,
+        lambda_invocations=invocations,
+        billed_s=state["scheduler_s"] + state["worker_s"],
+        producer_sqs_requests=producer,
+    )
     return {
         "jobs": jobs,
         "completed": done,
@@ -353,7 +381,6 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
-
 def request_count_check(jobs: int = 300, tiers: Tiers | None = None, seed: int = 2) -> dict[str, Any]:
     """The same small drain (one job per group) on the counting twins and on moto through the real
     adapters (a boto3 `before-call` hook counts): requests by action side by side."""
@@ -368,11 +395,16 @@ def request_count_check(jobs: int = 300, tiers: Tiers | None = None, seed: int =
     with moto_aws() as frozen, ExitStack() as stack:
         backends, _holder = moto_backends(stack)
         quotas = {name: limit for name, _, limit in tiers}
-        config = WorldConfig(seed=seed, quotas=quotas, default_quotas=tiers_text(tiers), api_tiers=[(float(w), n) for _, w, n in tiers])
+        config = WorldConfig(
+            seed=seed, quotas=quotas, default_quotas=tiers_text(tiers), api_tiers=[(float(w), n) for _, w, n in tiers]
+        )
         world = BenchWorld(config, spec.api_latency, backends=backends, on_advance=lambda s: frozen.tick(s))
         on_moto, _ = run_throttler(spec, world)
     actions = sorted(set(twins["aws_requests_by_action"]) | set(on_moto["aws_requests_by_action"]))
-    rows = {a: {"twins": twins["aws_requests_by_action"].get(a, 0), "moto": on_moto["aws_requests_by_action"].get(a, 0)} for a in actions}
+    rows = {
+        a: {"twins": twins["aws_requests_by_action"].get(a, 0), "moto": on_moto["aws_requests_by_action"].get(a, 0)}
+        for a in actions
+    }
     total_t, total_m = twins["aws_requests"], on_moto["aws_requests"]
     return {
         "jobs": jobs,

@@ -187,7 +187,11 @@ class CountingStateStore(MemoryStateStore):
         self._batch_write([PAUSE_KEY, THROTTLE_KEY], sizes)
 
     def publish_throttle(self, signal: ThrottleSignal) -> None:
-        self.throttle(signal)
+        """The shared throttle record's PutItem (the memory store's `throttle` writes through here)."""
+        before = self._size(THROTTLE_KEY)
+        with self.meter.section(TWIN):
+            super().publish_throttle(signal)
+        self._write("PutItem", THROTTLE_KEY, before)
 
     # -- lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
@@ -249,7 +253,9 @@ class CountingStateStore(MemoryStateStore):
     ) -> bool:
         before = self._size(USAGE_KEY)
         with self.meter.section(TWIN):
-            done = super().commit_usage(expected_version, stage_meter, key_meters, open_add, open_remove, done_until, keys_summary)
+            done = super().commit_usage(
+                expected_version, stage_meter, key_meters, open_add, open_remove, done_until, keys_summary
+            )
         usage = max(before, self._size(USAGE_KEY))
         if key_meters:
             keys = sum(write_units(self._size(KEY_USAGE_PREFIX + k), transactional=True) for k in key_meters)
@@ -321,10 +327,7 @@ class CountingStateStore(MemoryStateStore):
         self._write("UpdateItem", BATCH_PREFIX + batch_id, before)
 
     def throttle(self, signal: ThrottleSignal) -> None:
-        before = self._size(THROTTLE_KEY)
-        with self.meter.section(TWIN):
-            super().throttle(signal)
-        self._write("PutItem", THROTTLE_KEY, before)
+        super().throttle(signal)  # counted in publish_throttle
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
         self._batch_get([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
