@@ -27,6 +27,7 @@ def main(
     as_json: bool = False,
     plot: str | None = None,
     smoke: bool = False,
+    profile: bool = False,
 ) -> int:
     """Run, print the tables (stdout) and, with `as_json`, one JSON object as the last line."""
     import logging
@@ -37,7 +38,9 @@ def main(
 
     logging.disable(logging.WARNING)  # the runs log every 429 and redelivery: the report counts them
     err = Console(stderr=True)
-    opts = Options(jobs=jobs, groups=groups, tiers=tiers, api_latency_ms=api_latency_ms, keys=keys, full=full, smoke=smoke)
+    opts = Options(
+        jobs=jobs, groups=groups, tiers=tiers, api_latency_ms=api_latency_ms, keys=keys, full=full, smoke=smoke, profile=profile
+    )
     try:
         report = run_bench(opts, progress=lambda line: err.print(f"[dim]{line}[/]"))
     finally:

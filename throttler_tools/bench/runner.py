@@ -82,11 +82,18 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     slow = scenarios.slow_api(slow_ms, seconds=slow_seconds)
     report["slow_api"] = {k: v for k, v in slow.items() if not k.startswith("_")}
     report["_slow_calls"] = slow["_calls"]
-    depth_runs = [] if small else [(depth, 64) for depth in (4, 16)] + [(1, 256)]
+    # (jobs per group, WORKER_MAX_PARALLEL, network jitter ms, margin_ms): what each assumption is worth
+    variants = (
+        []
+        if small
+        else [(1, 256, 0.25, None), (4, 256, 0.25, None), (16, 256, 0.25, None), (1, 256, 5.0, None), (1, 256, 5.0, 40.0)]
+    )
     report["slow_api_variants"] = []
-    for depth, parallel in depth_runs:
-        progress(f"slow API: {depth} jobs per group, WORKER_MAX_PARALLEL={parallel} ...")
-        variant = scenarios.slow_api(slow_ms, seconds=30.0, depth=depth, max_parallel=parallel)
+    for depth, parallel, jitter, margin in variants:
+        progress(f"slow API: {depth} jobs per group, WORKER_MAX_PARALLEL={parallel}, jitter {jitter} ms, margin_ms {margin} ...")
+        variant = scenarios.slow_api(
+            slow_ms, seconds=20.0, depth=depth, max_parallel=parallel, jitter_ms=jitter, margin_ms=margin
+        )
         report["slow_api_variants"].append({k: v for k, v in variant.items() if not k.startswith("_")})
 
     key_counts = [opts.keys] if opts.keys else ([10, 1000, 10_000] if opts.full else [10, 1000])
@@ -106,6 +113,11 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
         "halved": scenarios.adaptive(minutes=minutes, halve_at_s=(90.0 if small else 180.0)),
     }
 
+    if opts.profile:
+        size = max(1, opts.jobs // 10)
+        progress(f"profile: the throttler's own code, {size:,} jobs ...")
+        report["cpu_profile"] = profile_throttler(size, opts.groups, tiers, latency, opts.seed)
+
     report["targets"] = targets(report)
     report["idle_cost_usd_per_month"] = {mode: r["usd_per_month"]["total"] for mode, r in report["idle_cost"].items()}
     report["prices"] = cost.prices()
@@ -122,6 +134,34 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     report["command"] = command(opts)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def profile_throttler(jobs: int, groups: int, tiers: Tiers, latency: ApiLatency, seed: int, top: int = 20) -> dict[str, Any]:
+    """cProfile of the throttler's own code only (it runs while the `throttler` CPU section is innermost):
+    the functions with the most time of their own, in share of the profiled total."""
+    import pstats
+
+    _figures, world = run_throttler(ThrottlerSpec(jobs, groups, tiers, latency, seed=seed, profile=True))
+    stats = pstats.Stats(world.meter.profiler)
+    total = sum(v[2] for v in stats.stats.values()) or 1.0  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    cumulative = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
+
+    def name(key: tuple[str, int, str]) -> str:
+        path, line, func = key
+        short = path.split("/site-packages/")[-1].split("/throttler/")[-1] if "/" in path else path
+        return f"{short}:{line}({func})"
+
+    return {
+        "jobs": jobs,
+        "profiled_s": round(total, 3),
+        "own_time_top": [{"function": name(k), "calls": v[1], "share": round(v[2] / total, 4)} for k, v in rows],
+        "inclusive_top": [
+            {"function": name(k), "share": round(v[3] / total, 4)}
+            for k, v in cumulative
+            if "throttler" in k[0] and "bench" not in k[0]
+        ][:top],
+    }
 
 
 def scenarios_client_cpu(small: bool) -> dict[str, float]:

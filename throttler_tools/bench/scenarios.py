@@ -79,14 +79,20 @@ def slow_api(
     depth: int = 1,
     max_parallel: int = 64,
     seed: int = 3,
+    jitter_ms: float = 0.25,
+    margin_ms: float | None = None,
 ) -> dict[str, Any]:
     """A backlog at the finest tier's rate for `seconds`, over groups `depth` jobs deep, against an API with
     a median latency of `median_ms` and a long tail: the steady dispatch rate against the binding rate."""
     rate = min(limit / window for _, window, limit in tiers)
     jobs = int(rate * seconds) + int(rate * 3)
     groups = max(1, jobs // depth)
-    latency = ApiLatency(median_ms=median_ms)
-    figures, world = run_throttler(ThrottlerSpec(jobs, groups, tiers, latency, seed=seed, max_parallel=max_parallel))
+    latency = ApiLatency(median_ms=median_ms, jitter_ms=jitter_ms)
+    quotas: dict[str, Any] = {name: limit for name, _, limit in tiers}
+    if margin_ms is not None:
+        quotas["margin_ms"] = margin_ms
+    spec = ThrottlerSpec(jobs, groups, tiers, latency, seed=seed, max_parallel=max_parallel, quotas=quotas)
+    figures, world = run_throttler(spec)
     start = world.config.start
     ok = sorted(c.at - start for c in world.api.calls if c.status == 200)
     steady = _steady_rate(ok)
@@ -98,6 +104,8 @@ def slow_api(
         "groups": groups,
         "jobs_per_group": depth,
         "worker_max_parallel": max_parallel,
+        "network_jitter_ms": jitter_ms,
+        "margin_ms": margin_ms,
         "binding_rate_per_s": rate,
         "steady_rate_per_s": _r(steady, 2),
         "quota_use": _r(steady / rate if steady else None, 4),
@@ -189,7 +197,9 @@ def keys_scenario(
     detail: dict[str, Any] = {}
     if window and backlogged:
         capacity = sum(served[k] for k in backlogged)
-        shares = water_fill(capacity, [key_rate * window] * len(backlogged), [float(weights[k]) for k in backlogged])
+        # Each key's fair share: weighted, at most its own tier's rate, and at most what it had to send.
+        caps = [min(key_rate * window, float(backlog[names.index(k)])) for k in backlogged]
+        shares = water_fill(capacity, caps, [float(weights[k]) for k in backlogged])
         fairness = jain([served[k] / s for k, s in zip(backlogged, shares, strict=True) if s > 0])
         detail = {k: (served[k], round(s, 1), weights[k]) for k, s in zip(backlogged, shares, strict=True)}
     # Global use while every key's cap together exceeds the stage's: up to half the jobs.
@@ -223,6 +233,9 @@ def keys_scenario(
         "reservation_writes_per_s": figures["reservation_writes_per_s"],
         "key_transactions": commits,
         "aws_requests_per_job": figures["aws_requests_per_job"],
+        "aws_requests_per_job_by_action": figures["aws_requests_per_job_by_action"],
+        "dynamodb_rru_per_job": figures["dynamodb_rru_per_job"],
+        "dynamodb_wru_per_job": figures["dynamodb_wru_per_job"],
         "usd_per_million_jobs": money["total"],
         "wall_s": figures["wall_s"],
     }

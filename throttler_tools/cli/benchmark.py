@@ -31,6 +31,7 @@ from throttler_tools.cli.base import Failure, Invalid, cli
 @click.option(
     "--plot", type=click.Path(file_okay=False, writable=True), metavar="DIR", help="Draw the plots into DIR (bench-*.png)."
 )
+@click.option("--profile", is_flag=True, help="Also profile the throttler's own code (at a tenth of the backlog).")
 @click.option("--smoke", is_flag=True, hidden=True, help="Tiny sizes everywhere (tests).")
 def bench(
     as_json: bool,
@@ -41,6 +42,7 @@ def bench(
     keys: int | None,
     full: bool,
     plot: str | None,
+    profile: bool,
     smoke: bool,
 ) -> None:
     """Benchmark the throttler against the 2019 design and a bare receive+delete floor (virtual time)."""
@@ -63,4 +65,5 @@ def bench(
         as_json=as_json,
         plot=plot,
         smoke=smoke,
+        profile=profile,
     )
