@@ -159,7 +159,7 @@ def profile_throttler(jobs: int, groups: int, tiers: Tiers, latency: ApiLatency,
         "inclusive_top": [
             {"function": name(k), "share": round(v[3] / total, 4)}
             for k, v in cumulative
-            if "throttler" in k[0] and "bench" not in k[0]
+            if "/throttler/" in k[0] and "/throttler_tools/" not in k[0]
         ][:top],
     }
 

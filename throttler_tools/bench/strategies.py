@@ -302,7 +302,7 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
         wru=0.0,
         lambda_invocations=invocations,
         billed_s=state["scheduler_s"] + state["worker_s"],
-        producer_sqs_requests=producer,
+        producer_sqs_requests=round(producer * done / jobs),  # only the completed jobs are billed to the run
     )
     return {
         "jobs": jobs,
