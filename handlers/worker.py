@@ -6,22 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from throttler.composition import Composition
-from throttler.observability import instrumented, set_stage_dimension
+from throttler.observability import composed_handler, remaining_s
 
 
-def make_handler(compose: Callable[[], Composition]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+def make_handler(compose: Callable[[], Composition]) -> Callable[[Any, Any], dict[str, Any]]:
     """The handler for a composition (built on the first invocation, kept while the container is warm)."""
-    built: list[Composition] = []
-
-    @instrumented
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        if not built:
-            built.append(compose())
-        set_stage_dimension(built[0].settings.stage)
-        remaining = context.get_remaining_time_in_millis() / 1000 if hasattr(context, "get_remaining_time_in_millis") else None
-        return built[0].worker().run_batch(event, remaining)
-
-    return handler
+    return composed_handler(compose, lambda c, event, context: c.worker().run_batch(event, remaining_s(context)))
 
 
 handler = make_handler(Composition.from_env)

@@ -60,6 +60,7 @@ class Composition:
     invoker: Callable[[Composition], Invoker] | None = None
     new_session: Callable[[int], Any] = http_task.new_session
     registry: TaskRegistry = field(default_factory=lambda: default_registry)
+    get_parameter: Callable[[str], Any] | None = None  # SSM reads (None: Powertools against AWS_ENDPOINT_URL or AWS)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -143,7 +144,7 @@ class Composition:
                 records=DynamoWorkerRecords(self.client("dynamodb"), s.state_table),
                 clock=self.clock,
                 registry=self.tasks(),
-                secret_headers=secret_headers_getter(s.secret_headers),
+                secret_headers=secret_headers_getter(s.secret_headers, self.get_parameter),
                 new_session=self.new_session,
             )
         worker: WorkerService = self._cache["worker"]

@@ -76,3 +76,24 @@ def lambda_keys(context: Any) -> dict[str, Any]:
         "function_memory_size": getattr(context, "memory_limit_in_mb", None),
         "cold_start": cold,
     }
+
+
+def composed_handler(compose: Callable[[], Any], body: Callable[[Any, Any, Any], Result]) -> Callable[[Any, Any], Result]:
+    """An instrumented handler whose composition is built on the first invocation and kept while the
+    container is warm; `body(composition, event, context)` is the handler's one call into the library."""
+    built: list[Any] = []
+
+    @instrumented
+    def handler(event: Any, context: Any) -> Result:
+        if not built:
+            built.append(compose())
+        set_stage_dimension(built[0].settings.stage)
+        return body(built[0], event, context)
+
+    return handler
+
+
+def remaining_s(context: Any) -> float | None:
+    """Seconds left before Lambda's timeout (None for a context that does not say)."""
+    getter = getattr(context, "get_remaining_time_in_millis", None)
+    return getter() / 1000 if callable(getter) else None

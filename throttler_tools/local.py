@@ -1,10 +1,11 @@
 """The local stack: the whole pipeline on this machine, no AWS account and no Docker.
 
-moto's server on 127.0.0.1 holds the same queues and table as serverless.yml for stage `local`; a
-scheduler thread calls the throttler's Lambda handler every tick (EventBridge's job), and the worker's
-Lambda handler runs in-process whenever the throttler invokes it. Any boto3 producer pointed at the
-endpoint works unchanged. `LocalStack` is the Python API (a context manager) behind `python -m
-throttler local`, the demo and the end-to-end tests.
+moto's server on 127.0.0.1 holds the queues and table of serverless.yml for stage `local`; a scheduler
+invokes the throttler's Lambda handler every tick (EventBridge's job), and the worker's Lambda handler
+runs in-process, on threads, whenever a run invokes it. Each handler gets a Composition built here (the
+emulator's clients, the stage's settings), as Lambda would build one from its environment. Any boto3
+producer pointed at the endpoint works unchanged. `LocalStack` is the Python API (a context manager)
+behind `python -m throttler local`, the demo and the end-to-end tests; `serve` is the command's loop.
 """
 
 from __future__ import annotations
@@ -23,22 +24,30 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from throttler.core.clock import SystemClock
+from throttler.composition import Composition
 from throttler.core.errors import ThrottlerError
+from throttler.dispatch.run import ThrottlerRun
 
 logger = logging.getLogger(__name__)
 
 STAGE = "local"
 DEFAULT_PORT = 4566
 DEFAULT_REGION = "us-east-1"
-# moto accepts any credentials; these are used only when none are configured.
+ACCOUNT_ID = "123456789012"
+# moto accepts any credentials: the stack and what it prints use these, never the caller's real ones.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Matches handlers/throttler.py: a run stops dispatching this long before Lambda's own timeout.
-SETTLE_MARGIN_S = 5.0
-# One process hosts the emulator, the throttler, the workers (and the demo's API). A worker thread that
-# wakes up for a call's slot must get the interpreter at once, or the call goes out late; with Python's
-# default 5 ms switch interval, late by up to ~70 ms under load on two cores, with 1 ms under ~20 ms.
+# As serverless.yml: the throttler may run twice at once (a run and its successor, during the hand-over).
+THROTTLER_CONCURRENCY = 2
+# One process hosts the emulator, the runs, the workers (and the demo's API). A worker thread that wakes up
+# for a call's slot must get the interpreter at once, or the call goes out late; with Python's default 5 ms
+# switch interval, late by up to ~70 ms under load on two cores, with 1 ms under ~20 ms.
 SWITCH_INTERVAL_S = 0.001
+# The stage's default quotas get this safety margin here (unless they name one): a worker may send a call at
+# most half the smallest margin after its slot (2 ms with the default margin of a `second` tier), and in this
+# one busy process (emulator, runs, workers, the demo's API) a worker thread wakes up several milliseconds late.
+LOCAL_MARGIN_MS = 50
+STOP_POLL_S = 0.1
+STOP_WAIT_S = 90.0  # a run settles its batches in flight (a few seconds of slots) before it returns
 
 
 class LocalStackError(ThrottlerError):
@@ -54,13 +63,14 @@ class FakeLambdaContext:
     memory_limit_in_mb: int = 512
     aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.monotonic)
-    # Once this is set, report only `remaining_when_cut_s` left: a run starting during shutdown ends at once.
+    # Once this is set, report at most `remaining_when_cut_s` left: a run starting during shutdown ends at once.
     cut_short: threading.Event | None = None
     remaining_when_cut_s: float = 0.0
+    region: str = DEFAULT_REGION
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:{DEFAULT_REGION}:123456789012:function:{self.function_name}"
+        return f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self.function_name}"
 
     def get_remaining_time_in_millis(self) -> int:
         remaining_s = self.started_at + self.timeout_s - time.monotonic()
@@ -69,31 +79,18 @@ class FakeLambdaContext:
         return max(0, int(remaining_s * 1000))
 
 
-class LocalClock(SystemClock):
-    """Wall-clock time that can end the run in progress early, for a prompt, clean shutdown.
+@dataclass
+class LocalComposition(Composition):
+    """The runtime's composition root with two local seams: it reports each run it builds (so that the
+    stack can end runs early on shutdown), and the worker reads SSM through the emulator's client."""
 
-    A run stops dispatching at its deadline and then settles what is in flight, releases what it holds
-    and gives its lease back. `end_runs(ahead_s)` makes `now()` read `ahead_s` later (past any run's
-    deadline, which is at most one tick away) and makes every pending sleep return at once, so the run
-    in progress winds down exactly as it does at its deadline, and jobs not yet sent miss their slots
-    and go back to the queue untouched. Only the stack's shutdown uses it: the skew never reaches a
-    run that starts afterwards, and the emulator's state is discarded with it.
-    """
+    on_run: Callable[[ThrottlerRun], None] | None = None
 
-    def __init__(self) -> None:
-        self._ahead_s = 0.0
-        self._ended = threading.Event()
-
-    def now(self) -> float:
-        return time.time() + self._ahead_s
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self._ended.wait(seconds)
-
-    def end_runs(self, ahead_s: float) -> None:
-        self._ahead_s = ahead_s
-        self._ended.set()
+    def run(self, owner: str | None = None) -> ThrottlerRun:
+        run = super().run(owner)
+        if self.on_run is not None:
+            self.on_run(run)
+        return run
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -118,30 +115,13 @@ def scheduled_event() -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def logs_to_stderr(level: str | None = None) -> Iterator[None]:
-    """Send the handlers' Powertools logs (JSON lines) to stderr, so stdout stays for results."""
-    from throttler.observability import logger as powertools_logger
-
-    handler = powertools_logger.registered_handler
-    old_stream = handler.setStream(sys.stderr) if isinstance(handler, logging.StreamHandler) else None
-    old_level = powertools_logger.log_level
-    if level is not None:
-        powertools_logger.setLevel(level)
-    try:
-        yield
-    finally:
-        powertools_logger.setLevel(old_level)
-        if old_stream is not None and isinstance(handler, logging.StreamHandler):
-            handler.setStream(old_stream)
-
-
 class LocalStack:
     """moto server + stage `local` + scheduled throttler + in-process worker.
 
-    `start()` returns once every resource exists; `stop()` ends the run in progress cleanly, shuts the
-    emulator down (its port closes) and restores the process environment and the handlers' wiring.
-    Port 0 picks a free port.
+    `start()` returns once every resource exists; `stop()` ends the runs in progress cleanly (each stops
+    planning, puts back the jobs it holds, gives its lease back and settles its batches in flight), shuts
+    the emulator down (its port closes) and puts the process back as it was. Port 0 picks a free port.
+    `env` overrides the functions' environment (e.g. {"DEFAULT_LATENCY": "low", "RETRY_BASE_S": "2"}).
     """
 
     def __init__(
@@ -159,19 +139,23 @@ class LocalStack:
         self.tick_s = float(tick_seconds)
         self.extra_env = dict(env or {})
         self.env: dict[str, str] = {}
-        self.clock = LocalClock()
-        self.runs = 0
+        self.runs = 0  # throttler invocations that returned
+        self.skipped_ticks = 0  # ticks that found THROTTLER_CONCURRENCY invocations still running
         self.last_summary: dict[str, Any] | None = None
+        self.summaries: list[dict[str, Any]] = []
+        self.timeouts_s = {"throttler": 170.0, "worker": 40.0}
         self._server: Any = None
-        self._saved_env: dict[str, str | None] = {}
-        self._saved_wiring: Any = None
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._invokers: list[Any] = []
+        self._live_runs: list[ThrottlerRun] = []
+        self._invocations: list[threading.Thread] = []
+        self._invokers: dict[int, list[Any]] = {}
         self._stopping = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._started = False
-        self._session: Any = None
+        self._throttler_handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+        self._worker_handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+        self._saved_env: dict[str, str | None] = {}
         self._saved_switch_interval: float | None = None
 
     # ------------------------------------------------------------------ facts
@@ -193,6 +177,16 @@ class LocalStack:
             "worker_function": self.env.get("WORKER_FUNCTION", f"throttler-{STAGE}-worker"),
         }
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """Every variable a producer, boto3, the AWS CLI v2 and this command line need to reach the stack."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            **LOCAL_CREDENTIALS,
+        }
+
     def client(self, service: str) -> Any:
         """A boto3 client for the emulator (thread-safe, one per service)."""
         with self._lock:
@@ -204,22 +198,19 @@ class LocalStack:
                     service,
                     endpoint_url=self.endpoint,
                     region_name=self.region,
-                    aws_access_key_id=self.env.get("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=self.env.get("AWS_SECRET_ACCESS_KEY"),
+                    aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                     config=Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=70),
                 )
             return self._clients[service]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, schedule: bool = True) -> LocalStack:
-        """Start the emulator, create the stage's resources, wire the handlers; with `schedule`, start ticking."""
+        """Start the emulator, create the stage's resources, build the handlers; with `schedule`, start ticking."""
         from moto.server import ThreadedMotoServer
 
-        from throttler import composition
         from throttler_tools.moto_patches import patch_moto_fifo_order
-        from throttler_tools.provision import provision
 
-        self.clock = LocalClock()
         self._stopping = threading.Event()
         if self.port and not port_is_free(self.port, self.host):
             raise LocalStackError(f"port {self.port} on {self.host} is in use: pass another with --port")
@@ -230,27 +221,13 @@ class LocalStack:
         self.port = self._server.get_host_and_port()[1]
         try:
             self._reset_emulator()
-            region = os.environ.get("AWS_REGION") or DEFAULT_REGION
-            self.env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
-            if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
-                self.env.update(LOCAL_CREDENTIALS)
-            else:
-                self.env["AWS_ACCESS_KEY_ID"] = os.environ["AWS_ACCESS_KEY_ID"]
-                self.env["AWS_SECRET_ACCESS_KEY"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-            self.env.update(provision(self.client("sqs"), self.client("dynamodb"), STAGE))
-            self.env["AWS_ENDPOINT_URL"] = self.endpoint
-            self.env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no EMF blobs on stdout
-            self.env.update(self.extra_env)
-            self._set_environment(self.env)
-            self._saved_wiring = composition.wiring()
-            self._session = _worker_session()
-            composition.configure(
-                composition.Wiring(clock=self.clock, get_client=self.client, invoker_factory=self._invoker, session=self._session)
-            )
+            self._provision()
+            self._build_handlers()
         except Exception:
             self._shutdown_server()
-            self._restore_environment()
             raise
+        # With metrics disabled Powertools prints no EMF blobs (each handler would print one per invocation).
+        self._set_environment({"POWERTOOLS_METRICS_DISABLED": "true"})
         self._started = True
         self._saved_switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -259,30 +236,23 @@ class LocalStack:
         return self
 
     def start_scheduler(self) -> None:
-        """Start calling the throttler handler every tick (the first run starts at once)."""
+        """Start invoking the throttler handler every tick (the first invocation at once)."""
         if self._scheduler is None:
             self._scheduler = threading.Thread(target=self._schedule, name="local-scheduler", daemon=True)
             self._scheduler.start()
 
     def stop(self) -> None:
-        """End the run in progress (it settles, releases what it holds), stop the emulator, restore the process."""
+        """End the runs in progress (each settles and puts back what it holds), stop the emulator, restore the process."""
         if not self._started:
             return
-        from throttler import composition
-
         self._stopping.set()
         if self._scheduler is not None:
-            self.clock.end_runs(self.tick_s + 1.0)
             self._scheduler.join()
             self._scheduler = None
-        self._shutdown_invokers()
+        self._end_runs()
         with contextlib.suppress(OSError):
             self._reset_emulator()  # moto's state is process-wide: leave none behind
         self._shutdown_server()
-        composition.configure(self._saved_wiring)
-        if self._session is not None:
-            self._session.close()  # the worker's keep-alive connections to the API
-            self._session = None
         self._restore_environment()
         if self._saved_switch_interval is not None:
             sys.setswitchinterval(self._saved_switch_interval)
@@ -297,71 +267,142 @@ class LocalStack:
 
     def reset(self) -> None:
         """Empty the emulator and create the stage's resources again (same names and URLs): for tests."""
-        from throttler_tools.provision import provision
-
         self._reset_emulator()
-        provision(self.client("sqs"), self.client("dynamodb"), STAGE)
+        self._provision()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until stop() is called elsewhere (True) or the timeout passes (False)."""
         return self._stopping.wait(timeout_s)
 
-    # ------------------------------------------------------------------ the scheduler
-    def run_once(self) -> dict[str, Any] | None:
-        """One scheduled invocation of the throttler handler; each run lasts at most one tick."""
-        from handlers import throttler as throttler_handler
+    # ------------------------------------------------------------------ the functions
+    def settings(self) -> Any:
+        from throttler.settings import Settings
 
-        worker_timeout_s = float(self.env.get("WORKER_TIMEOUT_S", "40"))
-        # The handler stops dispatching at remaining - WORKER_TIMEOUT_S - 5 s: this makes that one tick.
+        return Settings.from_env(self.env)
+
+    def _provision(self) -> None:
+        from throttler_tools.provision import provision
+        from throttler_tools.stackdef import stage_definition
+
+        definition = stage_definition(STAGE)
+        for role in ("throttler", "worker"):
+            timeout = definition["functions"].get(role, {}).get("timeout")
+            if timeout:
+                self.timeouts_s[role] = float(timeout)
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        self.env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+        self.env.update(provision(self.client("sqs"), self.client("dynamodb"), STAGE))
+        if self.env.get("DEFAULT_QUOTAS") and "margin_ms" not in self.env["DEFAULT_QUOTAS"]:
+            self.env["DEFAULT_QUOTAS"] += f" margin_ms={LOCAL_MARGIN_MS}"
+        self.env.update(self.extra_env)
+
+    def _build_handlers(self) -> None:
+        from handlers import throttler as throttler_handler
+        from handlers import worker as worker_handler
+
+        settings = self.settings()
+        ssm = self.client("ssm")
+
+        def get_parameter(name: str) -> Any:
+            return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+
+        throttler_side = LocalComposition(settings, clients=self.client, invoker=self._new_invoker, on_run=self._track_run)
+        worker_side = LocalComposition(settings, clients=self.client, get_parameter=get_parameter)
+        self._throttler_handler = throttler_handler.make_handler(lambda: throttler_side)
+        self._worker_handler = worker_handler.make_handler(lambda: worker_side)
+
+    def _track_run(self, run: ThrottlerRun) -> None:
+        with self._lock:
+            self._live_runs.append(run)
+
+    def _new_invoker(self, composition: Composition) -> Any:
+        from throttler.worker.invoker import InProcessInvoker
+        from throttler_tools.locallogs import invocation
+
+        function = self.names["worker_function"]
+        timeout_s = self.timeouts_s["worker"]
+
+        def invoke(event: dict[str, Any]) -> dict[str, Any]:
+            assert self._worker_handler is not None
+            context = FakeLambdaContext(function, timeout_s, region=self.region)
+            with invocation("worker", function, context.aws_request_id, context.invoked_function_arn):
+                return self._worker_handler(event, context)
+
+        invoker = InProcessInvoker(invoke)
+        with self._lock:
+            self._invokers.setdefault(threading.get_ident(), []).append(invoker)
+        return invoker
+
+    def run_once(self) -> dict[str, Any] | None:
+        """One invocation of the throttler handler, on this thread; returns its summary (None if it failed)."""
+        from throttler.observability import metrics
+        from throttler_tools.locallogs import invocation
+
+        assert self._throttler_handler is not None
+        function = self.names["throttler_function"]
         context = FakeLambdaContext(
-            self.names["throttler_function"],
-            self.tick_s + worker_timeout_s + SETTLE_MARGIN_S,
-            cut_short=self._stopping,
-            remaining_when_cut_s=worker_timeout_s + SETTLE_MARGIN_S,
+            function, self.timeouts_s["throttler"], cut_short=self._stopping, remaining_when_cut_s=0.0, region=self.region
         )
         summary: dict[str, Any] | None = None
         try:
-            summary = throttler_handler.handler(scheduled_event(), context)
-        except Exception:  # as on Lambda, a failed run is logged and the next tick tries again
+            with invocation("throttler", function, context.aws_request_id, context.invoked_function_arn):
+                summary = self._throttler_handler(scheduled_event(), context)
+        except Exception:  # as on Lambda, a failed run is logged and the next tick starts another
             logger.exception("throttler run failed")
         finally:
-            self._shutdown_invokers()
-            # With POWERTOOLS_METRICS_DISABLED, Powertools never flushes, so never clears, its metric set:
-            # clear it, or it grows with every run and leaks into the next handler call in this process.
-            from throttler.observability import metrics
-
+            with self._lock:
+                invokers = self._invokers.pop(threading.get_ident(), [])
+                self._live_runs = [r for r in self._live_runs if r.owner != context.aws_request_id]
+            for invoker in invokers:
+                invoker.shutdown()
+            # Metrics are disabled here, so Powertools never flushes (never clears) its metric set: clear it,
+            # or it grows with every invocation.
             metrics.clear_metrics()
-        self.runs += 1
-        self.last_summary = summary
+        with self._lock:
+            self.runs += 1
+            self.last_summary = summary
+            if summary is not None:
+                self.summaries.append(summary)
         return summary
 
     def _schedule(self) -> None:
         next_at = time.monotonic()
+        n = 0
         while not self._stopping.is_set():
-            self.run_once()
-            next_at = max(next_at + self.tick_s, time.monotonic())  # a run that overran: next one at once
+            with self._lock:
+                self._invocations = [t for t in self._invocations if t.is_alive()]
+                busy = len(self._invocations) >= THROTTLER_CONCURRENCY
+            if busy:  # Lambda would refuse the invocation (reserved concurrency); the next tick tries again
+                self.skipped_ticks += 1
+                logger.warning("throttler invocation skipped: the previous runs are still going")
+            else:
+                n += 1
+                thread = threading.Thread(target=self.run_once, name=f"throttler-run-{n}", daemon=True)
+                with self._lock:
+                    self._invocations.append(thread)
+                thread.start()
+            next_at = max(next_at + self.tick_s, time.monotonic())
             self._stopping.wait(next_at - time.monotonic())
 
-    def _invoker(self, settings: Any) -> Any:
-        from handlers import worker as worker_handler
-        from throttler.invoker import InProcessInvoker
-
-        timeout_s = float(settings.worker_timeout_s)
-        function = self.names["worker_function"]
-
-        def invoke(event: dict[str, Any]) -> dict[str, Any]:
-            result: dict[str, Any] = worker_handler.handler(event, FakeLambdaContext(function, timeout_s))
-            return result
-
-        invoker = InProcessInvoker(invoke, threaded=True)
+    def _end_runs(self) -> None:
+        """Bring every run's deadline to now: each stops planning, releases what it holds, gives the lease back
+        and settles its batches in flight, exactly as at its deadline. A run not built yet starts cut short."""
+        end = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < end:
+            with self._lock:
+                threads = [t for t in self._invocations if t.is_alive()]
+                runs = list(self._live_runs)
+            if not threads:
+                break
+            for run in runs:
+                _cut_short(run)
+                run.wakeup.set()
+            threads[0].join(STOP_POLL_S)
         with self._lock:
-            self._invokers.append(invoker)
-        return invoker
-
-    def _shutdown_invokers(self) -> None:
-        with self._lock:
-            invokers, self._invokers = self._invokers, []
-        for invoker in invokers:
+            self._invocations = []
+            leftovers = [i for invokers in self._invokers.values() for i in invokers]
+            self._invokers = {}
+        for invoker in leftovers:
             invoker.shutdown()
 
     # ------------------------------------------------------------------ plumbing
@@ -374,6 +415,10 @@ class LocalStack:
         if self._server is not None:
             self._server.stop()  # werkzeug closes the listening socket when serve_forever returns
             self._server = None
+            # Its request threads are daemons nobody joins: let the last answers (a long poll's) finish.
+            end = time.monotonic() + 3.0
+            for thread in [t for t in threading.enumerate() if "process_request_thread" in t.name]:
+                thread.join(max(0.0, end - time.monotonic()))
         with self._lock:
             self._clients.clear()
 
@@ -392,21 +437,56 @@ class LocalStack:
         self._saved_env = {}
 
 
-def _worker_session() -> Any:
-    """One requests session for every in-process worker, closed when the stack stops."""
-    import requests
-    from requests.adapters import HTTPAdapter
-
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_maxsize=32)  # the worker calls up to 32 groups at once
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def _cut_short(run: ThrottlerRun) -> None:
+    """Bring a run's deadline to now (it plans nothing more, then ends as at its deadline)."""
+    timing = getattr(run, "t", None)  # the run's timers (throttler.dispatch.timing)
+    if timing is not None:
+        timing.deadline = min(timing.deadline, run.clock.now())
+    else:
+        run.deadline = min(run.deadline, run.clock.now())  # type: ignore[misc]
 
 
-def serve(port: int, tick_seconds: float, on_ready: Callable[[LocalStack], None], stop: threading.Event) -> None:
-    """Run the local stack until `stop` is set (the CLI sets it from SIGINT/SIGTERM)."""
-    with logs_to_stderr(), LocalStack(port, tick_seconds) as stack:
-        on_ready(stack)
-        while not stop.wait(0.5):
-            pass
+@contextlib.contextmanager
+def logs_to_stderr(level: str | None = None, *, json_lines: bool = False) -> Iterator[None]:
+    """The handlers' and the stack's logs on stderr (stdout stays for results), with the right function names."""
+    from throttler_tools.locallogs import local_logs
+
+    names = {
+        "throttler": f"throttler-{STAGE}-throttler",
+        "worker": f"throttler-{STAGE}-worker",
+        "local": "local-stack",
+        "echo-api": "echo-api",
+    }
+    with local_logs(names, json_lines=json_lines, level=level):
+        yield
+
+
+def serve(
+    stack: LocalStack,
+    on_ready: Callable[[LocalStack, Any], None],
+    stop: threading.Event,
+    *,
+    echo_port: int | None = None,
+    json_logs: bool = False,
+) -> None:
+    """Run the local stack (and the echo API when `echo_port` is not None) until `stop` is set (the CLI sets it
+    from SIGINT/SIGTERM); everything is stopped and its ports closed on return."""
+    from throttler_tools.echoapi import EchoApi
+
+    with logs_to_stderr(json_lines=json_logs):
+        echo: EchoApi | None = None
+        if echo_port is not None:
+            if echo_port and not port_is_free(echo_port):
+                raise LocalStackError(f"port {echo_port} on 127.0.0.1 is in use: pass another with --echo-port")
+        with stack:
+            try:
+                if echo_port is not None:
+                    names = [h for h, _ in stack.settings().secret_headers]
+                    echo = EchoApi(port=echo_port, secret_header_names=names).start()
+                on_ready(stack, echo)
+                while not stop.wait(0.2):
+                    pass
+                logger.info("stopping: runs in progress settle and put back what they hold")
+            finally:
+                if echo is not None:
+                    echo.stop()

@@ -1,30 +1,78 @@
-"""Fixtures for the command line: one local stack (moto's server on a free port) per module, emptied
-and provisioned again before each test, and a CliRunner that calls the CLI in-process."""
+"""Fixtures for the command line: one AWS emulator (moto's server on a free port) per module with stage
+`local` provisioned from serverless.yml, emptied and provisioned again before each test, and a CliRunner
+that calls the CLI in-process with AWS_ENDPOINT_URL pointing at it. No scheduler runs: the commands'
+effects stay where the test can see them."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import logging
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import pytest
 from click.testing import CliRunner, Result
 
-from throttler_tools.cli import cli
-from throttler_tools.local import LocalStack
+from throttler.naming import StageNames
 from throttler.store import DynamoStateStore
+from throttler_tools.cli import cli
+
+STAGE = "local"
+REGION = "us-east-1"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Settings the CLI reads from the environment: each test starts without them.
+CLEARED = ("THROTTLER_STAGE", "ALLOWED_HOSTS", "MAX_MESSAGE_BYTES", "TASKS_MODULE", "SECRET_HEADERS",
+           "AWS_PROFILE", "AWS_SESSION_TOKEN")
+
+
+@dataclass
+class Emulator:
+    """moto's server on 127.0.0.1 with one stage's queues and table."""
+
+    endpoint: str
+    env: dict[str, str] = field(default_factory=dict)  # the functions' environment, resolved
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = boto3.session.Session().client(  # type: ignore[call-overload]
+                service, endpoint_url=self.endpoint, region_name=REGION,
+                aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            )
+        return self._clients[service]
+
+    def reset(self) -> None:
+        """Empty the emulator and create the stage's resources again (same names and URLs)."""
+        from throttler_tools.provision import provision
+
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        self.env = provision(self.client("sqs"), self.client("dynamodb"), STAGE)
+
+    @property
+    def aws_env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, **CREDENTIALS}
 
 
 @dataclass
 class Cli:
-    """Runs `python -m throttler ...` in-process against the module's local stack."""
+    """Runs `python -m throttler ...` in-process against the module's emulator."""
 
-    stack: LocalStack
+    stack: Emulator
     runner: CliRunner
 
     def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
         return self.runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False, prog_name="python -m throttler")
+
+    @property
+    def names(self) -> StageNames:
+        return StageNames.of(STAGE)
 
     @property
     def sqs(self) -> Any:
@@ -91,26 +139,51 @@ def one_line_error(result: Result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
+    assert result.stdout == "", result.stdout
     return lines[0]
 
 
 def last_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
-def module_stack() -> Iterator[LocalStack]:
-    # No scheduler: the commands' effects stay where the test can see them.
-    stack = LocalStack(port=0, tick_seconds=3600).start(schedule=False)
+def module_stack() -> Iterator[Emulator]:
+    from moto.server import ThreadedMotoServer
+
+    from throttler_tools import stackdef
+    from throttler_tools.moto_patches import patch_moto_fifo_order
+
+    raw = stackdef.load_raw()  # parsed once: each test provisions the stage again from it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stackdef, "load_raw", lambda *args: copy.deepcopy(raw))
+        yield from _emulator(ThreadedMotoServer, patch_moto_fifo_order)
+
+
+def _emulator(server_class: Any, patch_moto_fifo_order: Any) -> Iterator[Emulator]:
+    patch_moto_fifo_order()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = server_class(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    emulator = Emulator(f"http://{host}:{port}")
     try:
-        yield stack
+        emulator.reset()
+        yield emulator
     finally:
-        stack.stop()
+        # moto's state lives in this process, shared by every server and mock in it: leave it clean.
+        with contextlib.suppress(OSError):
+            request = urllib.request.Request(f"{emulator.endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(request, timeout=10).close()
+        server.stop()
 
 
 @pytest.fixture
-def run(module_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Cli:
+def run(module_stack: Emulator, monkeypatch: pytest.MonkeyPatch) -> Cli:
     module_stack.reset()
-    for name in ("THROTTLER_STAGE", "ALLOWED_HOSTS", "MAX_MESSAGE_BYTES", "TASKS_MODULE"):
+    for name in CLEARED:
         monkeypatch.delenv(name, raising=False)
+    for name, value in module_stack.aws_env.items():
+        monkeypatch.setenv(name, value)
     return Cli(module_stack, CliRunner())

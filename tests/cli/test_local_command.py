@@ -22,7 +22,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_provisioned(endpoint: str, deadline_s: float = 30.0) -> bool:
+def wait_until_provisioned(endpoint: str, deadline_s: float = 30.0, gave_up: threading.Event | None = None) -> bool:
     """Poll the emulator until the stage's queues and table exist (the command prints its banner then)."""
     session = boto3.session.Session()
     kwargs = {
@@ -33,7 +33,7 @@ def wait_until_provisioned(endpoint: str, deadline_s: float = 30.0) -> bool:
     }
     sqs, dynamodb = session.client("sqs", **kwargs), session.client("dynamodb", **kwargs)
     end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+    while time.monotonic() < end and not (gave_up and gave_up.is_set()):
         try:
             sqs.get_queue_url(QueueName="throttler-local-jobs.fifo")
             sqs.get_queue_url(QueueName="throttler-local-dlq.fifo")
@@ -51,15 +51,20 @@ def test_local_runs_until_sigterm_and_exits_0_with_its_port_closed_and_nothing_l
     environment_before = dict(os.environ)
     handler_before = signal.getsignal(signal.SIGTERM)
     provisioned: list[bool] = []
+    returned = threading.Event()
 
     def terminate_when_ready() -> None:
-        provisioned.append(wait_until_provisioned(endpoint))
-        os.kill(os.getpid(), signal.SIGTERM)  # the command's own handler takes it
+        provisioned.append(wait_until_provisioned(endpoint, gave_up=returned))
+        if provisioned[-1]:
+            os.kill(os.getpid(), signal.SIGTERM)  # the command's own handler takes it
 
     killer = threading.Thread(target=terminate_when_ready)
     killer.start()
-    result = CliRunner().invoke(cli, ["local", "--port", str(port), "--tick-seconds", "1"], prog_name="python -m throttler")
-    killer.join()
+    try:
+        result = CliRunner().invoke(cli, ["local", "--port", str(port), "--tick-seconds", "1"], prog_name="python -m throttler")
+    finally:
+        returned.set()  # a command that failed to start must not leave a SIGTERM for the test run itself
+        killer.join()
 
     assert provisioned == [True]
     assert result.exit_code == 0, result.output

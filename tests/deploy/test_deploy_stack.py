@@ -24,15 +24,13 @@ from moto import mock_aws
 
 from tests.deploy.conftest import Packaged
 from tests.deploy.iam_eval import Call, allowed
-from throttler.core.clock import FakeClock
-from throttler.composition import build_run, build_worker
-from throttler_tools.fakeapi import FakeApi, session_for
-from throttler.invoker import InProcessInvoker
 from throttler.queue import SqsJobQueue
 from throttler.settings import Settings
+from throttler.store import DynamoStateStore, DynamoWorkerRecords
+from throttler.store.base import TTL_ATTRIBUTE
+from throttler_tools.fakeapi import FakeApi
+from throttler_tools.sim.world import Backends, World, WorldConfig
 from throttler_tools.stackdef import stage_definition
-from throttler.store import TTL_ATTRIBUTE
-from throttler.worker import InlineExecutor
 
 STAGE = "dev"
 STACK = f"throttler-{STAGE}"
@@ -422,31 +420,32 @@ class PipelineRun:
 
 
 def _run_pipeline(deployed: Deployed, jobs: list[tuple[str, str, str]]) -> PipelineRun:
-    """Enqueue on the deployed queue, then scheduled runs (worker in process) until the queue is empty.
-
-    Each side gets only the deployed function's environment, and clients that record what it calls.
-    """
+    """Enqueue on the deployed queue, then scheduled runs in virtual time (the worker's state machine on its
+    own clients) until the queue is empty. Each side gets only the deployed function's environment, and
+    clients that record what it calls."""
     throttler_settings = Settings.from_env(deployed.env("throttler"))
     worker_settings = Settings.from_env(deployed.env("worker"))
-    clock = FakeClock(start=time.time(), on_advance=lambda s: deployed.frozen.tick(s))
-    api = FakeApi(tiers=[(1, 5), (60, 100)], clock=clock)  # the dev stage's DEFAULT_QUOTAS, enforced by the API
     throttler_actions: set[str] = set()
     worker_actions: set[str] = set()
     throttler_calls: list[Call] = []
     worker_calls: list[Call] = []
     throttler_clients = _recording_clients(throttler_actions, throttler_calls)
     worker_clients = _recording_clients(worker_actions, worker_calls)
-    worker = build_worker(worker_settings, clock=clock, get_client=worker_clients.__getitem__,
-                          session=session_for(api), executor_factory=lambda n: InlineExecutor())
+
+    def backends(clock: Any, stage: str) -> Backends:
+        queue = SqsJobQueue(throttler_clients["sqs"], throttler_settings.jobs_queue_url, throttler_settings.dlq_url, clock)
+        return Backends(queue, DynamoStateStore(throttler_clients["dynamodb"], throttler_settings.state_table),
+                        DynamoWorkerRecords(worker_clients["dynamodb"], worker_settings.state_table), deployed.env("throttler"))
+
+    config = WorldConfig(stage=STAGE, default_quotas=throttler_settings.default_quotas,
+                         allowed_hosts=throttler_settings.allowed_hosts, start=time.time(),
+                         latency_s=lambda rng: 0.05)  # a steady API: the dev stage's default margin is 4 ms
+    world = World(config, backends=backends, on_advance=lambda s: deployed.frozen.tick(s))
+    world.api.tiers = [(1, 5), (60, 100)]  # the dev stage's DEFAULT_QUOTAS, enforced by the API
+    # The producer's send, not the throttler's: on clients that record nothing.
     SqsJobQueue(deployed.client("sqs"), throttler_settings.jobs_queue_url, throttler_settings.dlq_url).send(jobs)
-    for _ in range(5):
-        run = build_run(throttler_settings, invoker=InProcessInvoker(worker.run_batch), clock=clock,
-                        get_client=throttler_clients.__getitem__, owner="deploy-test")
-        run.run(clock.now() + throttler_settings.run_budget_s)
-        if _depth(deployed, throttler_settings.jobs_queue_url) == 0:
-            break
-        clock.sleep(3)
-    return PipelineRun(api, throttler_actions, worker_actions, throttler_calls, worker_calls)
+    world.drain(timeout_s=900)
+    return PipelineRun(world.api, throttler_actions, worker_actions, throttler_calls, worker_calls)
 
 
 def _job(path: str, group: str, seq: int) -> tuple[str, str, str]:
@@ -466,11 +465,12 @@ def test_pipeline_runs_on_the_deployed_stack_configured_by_its_environment(deplo
     assert sorted(result.api.successes_by_key()) == sorted(job_id for _, _, job_id in jobs)
     assert set(result.api.successes_by_key().values()) == {1}
     assert result.api.violations == 0 and result.api.order_violations == 0
-    # Idempotency records landed in the deployed table, under its key and with the TTL attribute it expires on.
+    # The workers' batch records landed in the deployed table, under their own key prefix, with the TTL
+    # attribute they expire on; every job's success is in one of them.
     items = deployed.client("dynamodb").scan(TableName=env["STATE_TABLE"])["Items"]
-    done = [i for i in items if i["pk"]["S"].startswith("done#")]
-    assert len(done) == len(jobs)
-    assert all(TTL_ATTRIBUTE in i and "N" in i[TTL_ATTRIBUTE] for i in done)
+    batches = [i for i in items if i["pk"]["S"].startswith("worker#batch#")]
+    assert batches and all(TTL_ATTRIBUTE in i and "N" in i[TTL_ATTRIBUTE] for i in batches)
+    assert {j for i in batches for j in i.get("ok", {}).get("SS", [])} == {job_id for _, _, job_id in jobs}
     # Everything each side called is allowed by its own role.
     assert result.throttler_actions <= set(_grants(_statements(deployed, "ThrottlerRole", "throttler")))
     assert result.worker_actions <= set(_grants(_statements(deployed, "WorkerRole", "worker")))
@@ -501,9 +501,7 @@ def pipeline_run(deployed: Deployed) -> PipelineRun:
 
 @pytest.mark.parametrize(("side", "role", "policy"), [
     ("throttler", "ThrottlerRole", "throttler"),
-    pytest.param("worker", "WorkerRole", "worker", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "the worker still reads and writes done#<job id> records (before the rewrite that gives it worker# items "
-        "only, docs/DESIGN.md); remove this mark with it"))),
+    ("worker", "WorkerRole", "worker"),
 ])
 def test_every_call_of_the_pipeline_is_allowed_by_its_deployed_role_with_the_conditions(
     deployed: Deployed, pipeline_run: PipelineRun, side: str, role: str, policy: str

@@ -253,6 +253,7 @@ def test_receives_only_what_it_is_about_to_dispatch_and_releases_the_rest(make_w
     world.run_for(12)
     summary = world.summaries[0]
     assert 15 <= summary.succeeded <= 21
-    assert summary.received <= summary.succeeded + 20  # a few seconds ahead, not the whole backlog
+    # A few seconds ahead, not the whole backlog: at 2 calls/s the run holds about 20 (a receive brings up to 10).
+    assert summary.received <= summary.succeeded + 30
     depth = world.queue.depth()
     assert depth.visible == 100 - summary.succeeded and depth.in_flight == 0  # released, none hidden

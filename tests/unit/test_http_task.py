@@ -16,8 +16,8 @@ from tests.unit.http_servers import LocalApi, second_loopback_host
 from throttler.core.clock import FakeClock, SystemClock
 from throttler.core.envelope import parse_job
 from throttler.core.errors import InvalidJob, PermanentTaskError, RetryableTaskError, ThrottledTaskError
-from throttler.tasks import ValidationContext, default_registry
 from throttler.core.ratelimit import parse_api_word, parse_retry_after
+from throttler.tasks import ValidationContext, default_registry
 from throttler.tasks.http import REDIRECT_REASON, http_task, new_session
 from throttler.tasks.registry import TaskContext, TaskRegistry, TaskResult, task
 from throttler_tools.fakeapi import FakeApi, session_for

@@ -5,8 +5,8 @@ chain) or a log line, whatever happens to the call."""
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -15,9 +15,8 @@ import requests
 from botocore.exceptions import ClientError
 
 from tests.unit.http_servers import Dribbler, LocalApi
-from throttler.core.clock import FakeClock, SystemClock
+from throttler.core.clock import SystemClock
 from throttler.core.errors import ConfigError, SecretsUnavailable, TaskError, ThrottlerError
-from throttler.core.outcome import Outcome
 from throttler.store import MemoryStateStore
 from throttler.tasks import ValidationContext, default_registry
 from throttler.tasks.http import http_task, new_session

@@ -253,6 +253,10 @@ class ApiBudget:
     used: int = 0
     spread: bool = True  # spread what is left until the reset (no policy stated: slow down before a 429)
 
+    def exhausted(self, t: float, cost: int = 1) -> bool:
+        """Before the reset, `cost` more units would go past what the API said was left."""
+        return t < self.reset_at and self.used + cost > self.remaining
+
 
 @dataclass
 class ApiState:
@@ -455,7 +459,7 @@ class Scope:
             # The API stated its policy (q per w): that paces. Its remaining count and reset are only upper
             # bounds (the draft's `t` is whole seconds), which would hold calls back a second at every turn.
             return t
-        if budget.used + cost > budget.remaining:
+        if budget.exhausted(t, cost):
             return budget.reset_at + default_margin_s(1)
         if not budget.spread:
             return t  # the API stated its policy: that paces; what is left is only a bound

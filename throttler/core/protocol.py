@@ -105,7 +105,7 @@ class BatchRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchRequest:
         return cls(
-            str(data["batch"]),
+            str(data.get("batch", "")),
             str(data.get("run", "")),
             tuple(JobSpec.from_dict(j) for j in data.get("jobs", [])),
             tuple(str(b) for b in data.get("watch", ())),

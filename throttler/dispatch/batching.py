@@ -12,7 +12,7 @@ from throttler.dispatch.outbox import Outbox
 from throttler.dispatch.planner import PlanRequest
 from throttler.dispatch.receiving import Receiver
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.dispatch.timing import BATCH_LEAD_S, CONTROL_REFRESH_S, Timing
+from throttler.dispatch.timing import CONTROL_REFRESH_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue
 from throttler.store.base import OpenBatch
@@ -20,6 +20,7 @@ from throttler.store.base import OpenBatch
 # A batch longer than this watches the shared throttle record, where an operator's pause is published too:
 # a pause stops calls within a control read plus a worker's look, whatever the batch's length.
 WATCHED_HORIZON_S = 2.0
+PLAN_AHEAD_S = 0.1  # a batch is planned at most this long before it must be handed to a worker
 
 
 class Batcher:
@@ -46,14 +47,26 @@ class Batcher:
     def plan_and_send(self, now: float) -> None:
         pacer, planner, config = self.in_force.pacer, self.in_force.planner, self.in_force.config
         assert pacer is not None and planner is not None and config is not None
-        start = max(now + BATCH_LEAD_S, self.t.planned_until)
+        start = max(now + self.t.lead_s, self.t.planned_until)
+        if start > now + self.t.lead_s + PLAN_AHEAD_S:
+            # The batch in flight covers the next seconds: plan the next one when its start is near, with
+            # whatever configuration, pauses and work are in force by then.
+            self.t.next_plan_at = start - self.t.lead_s - PLAN_AHEAD_S
+            return
         end = min(start + self.receiver.horizon(), self.t.deadline)
         if end <= start:
             self.t.next_plan_at = self.t.deadline
             return
         budget = math.inf if config.concurrency is None else config.concurrency - len(self.outbox.busy_groups)
+        busy = self.outbox.busy_groups
         request = PlanRequest(
-            start, end, self.outbox.busy_groups, budget, self.outbox.latency_s * 1.5, key_paused_until=self.pauses.key_paused(now)
+            start,
+            end,
+            busy,
+            budget,
+            self.outbox.latency_s * 1.5,
+            key_paused_until=self.pauses.key_paused(now),
+            others_pending=bool(busy),
         )
         plan = planner.plan(self.inbox, request)
         self.receiver.hide_waiting(plan.key_next, now)
@@ -64,7 +77,7 @@ class Batcher:
             if plan.stage_next is not None and plan.stage_next > start:
                 candidates.append(plan.stage_next)
             nxt = min(candidates, default=now + CONTROL_REFRESH_S)
-            self.t.next_plan_at = min(max(now + 0.01, nxt - BATCH_LEAD_S), now + CONTROL_REFRESH_S)
+            self.t.next_plan_at = min(max(now + 0.01, nxt - self.t.lead_s), now + CONTROL_REFRESH_S)
             return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
@@ -92,7 +105,7 @@ class Batcher:
         # The next batch starts after this one's last slot; if this one ran out of jobs ready to go, plan
         # again as soon as more are (a batch settles, a receive brings more), not at the horizon's end.
         self.t.planned_until = plan.jobs[-1][1] + 1e-6
-        self.t.next_plan_at = (now if plan.full else max(now, end - BATCH_LEAD_S)) if reached_end else now + 0.2
+        self.t.next_plan_at = (now if plan.full else max(now, end - self.t.lead_s)) if reached_end else now + 0.2
 
     def extend_visibility(self, jobs: list[tuple[Held, float]], now: float) -> None:
         """A held message must stay hidden until its call is settled, whatever its slot."""

@@ -31,7 +31,6 @@ HOLD_MAX_S = 10.0
 # A key that can never send at its limits (a limit of 0) is looked at again after this, doubling with
 # each receive of the message (at most 12 hours): a few receives a day.
 NEVER_RECHECK_S = 300.0
-BATCH_LEAD_S = 0.05
 
 
 @dataclass
@@ -136,11 +135,12 @@ class Intake:
 
 
 def hide_seconds(until: float | None, now: float, receive_count: int) -> float:
-    """Whole seconds to hide a message: until its slot (minus the batch lead), or a backing-off re-check."""
+    """Whole seconds to hide a message: until `until` (its key's next slot, less the batch lead), or a
+    backing-off re-check."""
     if until is None:
         seconds = NEVER_RECHECK_S * 2 ** max(0, min(receive_count, 10) - 1)
     else:
-        seconds = until - BATCH_LEAD_S - now
+        seconds = until - now
     return float(max(0, min(MAX_VISIBILITY_S, math.ceil(seconds))))
 
 

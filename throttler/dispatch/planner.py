@@ -33,6 +33,9 @@ class PlanRequest:
     latency_s: float = 0.2  # expected call duration: a group's next job goes no sooner than this after the previous
     max_bytes: int = MAX_BATCH_BYTES
     key_paused_until: Mapping[str, float] = field(default_factory=dict)  # fair key -> until (key-scoped 429)
+    # Groups in a batch still in flight may bring work soon: do not skip stage capacity that none of the
+    # keys here can use (slots only move forward: skipping would keep it from them).
+    others_pending: bool = False
 
 
 @dataclass
@@ -94,7 +97,7 @@ class Planner:
                 walk.ready.push(heapq.heappop(walk.deferred)[1])
             key = walk.ready.pop()
             if key is None:
-                if walk.deferred and walk.deferred[0][0] < request.end:
+                if walk.deferred and walk.deferred[0][0] < request.end and not request.others_pending:
                     t = max(t, walk.deferred[0][0])
                     continue
                 walk.plan.stage_next = stage_slot

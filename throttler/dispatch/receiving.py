@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from throttler.core.clock import Clock
+from throttler.core.fairness import NO_KEY
 from throttler.dispatch.config import InForce
 from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.intake import HOLD_MAX_S, Intake
@@ -145,19 +146,23 @@ class Receiver:
 
     # ------------------------------------------------------------------ sharing and hiding
     def balance(self, now: float) -> None:
+        """Only when the run holds all it may (it would receive nothing more): then a key past its share
+        hides the rest, until the soonest its held share can be sent (at its own fastest rate), so that
+        receives reach other keys, and nothing waits hidden while the stage has room for it."""
         keys = self.inbox.keys()
-        if len(keys) < 2:
+        target = self.held_target()
+        if len(keys) < 2 or len(self.inbox) < target:
             return
+        pacer = self.in_force.pacer
+        assert pacer is not None
         weights = {k: self.in_force.weight(k) for k in keys}
         total_w = sum(weights.values())
-        target = self.held_target()
-        rate = max(0.1, self.in_force.rate(now))
         for key in keys:
             share = max(1, math.floor(target * weights[key] / total_w))
             surplus = self.intake.surplus_groups(key, share)
             if surplus:
-                turn = now + share / (rate * weights[key] / total_w)
-                self.hide(key, surplus, turn, now)
+                fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
+                self.hide(key, surplus, now + share / min(fastest, 1000.0), now)
 
     def hide_waiting(self, key_next: dict[str, float | None], now: float) -> None:
         for key, when in key_next.items():
@@ -173,7 +178,7 @@ class Receiver:
         entries = [e for e in self.hidden.get(key, []) if e[0] > now]
         entries.append((until if until is not None else now + 300.0, count))
         self.hidden[key] = entries
-        self.intake.hide_groups(groups, until, now)
+        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now)
 
     def keys_summary(self, now: float) -> dict[str, Any] | None:
         """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""

@@ -32,7 +32,7 @@ from throttler.dispatch.intake import Intake
 from throttler.dispatch.outbox import Outbox, RetryPolicy
 from throttler.dispatch.receiving import Receiver
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.dispatch.timing import BATCH_LEAD_S, DELETE_FLUSH_S, RECEIVE_AHEAD_S, Timing
+from throttler.dispatch.timing import DELETE_FLUSH_S, RECEIVE_AHEAD_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue, QueuedMessage
 from throttler.store.base import OPERATOR_SIGNAL, StateStore, ThrottleSignal
@@ -73,7 +73,7 @@ class ThrottlerRun:
         self.owner = owner or uuid.uuid4().hex
         self.summary = RunSummary(owner=self.owner)
         self.phase = Phase.START
-        self.t = Timing()
+        self.t = Timing(lead_s=settings.batch_lead_s)
         self.inbox = Inbox()
         self.wakeup = threading.Event()
         self.intake = Intake(queue=queue, store=store, parse=parse, inbox=self.inbox)
@@ -147,6 +147,8 @@ class ThrottlerRun:
                 if self.phase is Phase.RUNNING:
                     return wake
         if self.phase is Phase.ENDING:
+            if self._settle_before_hand_over():
+                return Wake(now + 1.0)  # a finished batch wakes the run sooner
             self._end(now)
         if self.outbox.in_flight:
             return Wake(now + 1.0)
@@ -216,7 +218,7 @@ class ThrottlerRun:
                 self._begin_end("paused")
             return Wake(min(paused_until, t.next_refresh, t.deadline))
         self.released_for_pause = False
-        stage_next = self.pacer.stage.earliest(now + BATCH_LEAD_S, 1)
+        stage_next = self.pacer.stage.earliest(now + t.lead_s, 1)
         if math.isinf(stage_next) or stage_next >= t.deadline:
             if not self.outbox.in_flight:
                 self._begin_end("blocked until after the deadline")
@@ -262,12 +264,27 @@ class ThrottlerRun:
                 self.usage.settled(batch_id)
             else:
                 self.store.close_open_batches([batch_id])
+        if self.phase is not Phase.RUNNING:
+            # Not attempted jobs of the last batches went back to the inbox: nobody here will send them now.
+            self.summary.released += self.intake.release_all()
         if self.outbox.worker_trouble:
             delay = min(30.0, 2.0 ** (self.outbox.worker_trouble - 1))
             self.t.next_plan_at = max(self.t.next_plan_at, now + delay)
         elif self.inbox:
             self.t.next_plan_at = min(self.t.next_plan_at, now)
         self.t.receive_after = -math.inf
+
+    def _settle_before_hand_over(self) -> bool:
+        """With a cost header, a batch's answers correct the units its calls used: those corrections must
+        reach the successor's reservations, so the run settles its batches before it hands over (the gap
+        is one call's latency; without a cost header the successor takes over at once)."""
+        config = self.in_force.config
+        if self.successor is None or self.lease_lost or config is None or not config.cost_header:
+            return False
+        if self.outbox.in_flight:
+            self.summary.released += self.intake.release_all()
+            return True
+        return False
 
     def _begin_end(self, reason: str) -> None:
         if self.phase is Phase.RUNNING:

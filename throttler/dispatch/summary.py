@@ -20,6 +20,9 @@ class RunSettings:
     worker_max_parallel: int = 64
     allowed_hosts: tuple[str, ...] = ()
     max_message_bytes: int = 256 * 1024
+    # A batch is handed to a worker this long before its first slot: the reservation's write, the visibility
+    # change, the invoke and the worker's claim (and its first look at the throttle record) all come first.
+    batch_lead_s: float = 0.25
 
     def published(self) -> dict[str, Any]:
         """What the stage's settings item records (for operators' tools that have no serverless.yml)."""

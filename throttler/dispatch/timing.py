@@ -8,7 +8,6 @@ from dataclasses import dataclass
 CONTROL_REFRESH_S = 2.0  # configuration, pause and hand-over requests take effect within this (+ a batch)
 RECEIVE_AHEAD_S = 2.0  # receive only when the stage's next slot is at most this far away
 DELETE_FLUSH_S = 1.0
-BATCH_LEAD_S = 0.05  # a batch is handed to a worker this long before its first slot
 
 
 @dataclass
@@ -20,6 +19,7 @@ class Timing:
     receive_after: float = -math.inf  # no receive before (the queue looked empty, or FIFO hid the rest)
     last_flush: float = -math.inf  # deletes were last sent then
     queue_empty: bool = False  # nothing held, nothing in flight, and the last receive found nothing
+    lead_s: float = 0.25  # a batch goes to a worker this long before its first slot (RunSettings.batch_lead_s)
 
     @property
     def next_refresh(self) -> float:

@@ -9,7 +9,6 @@ deadline, enforced by a watchdog that shuts the connection's socket when it pass
 
 from __future__ import annotations
 
-import email.utils
 import http.cookiejar
 import json
 import re
@@ -32,7 +31,6 @@ from urllib3.exceptions import LocationParseError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from throttler.core.envelope import reason_from
-from throttler.core.ratelimit import parse_retry_after
 from throttler.core.errors import (
     InvalidJob,
     PermanentTaskError,
@@ -41,6 +39,7 @@ from throttler.core.errors import (
     TaskError,
     ThrottledTaskError,
 )
+from throttler.core.ratelimit import parse_retry_after
 from throttler.tasks.registry import TaskContext, TaskResult, ValidationContext, default_registry
 from throttler.tasks.url import MAX_URL_CHARS, CheckedUrl, check_url, connect_target
 
@@ -287,9 +286,10 @@ def rate_limit_headers(headers: Mapping[str, str], also: frozenset[str] = frozen
     retry_after = None
     for name, value in headers.items():
         lowered = name.lower()
+        wanted = lowered.startswith(RATE_HEADER_PREFIXES) or lowered in also
         if lowered == "retry-after":
             retry_after = value
-        elif (lowered.startswith(RATE_HEADER_PREFIXES) or lowered in also) and len(lowered) <= 64 and len(picked) < MAX_RATE_HEADERS - 1:
+        elif wanted and len(lowered) <= 64 and len(picked) < MAX_RATE_HEADERS - 1:
             picked[lowered] = value[:MAX_RATE_HEADER_CHARS]
     if retry_after is not None:
         picked = {"retry-after": retry_after[:MAX_RATE_HEADER_CHARS], **picked}

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from throttler.core.outcome import JobResult, Outcome
+from throttler.core.pacing import ApiBudget
 from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.store.base import ThrottleSignal
 
@@ -26,17 +27,8 @@ RECORD_EVERY_S = 1.0
 # While an earlier batch may still meet a 429, look at the shared throttle record at least this often
 # before starting a call: no call leaves more than a second after a 429 reached any worker.
 WATCH_EVERY_S = 0.8
-
-
-@dataclass
-class _ApiBudget:
-    """What the newest rate-limit headers said inside this batch: `remaining` calls until `reset_at`,
-    counted from the call they answered; calls started since then use it up."""
-
-    remaining: int
-    reset_at: float
-    observed_sent_at: float
-    started_since: int = 0
+# Look this long before a slot (a read takes a few milliseconds; a call may leave only a little late).
+WATCH_LEAD_S = 0.1
 
 
 @dataclass
@@ -68,7 +60,7 @@ class BatchExecution:
         self._watching = set(request.watch)
         self.watched_final: set[str] = set()
         self._last_watch: float | None = None
-        self._budgets: dict[str | None, _ApiBudget] = {}  # by key when 429s and headers are key-scoped
+        self._budgets: dict[str | None, ApiBudget] = {}  # by key when 429s and headers are key-scoped
         self._started: list[tuple[float, str | None]] = []  # (start time, key) of every call started
 
     # ------------------------------------------------------------------ the driver calls these
@@ -89,7 +81,13 @@ class BatchExecution:
                     self._skip_rest(group, "missed its slot", first=True)
                     break
                 if now < spec.not_before:
-                    wake = spec.not_before if wake is None else min(wake, spec.not_before)
+                    due = spec.not_before
+                    if self._must_watch(spec.not_before):
+                        if now >= spec.not_before - WATCH_LEAD_S:
+                            out.poll_watch = True  # look now, ahead of the slot
+                            return self._finish_step(out, now, wake)
+                        due = spec.not_before - WATCH_LEAD_S
+                    wake = due if wake is None else min(wake, due)
                     break
                 if self._must_watch(now):
                     out.poll_watch = True
@@ -178,18 +176,18 @@ class BatchExecution:
         if current is not None and current.observed_sent_at > sent:
             return  # an older answer: the newer count stands
         since = sum(1 for t, k in self._started if t > sent and self._scope(k) == scope)
-        self._budgets[scope] = _ApiBudget(int(remaining), float(reset_at), sent, since)
+        self._budgets[scope] = ApiBudget(int(remaining), float(reset_at), sent, since)
 
     def _use_budget(self, key: str | None) -> None:
         budget = self._budgets.get(self._scope(key))
         if budget is not None:
-            budget.started_since += 1
+            budget.used += 1
 
     def _budget_says_no(self, spec: JobSpec, now: float) -> bool:
         if self.request.api_policy:
             return False  # the slots already follow the API's stated policy
         budget = self._budgets.get(self._scope(spec.key))
-        return budget is not None and now < budget.reset_at and budget.started_since >= budget.remaining
+        return budget is not None and budget.exhausted(now)
 
     def _why_not(self, spec: JobSpec, now: float | None = None) -> str:
         if self.stop_all:

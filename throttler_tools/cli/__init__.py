@@ -5,7 +5,7 @@ Commands live in small modules by audience: operator.py (enqueue, quota, pause, 
 stack.py (local, demo), benchmark.py (bench); base.py holds the group and the shared helpers.
 """
 
-from throttler_tools.cli import benchmark, operator, stack  # noqa: F401 - they register their commands
+from throttler_tools.cli import benchmark, dashboard, operator, stack  # noqa: F401 - they register their commands
 from throttler_tools.cli.base import PROG, cli
 
 

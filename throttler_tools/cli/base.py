@@ -23,10 +23,9 @@ from throttler.core.errors import ConfigError, InvalidJob, ThrottlerError
 PROG = "python -m throttler"
 LOCAL_REGION = "us-east-1"
 LOCAL_ENDPOINT = "http://127.0.0.1:4566"
-# `pause` without --for: effectively until `resume` (ten years).
-INDEFINITE_PAUSE_S = 10 * 365 * 86400
-STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,30}$")
-DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
+STAGE_META = "throttler.stage"
+DURATION = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,6})?)([smhd]?)$")
+MAX_DURATION_S = 365 * 86400.0
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -78,9 +77,10 @@ def _exit_codes() -> Iterator[None]:
         raise Failure(f"cannot reach {where}{hint}") from None
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        raise Failure(_line(f"{exc.operation_name} failed: {error.get('Code')}: {error.get('Message', '')}")) from None
+        missing = _missing_resource(exc)
+        raise Failure(_line(missing or f"{exc.operation_name} failed: {error.get('Code')}: {error.get('Message', '')}")) from None
     except (ThrottlerError, BotoCoreError, OSError) as exc:
-        raise Failure(_line(exc)) from None
+        raise Failure(_line(_missing_resource(exc) or exc)) from None
     except Exception as exc:
         if os.environ.get("THROTTLER_DEBUG"):
             raise
@@ -106,12 +106,10 @@ class StageAws:
     """The resources of one stage, found by name; clients honour AWS_ENDPOINT_URL, region and credentials."""
 
     def __init__(self, stage: str):
-        if not STAGE_NAME.match(stage):
-            raise ConfigError(f"invalid stage name {stage!r}: letters, digits and dashes")
-        from throttler.client import resource_names
+        from throttler.naming import StageNames
 
+        self.names = StageNames.of(stage)  # ConfigError for a bad stage name
         self.stage = stage
-        self.names = resource_names(stage)
         self._clients: dict[str, Any] = {}
 
     @property
@@ -121,21 +119,24 @@ class StageAws:
 
     @cached_property
     def region(self) -> str:
-        import boto3
-
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or boto3.session.Session().region_name
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or self._session.region_name
         if region:
             return str(region)
         if self.endpoint:
             return LOCAL_REGION
         raise ConfigError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION)")
 
+    @cached_property
+    def _session(self) -> Any:
+        import boto3
+
+        return boto3.session.Session()  # one per stage: its clients share the loaded service models
+
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            import boto3
             from botocore.config import Config
 
-            session = boto3.session.Session()
+            session = self._session
             extra: dict[str, str] = {}
             if self.endpoint:
                 extra["endpoint_url"] = self.endpoint
@@ -148,38 +149,35 @@ class StageAws:
 
     @cached_property
     def jobs_url(self) -> str:
-        from throttler.client import queue_url
+        from throttler.producer import queue_url
 
-        return queue_url(self.client("sqs"), self.names["jobs_queue"])
+        return queue_url(self.client("sqs"), self.names.jobs_queue)
 
     @cached_property
     def dlq_url(self) -> str:
-        from throttler.client import queue_url
+        from throttler.producer import queue_url
 
-        return queue_url(self.client("sqs"), self.names["dlq"])
+        return queue_url(self.client("sqs"), self.names.dlq)
 
     @cached_property
     def store(self) -> Any:
         from throttler.store import DynamoStateStore
 
-        return DynamoStateStore(self.client("dynamodb"), self.names["state_table"])
+        return DynamoStateStore(self.client("dynamodb"), self.names.state_table)
 
-    @property
-    def default_quotas(self) -> str:
-        """The stage's default quotas (serverless.yml `defaultQuotas`), used until an operator sets any."""
-        from throttler_tools.stackdef import params
+    @cached_property
+    def queue(self) -> Any:
+        """The jobs queue and its DLQ (throttler.queue.SqsJobQueue)."""
+        from throttler.queue import SqsJobQueue
 
-        return str(params(self.stage).get("defaultQuotas") or "")
+        return SqsJobQueue(self.client("sqs"), self.jobs_url, self.dlq_url)
 
-    def depth(self, url: str) -> dict[str, int]:
-        names = [
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ]
-        attributes = self.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-        waiting, in_flight, delayed = (int(attributes.get(n, 0)) for n in names)
-        return {"waiting": waiting + delayed, "in_flight": in_flight}
+    def defaults(self, control: Any) -> Any:
+        """The stage's defaults (quotas, allowed hosts...) as far as they can be known from here
+        (throttler_tools.status.StageDefaults): published by its throttler, else serverless.yml, else unknown."""
+        from throttler_tools.status import stage_defaults
+
+        return stage_defaults(self.stage, control)
 
 
 def stage_option(fn: Any) -> Any:
@@ -192,24 +190,46 @@ def stage_option(fn: Any) -> Any:
 
 
 def _aws(stage: str | None) -> StageAws:
-    root = click.get_current_context().find_root()
-    return StageAws(stage or root.params.get("stage") or "local")
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    aws = StageAws(stage or root.params.get("stage") or "local")
+    root.meta[STAGE_META] = aws  # for the error messages below
+    return aws
+
+
+def _missing_resource(exc: BaseException) -> str | None:
+    """"table X does not exist: is the stage deployed?" when an AWS call failed because the table is missing
+    (the queues' lookup by name already says so)."""
+    from botocore.exceptions import ClientError
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ClientError):
+        cause = cause.__cause__
+    if cause is None or cause.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+        return None
+    ctx = click.get_current_context(silent=True)
+    aws = ctx.find_root().meta.get(STAGE_META) if ctx is not None else None
+    what = f"table {aws.names.state_table}" if aws is not None else "the stage's state table"
+    return f"{what} does not exist: is the stage deployed (or the local stack running)?"
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, sort_keys=True, default=str))
+    click.echo(json.dumps(data, default=str))  # the order is the report's own (tiers by window, keys by backlog)
 
 
 def _when(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def parse_duration(text: str) -> float:
-    """`90`, `90s`, `10m`, `2h`, `1d` to seconds; ConfigError otherwise."""
+def parse_duration(text: str, most_s: float = MAX_DURATION_S) -> float:
+    """`90`, `90s`, `10m`, `2h`, `1d` to seconds, at most `most_s`; ConfigError otherwise."""
     match = DURATION.match(text.strip())
     if not match or float(match.group(1)) <= 0:
         raise ConfigError(f"invalid duration {text!r}: use a positive number with s, m, h or d (e.g. 10m)")
-    return float(match.group(1)) * UNIT_S[match.group(2)]
+    seconds = float(match.group(1)) * UNIT_S[match.group(2)]
+    if seconds > most_s:
+        raise ConfigError(f"invalid duration {text!r}: at most {most_s / 86400:g} days (without --for: until resume)")
+    return seconds
 
 
 # ---------------------------------------------------------------------------- the commands

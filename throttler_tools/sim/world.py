@@ -71,6 +71,7 @@ class WorldConfig:
     max_message_bytes: int = 256 * 1024
     start: float = START
     stage: str = "local"
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
 
 
 @dataclass
@@ -113,7 +114,7 @@ class World:
         self.session = session_for(self.api)
         self.registry = TaskRegistry()
         self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
-        self.validation = ValidationContext.build(LOCAL_HOSTS, cfg.stage)
+        self.validation = ValidationContext.build(cfg.allowed_hosts, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
         self.workers = SimWorkers(
             self.loop,
@@ -165,7 +166,7 @@ class World:
             cfg.retry_max_s,
             cfg.worker_timeout_s,
             64,
-            LOCAL_HOSTS,
+            cfg.allowed_hosts,
             cfg.max_message_bytes,
         )
 
