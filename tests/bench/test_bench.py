@@ -55,6 +55,8 @@ def test_bench_json_has_the_scenarios_of_issues_12_13_and_14(report: dict) -> No
         assert set(report["idle_latency_s"][mode]) == {"p50", "p99"}
     assert {"api_latency_ms", "tiers", "quota_use", "violations"} <= set(report["slow_api"])
     assert report["slow_api"]["tiers"] == "second=200" and report["slow_api"]["api_latency_ms"] >= 250
+    assert [r["tiers"] for r in report["slow_api_tiers"]] == ["minute=600", "second=10"]
+    assert all(r["violations"] == 0 for r in report["slow_api_tiers"])
     assert set(report["usd_per_million_jobs"]) == {"throttler", "seed-2019", "api-destinations"}
     keys = report["keys"]["10"]
     assert {

@@ -38,7 +38,7 @@ MISSED_SLOT = "missed its slot"  # the reason the throttler counts as a missed s
 class WorkerConfig:
     validation: ValidationContext  # the allow-list, secret header names and body cap (as the throttler checked them)
     max_message_bytes: int = 256 * 1024
-    max_parallel: int = 64
+    max_parallel: int = 256
 
 
 class WorkerService:

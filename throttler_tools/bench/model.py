@@ -9,6 +9,9 @@ import random
 from dataclasses import dataclass
 
 from throttler.core.quotas import tier_window_s
+from throttler.settings import Settings
+
+SHIPPED_MAX_PARALLEL = Settings.worker_max_parallel  # WORKER_MAX_PARALLEL as serverless.yml ships it
 
 Tiers = tuple[tuple[str, int, int], ...]  # (name, window_s, limit)
 

@@ -101,7 +101,7 @@ def render(report: dict[str, Any], console: Any) -> None:
         other.add_row(f"idle latency, latency={mode}", f"p50 {_fmt(r['p50'])} s, p99 {_fmt(r['p99'])} s ({r['called']} jobs)")
     for mode, r in report["idle_cost"].items():
         other.add_row(f"idle cost, latency={mode}", f"${r['usd_per_month']['total']:.2f} a month")
-    for r in [report["slow_api"], *report["slow_api_variants"]]:
+    for r in [report["slow_api"], *report.get("slow_api_tiers", []), *report["slow_api_variants"]]:
         other.add_row(
             f"slow API {r['tiers']}, {r['api_latency_ms']:g} ms, {r['jobs_per_group']}/group, "
             f"WORKER_MAX_PARALLEL={r['worker_max_parallel']}",

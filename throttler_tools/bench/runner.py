@@ -18,6 +18,8 @@ DEFAULT_TIERS = "second=20 minute=600 hour=30000"
 DEFAULT_JOBS = 20_000
 DEFAULT_GROUPS = 100
 DEFAULT_LATENCY_MS = 100.0
+SLOW_TIER_SETS = ("minute=600", "second=10")
+SLOW_TIER_SECONDS = 300.0  # five runs: each hand-over counts
 TARGETS = {"quota_use": 0.99, "aws_requests_per_job": 0.5, "cpu_vs_floor": 2.0, "idle_p99_low_s": 2.0, "slow_api_quota_use": 0.99}
 # Client CPU per request when moto is not run (smoke tests only): this machine's figures, rounded.
 FALLBACK_CLIENT_MS = 1.0
@@ -82,11 +84,20 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     slow = scenarios.slow_api(slow_ms, seconds=slow_seconds)
     report["slow_api"] = {k: v for k, v in slow.items() if not k.startswith("_")}
     report["_slow_calls"] = slow["_calls"]
-    # (jobs per group, WORKER_MAX_PARALLEL, network jitter ms, margin_ms): what each assumption is worth
+    # Full use across the runs' hand-overs with one tier alone (issue 11: minute=600 and second=10 were at
+    # 96%), the same slow API; and the --tiers given, when they are not the default.
+    tier_sets = [*SLOW_TIER_SETS, *([opts.tiers] if opts.tiers != DEFAULT_TIERS else [])]
+    report["slow_api_tiers"] = []
+    for text in tier_sets:
+        span = 20.0 if small else SLOW_TIER_SECONDS
+        progress(f"slow API: {text}, {slow_ms:g} ms, {span:g} virtual s ...")
+        run = scenarios.slow_api(slow_ms, parse_tiers(text), seconds=span)
+        report["slow_api_tiers"].append({k: v for k, v in run.items() if not k.startswith("_")})
+    # (jobs per group, WORKER_MAX_PARALLEL, network jitter ms, margin_ms): what each assumption is worth (--full)
     variants = (
-        []
-        if small
-        else [(1, 256, 0.25, None), (4, 256, 0.25, None), (16, 256, 0.25, None), (1, 256, 5.0, None), (1, 256, 5.0, 40.0)]
+        [(1, 256, 0.25, None), (4, 256, 0.25, None), (16, 256, 0.25, None), (1, 256, 5.0, None), (1, 256, 5.0, 40.0)]
+        if opts.full and not small
+        else []
     )
     report["slow_api_variants"] = []
     for depth, parallel, jitter, margin in variants:
@@ -249,6 +260,11 @@ def targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             report["slow_api"]["quota_use"],
             f">= {TARGETS['slow_api_quota_use']}",
             (report["slow_api"]["quota_use"] or 0) >= TARGETS["slow_api_quota_use"] and report["slow_api"]["violations"] == 0,
+        ),
+        "one_tier_quota_use": (
+            min((r["quota_use"] or 0) for r in report["slow_api_tiers"]) if report["slow_api_tiers"] else None,
+            f">= {TARGETS['quota_use']} ({', '.join(r['tiers'] for r in report['slow_api_tiers'])})",
+            all((r["quota_use"] or 0) >= TARGETS["quota_use"] and r["violations"] == 0 for r in report["slow_api_tiers"]),
         ),
         "usd_below_seed_and_api_destinations": (
             money["throttler"],

@@ -10,7 +10,17 @@ from collections import defaultdict
 from typing import Any
 
 from throttler_tools.bench import cost
-from throttler_tools.bench.model import ApiLatency, Tiers, jain, key_weight, parse_tiers, percentile, water_fill, zipf_backlog
+from throttler_tools.bench.model import (
+    SHIPPED_MAX_PARALLEL,
+    ApiLatency,
+    Tiers,
+    jain,
+    key_weight,
+    parse_tiers,
+    percentile,
+    water_fill,
+    zipf_backlog,
+)
 from throttler_tools.bench.stage import bench_job
 from throttler_tools.bench.strategies import ThrottlerSpec, run_throttler, throttler_world
 
@@ -77,7 +87,7 @@ def slow_api(
     tiers: Tiers = SLOW_TIERS,
     seconds: float = 60.0,
     depth: int = 1,
-    max_parallel: int = 64,
+    max_parallel: int = SHIPPED_MAX_PARALLEL,
     seed: int = 3,
     jitter_ms: float = 0.25,
     margin_ms: float | None = None,

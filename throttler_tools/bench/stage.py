@@ -31,7 +31,7 @@ from throttler.dispatch.summary import RunSettings
 from throttler.queue import MemorySqs
 from throttler.worker.calls import call_job
 from throttler_tools.bench.meters import API, ENGINE, THROTTLER, WORKER, CpuMeter, Requests
-from throttler_tools.bench.model import ApiLatency
+from throttler_tools.bench.model import SHIPPED_MAX_PARALLEL, ApiLatency
 from throttler_tools.bench.twins import CountingJobQueue, CountingStateStore
 from throttler_tools.fakeapi import Call, FakeApi, session_for
 from throttler_tools.provision import provision
@@ -140,7 +140,13 @@ class BenchWorkers(SimWorkers):
     """SimWorkers with the production worker's thread pool, split latency and CPU sections."""
 
     def __init__(
-        self, *args: Any, api_latency: ApiLatency, meter: CpuMeter, requests: Requests, max_parallel: int = 64, **kwargs: Any
+        self,
+        *args: Any,
+        api_latency: ApiLatency,
+        meter: CpuMeter,
+        requests: Requests,
+        max_parallel: int = SHIPPED_MAX_PARALLEL,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.api_latency = api_latency
@@ -312,7 +318,7 @@ class BenchWorld(World):
         *,
         key_tiers: Iterable[tuple[float, int]] = (),
         api_changes: Iterable[tuple[float, list[tuple[float, int]]]] = (),
-        max_parallel: int = 64,
+        max_parallel: int = SHIPPED_MAX_PARALLEL,
         profile: bool = False,
         backends: Callable[[BenchWorld, SimClock, str], Backends] | None = None,
         on_advance: Callable[[float], None] | None = None,

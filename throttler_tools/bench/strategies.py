@@ -25,7 +25,7 @@ from throttler.dispatch.run import Phase
 from throttler.queue import MemorySqs
 from throttler_tools.bench.cost import bill
 from throttler_tools.bench.meters import STRATEGY, THROTTLER, TWIN, WORKER, CpuMeter, Requests
-from throttler_tools.bench.model import ApiLatency, Tiers, ideal, tiers_text
+from throttler_tools.bench.model import SHIPPED_MAX_PARALLEL, ApiLatency, Tiers, ideal, tiers_text
 from throttler_tools.bench.stage import BenchApi, BenchWorld, bench_job
 from throttler_tools.bench.twins import CountingJobQueue
 from throttler_tools.fakeapi import session_for
@@ -71,7 +71,7 @@ class ThrottlerSpec:
     tiers: Tiers
     api_latency: ApiLatency
     seed: int = 1
-    max_parallel: int = 64
+    max_parallel: int = SHIPPED_MAX_PARALLEL
     latency_mode: str = "cost"
     quotas: dict[str, Any] | None = None  # the quota item (default: the tiers)
     api_tiers: list[tuple[float, int]] | None = None  # what the API enforces (default: the tiers)
