@@ -107,7 +107,7 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
         )
         report["slow_api_variants"].append({k: v for k, v in variant.items() if not k.startswith("_")})
 
-    key_counts = [opts.keys] if opts.keys else ([10, 1000, 10_000] if opts.full else [10, 1000])
+    key_counts = [opts.keys] if opts.keys else ([10, 1000, 10_000] if opts.full else [10])
     if small:
         key_counts = [opts.keys or 10]
     report["keys"] = {}

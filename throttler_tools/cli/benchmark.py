@@ -25,9 +25,16 @@ from throttler_tools.cli.base import Failure, Invalid, cli
     help="The API's median latency (lognormal tail); the slow-API scenario uses at least 250.",
 )
 @click.option(
-    "--keys", type=click.IntRange(min=1), metavar="K", help="Run the per-key scenario at K keys only (default 10 and 1,000)."
+    "--keys",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Run the per-key scenario at K keys only (default 10; 1,000 and 10,000 too with --full).",
 )
-@click.option("--full", is_flag=True, help="Add ten times the backlog, 10,000 keys and a longer slow-API run (about 30 minutes).")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Add ten times the backlog, 1,000 and 10,000 keys, a longer slow-API run and its variants (about an hour).",
+)
 @click.option(
     "--plot", type=click.Path(file_okay=False, writable=True), metavar="DIR", help="Draw the plots into DIR (bench-*.png)."
 )
