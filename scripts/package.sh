@@ -37,6 +37,8 @@ done
 [[ ${#stages[@]} -gt 0 ]] || stages=(dev staging prod)
 for stage in "${stages[@]}"; do
   [[ "$stage" =~ ^[a-z][a-z0-9-]*$ ]] || die "invalid stage name: $stage"
+  # The local stage allows loopback hosts and runs on an emulator: deployed, a job could reach the Lambda runtime.
+  [[ "$stage" != local ]] || die "the local stage is never packaged or deployed (python -m throttler local runs it)"
 done
 
 # One run at a time in this work tree: osls stages every build in .serverless/ and the plugin shares its cache.

@@ -26,6 +26,7 @@ from throttler.tasks import default_registry
 from throttler.tasks import http as http_task
 from throttler.tasks.registry import TaskRegistry, ValidationContext
 from throttler.tasks.secrets import secret_headers_getter
+from throttler.tasks.url import endpoint_target
 from throttler.worker.invoker import Invoker, LambdaInvoker
 from throttler.worker.service import WorkerConfig, WorkerService
 
@@ -76,8 +77,11 @@ class Composition:
     def validation(self) -> ValidationContext:
         if "validation" not in self._cache:
             s = self.settings
+            # The stage's own AWS endpoint (an emulator on the local stack) and the Lambda runtime API are never
+            # a job's target, even where the allow-list says `http://127.0.0.1:*`.
+            denied = [target for url in s.never_call for target in endpoint_target(url)]
             self._cache["validation"] = ValidationContext.build(
-                s.allowed_hosts, s.stage, [h for h, _ in s.secret_headers], s.response_max_bytes
+                s.allowed_hosts, s.stage, [h for h, _ in s.secret_headers], s.response_max_bytes, denied, s.in_lambda
             )
         validation: ValidationContext = self._cache["validation"]
         return validation

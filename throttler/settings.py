@@ -33,6 +33,10 @@ class Settings:
     worker_max_parallel: int = 256
     tasks_module: str = ""
     secret_headers: tuple[tuple[str, str], ...] = ()  # (header, SSM parameter name); hashable
+    # Endpoints a job may never call whatever ALLOWED_HOSTS says: the stage's own AWS endpoint (an emulator on the
+    # local stack) and the Lambda runtime API (AWS_ENDPOINT_URL, AWS_LAMBDA_RUNTIME_API).
+    never_call: tuple[str, ...] = ()
+    in_lambda: bool = False  # AWS_LAMBDA_RUNTIME_API is set: loopback and link-local hosts are refused
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +67,8 @@ class Settings:
                 worker_max_parallel=int(env.get("WORKER_MAX_PARALLEL", "256")),
                 tasks_module=env.get("TASKS_MODULE", ""),
                 secret_headers=tuple((str(k), str(v)) for k, v in secret_headers.items()),
+                never_call=tuple(v for v in (env.get("AWS_ENDPOINT_URL"), env.get("AWS_LAMBDA_RUNTIME_API")) if v),
+                in_lambda=bool(env.get("AWS_LAMBDA_RUNTIME_API")),
             )
         except ValueError as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc

@@ -290,7 +290,7 @@ class LocalStack:
             if timeout:
                 self.timeouts_s[role] = float(timeout)
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        self.env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region}
+        self.env = {"AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_ENDPOINT_URL": self.endpoint}
         self.env.update(provision(self.client("sqs"), self.client("dynamodb"), STAGE))
         if self.env.get("DEFAULT_QUOTAS") and "margin_ms" not in self.env["DEFAULT_QUOTAS"]:
             self.env["DEFAULT_QUOTAS"] += f" margin_ms={LOCAL_MARGIN_MS}"

@@ -84,9 +84,24 @@ def test_pause_only_extends_unless_told_otherwise_and_resume_forgets_the_latest_
 
 def test_the_latest_429_is_kept_whoever_writes_last(records: WorkerRecords, store: StateStore) -> None:
     records.throttle(ThrottleSignal(20.0, None, "b2", "tenant"))
-    records.throttle(ThrottleSignal(10.0, 5.0, "b1"))  # older: ignored
+    records.throttle(ThrottleSignal(10.0, 5.0, "b1"), now=20.5)  # older (written late): ignored
     signal = store.read_control().throttle
     assert signal == ThrottleSignal(20.0, None, "b2", "tenant")
+
+
+def test_a_throttle_record_dated_far_ahead_gives_way_to_a_real_429_and_is_bounded_when_read(
+    records: WorkerRecords, store: StateStore
+) -> None:
+    # Found by the security review: a forged record (at=1e9, Retry-After 1e9) paused the stage for decades and
+    # made every genuine 429 after it fail its conditional write.
+    records.throttle(ThrottleSignal(1e9, 1e9, "forged"))
+    forged = store.read_control().throttle
+    assert forged is not None
+    bounded = forged.bounded(now=100.0)
+    assert bounded.at <= 105.0 and bounded.retry_after_s is not None and bounded.retry_after_s <= 86_700.0
+    records.throttle(ThrottleSignal(100.0, 2.0, "real"))
+    signal = store.read_control().throttle
+    assert signal is not None and signal.batch_id == "real"
 
 
 def test_one_lease_holder_then_a_successor_takes_over_by_hand_over(store: StateStore) -> None:

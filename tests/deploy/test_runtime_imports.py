@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,3 +196,48 @@ def test_the_zip_ships_the_runtime_package_only(shipped: Shipped) -> None:
 def test_the_runtime_environment_is_cached_by_requirements_hash(runtime: RuntimeEnv) -> None:
     again = runtime_env()
     assert again.python == runtime.python and again.built_in_s == 0.0
+
+
+SECRET = "s3cr3t-value-for-the-runtime-test"
+
+
+def test_a_real_job_and_a_hostile_message_run_through_both_handlers_with_the_runtime_dependencies_alone(
+    shipped: Shipped, runtime: RuntimeEnv, stage: Emulated
+) -> None:
+    """An empty batch and an empty queue skip most of the code (secrets, the session, the http task, the worker's
+    records; parsing and dead-lettering): found by the security review, a lazy import of a dev-only package on the
+    secrets path passed the tests above. So the worker calls a real API with a secret from SSM, and the throttler
+    dead-letters a hostile message, both in the runtime-only subprocess."""
+    import boto3
+
+    from tests.unit.http_servers import LocalApi
+    from throttler.core.protocol import BatchRequest, JobSpec
+
+    clients = {name: boto3.client(name, endpoint_url=stage.endpoint, region_name=REGION,  # type: ignore[call-overload]
+                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+               for name in ("ssm", "sqs")}
+    clients["ssm"].put_parameter(Name=f"/throttler/{STAGE}/api-key", Value=SECRET, Type="SecureString", Overwrite=True)
+    functions = stage_definition(STAGE)["functions"]
+    with LocalApi() as api:
+        function, module = _handler(functions, "worker")
+        env = {**_lambda_env(stage, function, shipped.code_dir), "ALLOWED_HOSTS": api.url,
+               "SECRET_HEADERS": json.dumps({"X-Api-Key": f"/throttler/{STAGE}/api-key"})}
+        now = time.time()
+        body = json.dumps({"task": "http", "payload": {"method": "POST", "url": f"{api.url}/ok", "json": {"ü": 1}}})
+        request = BatchRequest("runtime-batch", "runtime-run", (JobSpec("job-1", "g1", body, now, now + 30),), (), now)
+        event = json.loads(request.to_json())
+        probe = _probe(runtime, shipped, env, ["handler", module, json.dumps(event), function["name"], "40"], 120)
+        assert probe.returncode == 0 and "error" not in probe.report, probe.explain()
+        assert probe.report["result"]["status"] == "ran", probe.explain()
+        assert [seen.all("X-Api-Key") for seen in api.seen] == [[SECRET]], probe.explain()
+
+    sqs = clients["sqs"]
+    queue_url, dlq_url = stage.function_env["JOBS_QUEUE_URL"], stage.function_env["DLQ_URL"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody="{not json", MessageGroupId="g-bad", MessageDeduplicationId="bad-1")
+    function, module = _handler(functions, "throttler")
+    probe = _probe(runtime, shipped, _lambda_env(stage, function, shipped.code_dir),
+                   ["handler", module, json.dumps(SCHEDULED_EVENT), function["name"], str(function["timeout"])], 240)
+    assert probe.returncode == 0 and "error" not in probe.report, probe.explain()
+    dead = sqs.receive_message(QueueUrl=dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in dead] == ["{not json"], probe.explain()
+    assert "not valid JSON" in dead[0]["MessageAttributes"]["error_reason"]["StringValue"]

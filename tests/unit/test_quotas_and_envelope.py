@@ -83,6 +83,11 @@ def test_valid_envelope_gives_a_job_with_the_dedup_id_as_default_id() -> None:
         ({"task": "http", "payload": {"method": "GET", "url": "https://api.example.com/", "json": 1, "data": "x"}}, "not both"),
         ({"task": 5, "payload": {}}, "task"),
         ({"task": "http", "payload": {}, "id": ""}, "id"),
+        # Valid JSON the worker could not send: found by the security review (retried three times, no call).
+        ('{"task": "http", "payload": {"method": "POST", "url": "https://api.example.com/", "data": "\\ud800"}}',
+         "lone surrogate"),
+        ('{"task": "http", "payload": {"method": "POST", "url": "https://api.example.com/", "json": '
+         + "[" * 90 + "]" * 90 + "}}", "nested deeper than 64"),
     ],
 )
 def test_bad_message_refused_with_a_readable_reason(body: object, reason: str) -> None:

@@ -15,7 +15,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
 from throttler.core.errors import ConfigError, InvalidJob
-from throttler.tasks.url import AllowedHost, AllowList, check_url
+from throttler.tasks.url import AllowedHost, AllowList, check_url, endpoint_target
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PROD = AllowList.parse(["api.example.com", "partner.example:8443"], "prod")
@@ -318,3 +318,32 @@ def test_any_accepted_url_connects_to_an_allowed_host_port_and_scheme(url: str) 
     # And requests, given the job's own URL, would have gone to the same place: the check does not "repair" a
     # URL into an allowed one.
     assert where_requests_connects(url) == (scheme, host, port)
+
+
+# Found by the security review: the local allow-list `http://127.0.0.1:*` also covered the emulator itself (a job
+# paused the stage through it), and a stage deployed with loopback entries let a job reach the Lambda runtime API.
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4566/moto-api/reset",  # the stage's own AWS endpoint (AWS_ENDPOINT_URL)
+        "http://localhost:4566/",
+        "http://127.0.0.1:9001/2018-06-01/runtime/invocation/next",  # the Lambda runtime API
+    ],
+)
+def test_the_stages_own_endpoint_and_the_lambda_runtime_are_never_called(url: str) -> None:
+    allow = AllowList.parse(["http://127.0.0.1:*", "http://localhost:*"], "local", endpoint_target("http://127.0.0.1:4566"))
+    with pytest.raises(InvalidJob, match="never called"):
+        check_url(url, allow)
+    assert check_url("http://127.0.0.1:8080/ok", allow).port == 8080
+
+
+def test_the_metadata_service_is_never_called_even_with_any_host_allowed() -> None:
+    allow = AllowList.parse(["*"], "local")
+    with pytest.raises(InvalidJob, match="never called"):
+        check_url("http://169.254.169.254/latest/meta-data/", allow)
+
+
+@pytest.mark.parametrize("entry", ["localhost", "127.0.0.1", "http://127.0.0.1:*", "[::1]:*", "http://169.254.169.254", "*"])
+def test_loopback_link_local_and_any_host_are_configuration_errors_inside_a_lambda_function(entry: str) -> None:
+    with pytest.raises(ConfigError):
+        AllowList.parse([entry], "local", in_lambda=True)

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from throttler.core.errors import InvalidJob
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+# Deeper JSON than this is refused: the worker re-serialises a body, and Python's recursion limit (which depends
+# on how deep the caller's stack already is) must never be what decides whether a job can be sent.
+MAX_JSON_DEPTH = 64
 _ID = re.compile(r"[\x21-\x7e]+")
 
 
@@ -87,6 +90,7 @@ def parse_job(
         raise InvalidJob(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(data, dict):
         raise InvalidJob("body must be a JSON object with task and payload")
+    check_sendable(data)
     try:
         envelope = Envelope.model_validate(data)
     except ValidationError as exc:
@@ -104,3 +108,29 @@ def parse_job(
         except Exception as exc:
             raise InvalidJob(f"{envelope.task} payload refused: {type(exc).__name__}: {str(exc)[:120]!r}") from exc
     return Job(envelope.id or default_id, group, envelope.task, envelope.payload, envelope.key, envelope.cost)
+
+
+def check_sendable(data: Any) -> None:
+    """Refuse decoded JSON that the worker could not send: nesting deeper than MAX_JSON_DEPTH, or a string with a
+    lone surrogate (`"\\ud800"` is valid JSON but has no UTF-8 form). Iterative: a hostile body cannot exhaust
+    the stack here."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidJob(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                if isinstance(k, str):
+                    _check_text(k)
+                stack.append((v, depth + 1))
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob("body holds a lone surrogate (e.g. \\ud800), which UTF-8 cannot carry") from None

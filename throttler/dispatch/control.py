@@ -76,8 +76,10 @@ class Pauses:
             # `resume` forgets the latest 429: so does the run.
             self.api_until = None
             self.keys.clear()
-        elif control.throttle.at > self.last_signal_at and control.throttle.batch_id != OPERATOR_SIGNAL:
-            self.on_429(control.throttle, auto_window_s)
+        elif control.throttle.batch_id != OPERATOR_SIGNAL:
+            signal = control.throttle.bounded(now)
+            if signal.at > self.last_signal_at:
+                self.on_429(signal, auto_window_s)
 
     def on_429(self, signal: ThrottleSignal, auto_window_s: float | None) -> float:
         """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end."""

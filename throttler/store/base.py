@@ -10,6 +10,7 @@ are return values, not exceptions.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,30 @@ MAX_KEYS_PER_COMMIT = 99
 
 @dataclass(frozen=True)
 class ThrottleSignal:
-    """The latest 429 a worker met: when, what Retry-After said, in which batch, for which key (or None)."""
+    """The latest 429 a worker met: when, what Retry-After said, in which batch, for which key (or None).
+
+    The record is written by workers (the part that talks to the internet), so its readers bound it
+    (`bounded`) and a record dated further ahead than THROTTLE_SKEW_S may be replaced by a real 429."""
 
     at: float
     retry_after_s: float | None
     batch_id: str
     key: str | None = None
+
+
+    def bounded(self, now: float) -> ThrottleSignal:
+        """This signal as far as a reader may trust it: dated no later than now + THROTTLE_SKEW_S, and a
+        Retry-After of at most MAX_THROTTLE_S (what the API's own Retry-After parsing accepts)."""
+        at = min(self.at, now + THROTTLE_SKEW_S) if math.isfinite(self.at) else now
+        retry = self.retry_after_s
+        if retry is not None:
+            retry = min(max(0.0, retry), MAX_THROTTLE_S) if math.isfinite(retry) else MAX_THROTTLE_S
+        return ThrottleSignal(at, retry, self.batch_id, self.key)
+
+
+# How far a worker's clock may run ahead of a reader's; a throttle record dated later is not believed.
+THROTTLE_SKEW_S = 5.0
+MAX_THROTTLE_S = 86_400.0 + 300.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +147,7 @@ class StateStore(ABC):
         """Resume at once: lift the operator's pause and forget the latest 429."""
 
     @abstractmethod
-    def publish_throttle(self, signal: ThrottleSignal) -> None:
+    def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         """Write the shared throttle record the workers watch (the throttler mirrors an operator's pause there)."""
 
     # ------------------------------------------------------------------ lease and hand-over
@@ -225,8 +244,9 @@ class WorkerRecords(ABC):
         """Add to the batch's succeeded and called job ids (and mark it final when the batch is over)."""
 
     @abstractmethod
-    def throttle(self, signal: ThrottleSignal) -> None:
-        """Publish a 429 to every worker and run: keeps the latest one."""
+    def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
+        """Publish a 429 to every worker and run: keeps the latest one, unless the record is dated more than
+        THROTTLE_SKEW_S ahead of the writer's clock `now` (default: the signal's time): then this one replaces it."""
 
     @abstractmethod
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:

@@ -28,6 +28,7 @@ from throttler.store.base import (
     QUOTAS_KEY,
     STAGE_KEY,
     THROTTLE_KEY,
+    THROTTLE_SKEW_S,
     TTL_ATTRIBUTE,
     USAGE_KEY,
     BatchRecord,
@@ -179,8 +180,8 @@ class _DynamoControl(_Table):
     def clear_pause(self) -> None:
         self._write_many([{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in (PAUSE_KEY, THROTTLE_KEY)])
 
-    def publish_throttle(self, signal: ThrottleSignal) -> None:
-        DynamoWorkerRecords(self._client, self._table).throttle(signal)
+    def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
+        DynamoWorkerRecords(self._client, self._table).throttle(signal, now)
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
@@ -463,7 +464,7 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
             ExpressionAttributeValues=values,
         )
 
-    def throttle(self, signal: ThrottleSignal) -> None:
+    def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         body: dict[str, Any] = {"pk": THROTTLE_KEY, "at": signal.at, "batch": signal.batch_id}
         if signal.retry_after_s is not None:
             body["retry_after_s"] = signal.retry_after_s
@@ -473,9 +474,10 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
             "put_item",
             TableName=self._table,
             Item=_item(body),
-            ConditionExpression="attribute_not_exists(pk) OR #at < :at",
+            # A record dated implausibly far ahead (a clock gone wrong, a forged write) gives way to a real 429.
+            ConditionExpression="attribute_not_exists(pk) OR #at < :at OR #at > :ahead",
             ExpressionAttributeNames={"#at": "at"},
-            ExpressionAttributeValues={":at": _n(signal.at)},
+            ExpressionAttributeValues={":at": _n(signal.at), ":ahead": _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S)},
         )
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:

@@ -21,6 +21,7 @@ from throttler.store.base import (
     QUOTAS_KEY,
     STAGE_KEY,
     THROTTLE_KEY,
+    THROTTLE_SKEW_S,
     TTL_ATTRIBUTE,
     USAGE_KEY,
     BatchRecord,
@@ -82,10 +83,11 @@ class _MemoryControl:
             self.items.pop(PAUSE_KEY, None)
             self.items.pop(THROTTLE_KEY, None)
 
-    def publish_throttle(self, signal: ThrottleSignal) -> None:
+    def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
+        ahead = max(signal.at, now or signal.at) + THROTTLE_SKEW_S
         with self._lock:
             current = self.items.get(THROTTLE_KEY)
-            if current is not None and float(current["at"]) >= signal.at:
+            if current is not None and signal.at <= float(current["at"]) <= ahead:
                 return
             self.items[THROTTLE_KEY] = {
                 "pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
@@ -268,8 +270,8 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
             if throttled_at is not None:
                 item["throttled_at"] = throttled_at
 
-    def throttle(self, signal: ThrottleSignal) -> None:
-        self.publish_throttle(signal)
+    def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
+        self.publish_throttle(signal, now)
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
         with self._lock:

@@ -341,11 +341,11 @@ def _request_kwargs(request: HttpRequest, ctx: TaskContext) -> dict[str, Any]:
         "headers": outgoing_headers(payload.headers, ctx.secret_headers, ctx.job_id),
         "params": payload.params or None,
         "json": payload.json_body,
-        "data": payload.data.encode("utf-8") if isinstance(payload.data, str) else payload.data,
     }
     try:
+        kwargs["data"] = payload.data.encode("utf-8") if isinstance(payload.data, str) else payload.data
         prepared = requests.Request(payload.method, request.url.url, **kwargs).prepare()
-    except (requests.exceptions.RequestException, LocationParseError, UnicodeError, ValueError) as exc:
+    except (requests.exceptions.RequestException, LocationParseError, UnicodeError, ValueError, RecursionError) as exc:
         # Never the exception's text: it may quote a header value.
         raise InvalidJob(f"request cannot be built: {type(exc).__name__}") from None
     if connect_target(prepared.url or "") != (request.url.scheme, request.url.host, request.url.port):

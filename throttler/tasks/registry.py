@@ -51,10 +51,12 @@ class ValidationContext:
         stage: str,
         secret_header_names: Iterable[str] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        denied: Iterable[tuple[str, int]] = (),
+        in_lambda: bool = False,
     ) -> ValidationContext:
         """From the settings' values; raises ConfigError for a malformed ALLOWED_HOSTS entry."""
         return cls(
-            AllowList.parse(allowed_hosts, stage),
+            AllowList.parse(allowed_hosts, stage, denied, in_lambda),
             frozenset(name.lower() for name in secret_header_names),
             max_body_bytes,
         )

@@ -22,6 +22,13 @@ from urllib3.util import parse_url
 from throttler.core.errors import ConfigError, InvalidJob
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Never called, whatever the allow-list says: the Lambda runtime API and the cloud's credential and metadata
+# endpoints. (The composition adds the stage's own AWS endpoint and AWS_LAMBDA_RUNTIME_API.)
+ALWAYS_DENIED = frozenset({
+    ("127.0.0.1", 9001), ("localhost", 9001),
+    ("169.254.169.254", 80), ("169.254.170.2", 80), ("[fd00:ec2::254]", 80),
+})
+_LOOPBACK_NAMES = frozenset({"localhost"})
 MAX_URL_CHARS = 8192
 LOCAL_STAGE = "local"
 
@@ -63,10 +70,15 @@ class AllowList:
 
     hosts: tuple[AllowedHost, ...] = ()
     any_host: bool = False
+    denied: frozenset[tuple[str, int]] = ALWAYS_DENIED
 
     @classmethod
-    def parse(cls, entries: Iterable[str], stage: str) -> AllowList:
-        """Raises ConfigError with a one-line reason for a malformed entry, or `*` outside the local stage."""
+    def parse(
+        cls, entries: Iterable[str], stage: str, denied: Iterable[tuple[str, int]] = (), in_lambda: bool = False
+    ) -> AllowList:
+        """Raises ConfigError with a one-line reason for a malformed entry, `*` outside the local stage, or (in a
+        Lambda function) a loopback or link-local host: there it is the runtime API or the metadata service.
+        `denied`: (host, port) pairs refused whatever the entries say, besides ALWAYS_DENIED."""
         hosts: list[AllowedHost] = []
         any_host = False
         for raw in entries:
@@ -74,14 +86,21 @@ class AllowList:
             if not entry:
                 continue
             if entry == "*":
-                if stage != LOCAL_STAGE:
-                    raise ConfigError(f"ALLOWED_HOSTS entry '*' (any host) is allowed on the {LOCAL_STAGE} stage only")
+                if stage != LOCAL_STAGE or in_lambda:
+                    raise ConfigError(
+                        f"ALLOWED_HOSTS entry '*' (any host) is allowed on the {LOCAL_STAGE} stage only, never in a Lambda function"
+                    )
                 any_host = True
                 continue
-            hosts.append(_parse_entry(entry))
-        return cls(tuple(hosts), any_host)
+            allowed = _parse_entry(entry)
+            if in_lambda and _inside_the_machine(allowed.host):
+                raise ConfigError(f"ALLOWED_HOSTS entry {entry!r}: a loopback or link-local host inside a Lambda function")
+            hosts.append(allowed)
+        return cls(tuple(hosts), any_host, ALWAYS_DENIED | {(h.lower(), p) for h, p in denied})
 
     def permits(self, scheme: str, host: str, port: int) -> bool:
+        if (host, port) in self.denied:
+            return False
         if self.any_host:
             return scheme in DEFAULT_PORTS
         return any(e.host == host and e.permits_scheme(scheme) and e.permits_port(scheme, port) for e in self.hosts)
@@ -90,6 +109,8 @@ class AllowList:
         """A one-line reason why this target is refused ('' when it is allowed)."""
         if self.permits(scheme, host, port):
             return ""
+        if (host, port) in self.denied:
+            return f"{host}:{port} is the Lambda runtime, the metadata service or the stage's AWS endpoint: never called"
         same_host = [e for e in self.hosts if e.host == host]
         if not same_host:
             return f"host {host!r} is not in ALLOWED_HOSTS"
@@ -149,6 +170,35 @@ def _entry_host(text: str) -> str:
     if not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
         raise ValueError("not a valid host name")
     return host
+
+
+def _inside_the_machine(host: str) -> bool:
+    """A loopback or link-local host: the Lambda's runtime API, the metadata service, the container itself."""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
+
+
+def endpoint_target(url: str | None) -> list[tuple[str, int]]:
+    """(host, port) pairs of an endpoint URL or a `host:port` (AWS_ENDPOINT_URL, AWS_LAMBDA_RUNTIME_API), to deny;
+    a loopback host is denied under each of its names."""
+    if not url:
+        return []
+    try:
+        parsed = parse_url(url if "://" in url else f"http://{url}")
+    except LocationParseError:
+        return []
+    if not parsed.host:
+        return []
+    port = parsed.port or DEFAULT_PORTS.get(parsed.scheme or "http", 80)
+    host = parsed.host.lower()
+    if _inside_the_machine(host):
+        return [(name, port) for name in ("127.0.0.1", "localhost", "[::1]", host)]
+    return [(host, port)]
 
 
 @dataclass(frozen=True)

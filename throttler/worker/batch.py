@@ -130,6 +130,8 @@ class BatchExecution:
         self._last_watch = now
         self.watched_final |= final & self._watching
         self._watching -= final
+        if signal is not None:
+            signal = signal.bounded(now)  # another worker wrote it: not believed further ahead than the skew
         if signal is not None and signal.at > self.request.planned_at and signal.batch_id != self.request.batch_id:
             if signal.key is not None:
                 self.stopped_keys.setdefault(signal.key, "the API answered 429 to another batch (same key)")

@@ -149,7 +149,7 @@ class WorkerService:
     def _act(self, execution: BatchExecution, step: Step) -> None:
         if step.publish is not None:
             try:
-                self.records.throttle(step.publish)
+                self.records.throttle(step.publish, self.clock.now())
             except StoreError as exc:
                 logger.error("could not publish a 429", extra={"error": str(exc)})
         if step.poll_watch:
