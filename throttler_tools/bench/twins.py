@@ -186,11 +186,11 @@ class CountingStateStore(MemoryStateStore):
             super().clear_pause()
         self._batch_write([PAUSE_KEY, THROTTLE_KEY], sizes)
 
-    def publish_throttle(self, signal: ThrottleSignal) -> None:
+    def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         """The shared throttle record's PutItem (the memory store's `throttle` writes through here)."""
         before = self._size(THROTTLE_KEY)
         with self.meter.section(TWIN):
-            super().publish_throttle(signal)
+            super().publish_throttle(signal, now)
         self._write("PutItem", THROTTLE_KEY, before)
 
     # -- lease
@@ -326,8 +326,8 @@ class CountingStateStore(MemoryStateStore):
             super().record(batch_id, ok, tried, final, throttled_at)
         self._write("UpdateItem", BATCH_PREFIX + batch_id, before)
 
-    def throttle(self, signal: ThrottleSignal) -> None:
-        super().throttle(signal)  # counted in publish_throttle
+    def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
+        super().throttle(signal, now)  # counted in publish_throttle
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
         self._batch_get([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
