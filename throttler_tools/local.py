@@ -478,8 +478,10 @@ def serve(
         if echo_port is not None:
             if echo_port and not port_is_free(echo_port):
                 raise LocalStackError(f"port {echo_port} on 127.0.0.1 is in use: pass another with --echo-port")
-        with stack:
-            try:
+        # The echo API stops after the stack: the runs settle their batches (calls in flight finish) first, so a
+        # stop never turns a call into a failed attempt.
+        try:
+            with stack:
                 if echo_port is not None:
                     names = [h for h, _ in stack.settings().secret_headers]
                     echo = EchoApi(port=echo_port, secret_header_names=names).start()
@@ -487,6 +489,6 @@ def serve(
                 while not stop.wait(0.2):
                     pass
                 logger.info("stopping: runs in progress settle and put back what they hold")
-            finally:
-                if echo is not None:
-                    echo.stop()
+        finally:
+            if echo is not None:
+                echo.stop()

@@ -74,3 +74,57 @@ def test_pause_refuses_an_invalid_duration(run: Cli, duration: str) -> None:
     assert result.exit_code == 2
     assert "invalid duration" in one_line_error(result)
     assert run.store.read_control().pause_until is None
+
+
+class _Lambda:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[dict[str, object]] = []
+        self.error = error
+
+    def invoke(self, **kwargs: object) -> dict[str, object]:
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        return {"StatusCode": 202}
+
+
+def test_resume_on_a_deployed_stage_starts_a_run_at_once_or_says_when_dispatch_restarts() -> None:
+    # Found by the operator review: a run paused past its deadline ends, so with latency=cost `resume` waited for
+    # the next scheduled run (up to a minute) while it printed "within 5 s".
+    from botocore.exceptions import ClientError
+
+    from throttler.store.memory import MemoryStateStore
+    from throttler_tools.cli.base import StageAws
+
+    for error, expected in [(None, "a run was started: dispatch restarts within 5 s"),
+                            (ClientError({"Error": {"Code": "AccessDeniedException"}}, "Invoke"),
+                             "next scheduled run, within a minute (could not start one now: AccessDeniedException)")]:
+        aws = StageAws("prod")
+        aws.store = MemoryStateStore()  # type: ignore[misc]
+        fake = _Lambda(error)
+        aws._clients["lambda"] = fake
+        aws.store.set_pause(2e9, "operator", extend_only=False)
+        message = aws.resume(now=1e9)
+        assert message.startswith("stage prod resumed: lifted the operator's pause; ") and message.endswith(expected)
+        assert [c["FunctionName"] for c in fake.calls] == ["throttler-prod-throttler"]
+        assert fake.calls[0]["InvocationType"] == "Event"
+        assert aws.resume(now=1e9) == "stage prod was not paused: nothing to lift"
+        assert len(fake.calls) == 1
+
+
+def test_resume_does_not_claim_to_lift_a_429_pause_that_has_ended(run: Cli) -> None:
+    run.store.publish_throttle(ThrottleSignal(time.time() - 3600, 5.0, "b1"))
+    assert "was not paused: nothing to lift" in run("resume").stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("pause", "--for", ""), "--for needs a duration"),  # an empty variable in a script must not pause for ever
+    (("pause", "--for", "  "), "--for needs a duration"),
+    (("pause", "--stage", ""), "--stage needs a stage name"),
+    (("quota", "set", "second=5", "second=6"), "second is given twice"),
+])
+def test_empty_or_repeated_values_are_usage_errors_and_write_nothing(run: Cli, args: tuple[str, ...], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in one_line_error(result)
+    assert run.store.read_control().pause_until is None

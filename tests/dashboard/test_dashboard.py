@@ -132,8 +132,8 @@ def test_pause_for_a_while_and_until_resume_then_resume_from_the_page(served: Se
     assert served.state()["status"]["pause"]["until_resume"]
 
     status, outcome = served.post("/api/resume", {})
-    assert outcome == {"ok": True, "message": "stage local resumed: lifted the operator's pause; dispatch restarts within 5 s",
-                       "error": ""}
+    assert outcome == {"ok": True, "error": "", "message": "stage local resumed: lifted the operator's pause; dispatch "
+                       "restarts within 5 s (the local stack's runs wait on a pause)"}
     assert served.cli.store.read_control().pause_until is None
     assert not served.state()["status"]["pause"]["paused"]
     assert served.post("/api/resume", {})[1]["message"] == "stage local was not paused: nothing to lift"

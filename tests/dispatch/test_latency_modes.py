@@ -42,3 +42,20 @@ def test_cost_mode_lets_an_idle_run_end_and_a_job_wait_for_the_next_run(make_wor
     assert waits[-1] > 10.0 and waits[-1] <= 61.0
     assert all(s.end_reason in ("idle", "deadline", "successor") for s in world.summaries)
     assert max(s.ended_at - s.started_at for s in world.summaries if s.end_reason == "idle") < 5.0
+
+
+def test_with_low_latency_resume_after_an_open_ended_pause_takes_effect_within_five_seconds(make_world: MakeWorld) -> None:
+    # Found by the operator review: a run paused past its deadline ended, and `resume` then waited for the next
+    # scheduled run (up to a minute on AWS).
+    world = make_world(default_latency="low", quotas={"second": 5, "latency": "low"})
+    world.enqueue([(job_body("/ok", f"g{i % 3}", i), f"g{i % 3}", f"q-{i}") for i in range(400)])
+    world.start_schedule()
+    world.run_for(10)
+    world.store.set_pause(world.loop.now + 10 * 365 * 86400, "maintenance")
+    world.run_for(150)  # past the runs' deadline: the next scheduled run starts paused too
+    paused_calls = len(world.api.calls)
+    resumed_at = world.loop.now
+    world.store.clear_pause()
+    world.run_for(6)
+    after = [c.at for c in world.api.calls[paused_calls:]]
+    assert after and min(after) <= resumed_at + 5

@@ -324,6 +324,8 @@ def parse_assignments(text: str | Iterable[str]) -> dict[str, str]:
         name, sep, value = word.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise ConfigError(f"expected TIER=LIMIT, got {word!r}")
+        if name.strip() in pairs:
+            raise ConfigError(f"{name.strip()} is given twice: say it once")
         pairs[name.strip()] = value.strip()
     return pairs
 

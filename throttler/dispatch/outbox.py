@@ -202,7 +202,9 @@ class Outbox:
             self.tally.retried += 1
             release = True
             logger.info(
-                "job will be retried", extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay}
+                "job will be retried",
+                extra={"job_id": held.job_id, "group": held.group, "attempts": attempts, "delay_s": delay,
+                       "reason": result.reason or "retryable failure"},
             )
         if dead:
             self.queue.dead_letter([DeadLetter(h.msg, reason, attempts) for h, reason, attempts in dead])

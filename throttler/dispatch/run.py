@@ -214,7 +214,9 @@ class ThrottlerRun:
             if not self.released_for_pause:
                 self.intake.release_all()
                 self.released_for_pause = True
-            if paused_until >= t.deadline and not self.outbox.in_flight:
+            # latency=cost: a run paused past its deadline ends (`resume` starts the next one); latency=low: it
+            # waits, reading the pause item at each refresh, so a `resume` takes effect within the refresh (5 s).
+            if paused_until >= t.deadline and not self.outbox.in_flight and self.in_force.latency() == "cost":
                 self._begin_end("paused")
             return Wake(min(paused_until, t.next_refresh, t.deadline))
         self.released_for_pause = False

@@ -88,7 +88,7 @@ class AllowList:
             if entry == "*":
                 if stage != LOCAL_STAGE or in_lambda:
                     raise ConfigError(
-                        f"ALLOWED_HOSTS entry '*' (any host) is allowed on the {LOCAL_STAGE} stage only, never in a Lambda function"
+                        f"ALLOWED_HOSTS entry '*' (any host) is allowed on the {LOCAL_STAGE} stage only, not in a Lambda"
                     )
                 any_host = True
                 continue

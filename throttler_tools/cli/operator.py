@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from throttler.core.errors import StoreError
+from throttler.core.errors import ConfigError, StoreError
 from throttler_tools.cli.base import (
     PROG,
     CommandGroup,
@@ -403,6 +403,8 @@ def pause(duration: str | None, stage: str | None) -> None:
     from throttler.dispatch.control import INDEFINITE_PAUSE_S
     from throttler_tools.status import clock_text, duration_text
 
+    if duration is not None and not duration.strip():
+        raise ConfigError("--for needs a duration (e.g. 10m); leave --for out to pause until `resume`")
     seconds = parse_duration(duration) if duration else INDEFINITE_PAUSE_S
     aws = _aws(stage)
     until = time.time() + seconds
@@ -415,19 +417,7 @@ def pause(duration: str | None, stage: str | None) -> None:
 @stage_option
 def resume(stage: str | None) -> None:
     """Lift a pause (an operator's, or one a 429 started); dispatch restarts within 5 s."""
-    aws = _aws(stage)
-    now = time.time()
-    control = aws.store.read_control()
-    lifted = []
-    if control.pause_until is not None and control.pause_until > now:
-        lifted.append("the operator's pause")
-    if control.throttle is not None:
-        lifted.append("the pause of the API's latest 429")
-    aws.store.clear_pause()
-    if lifted:
-        click.echo(f"stage {aws.stage} resumed: lifted {' and '.join(lifted)}; dispatch restarts within 5 s")
-    else:
-        click.echo(f"stage {aws.stage} was not paused: nothing to lift")
+    click.echo(_aws(stage).resume(time.time()))
 
 
 # ---------------------------------------------------------------------------- status

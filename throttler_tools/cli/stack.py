@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -155,6 +156,10 @@ def demo(jobs: int, groups: int, keys_scenario: bool, unknown_scenario: bool, as
         raise Invalid("--keys and --unknown-limit are separate scenarios: choose one")
     if jobs < groups:
         raise Invalid(f"--jobs ({jobs}) must be at least --groups ({groups})")
+    if plot is not None:
+        folder = os.path.dirname(os.path.abspath(plot))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise Invalid(f"--plot {plot}: the folder {folder} does not exist or is not writable")
     scenario = "keys" if keys_scenario else "unknown-limit" if unknown_scenario else "tiers"
     code = demo_main(jobs=jobs, groups=groups, as_json=as_json, plot=plot, scenario=scenario)
     if code:

@@ -282,19 +282,7 @@ class Dashboard:
         box: list[Outcome] = []
         with _as_outcome(box, self.aws):
             self._writable()
-            now = self.clock()
-            control = self.aws.store.read_control()
-            lifted = []
-            if control.pause_until is not None and control.pause_until > now:
-                lifted.append("the operator's pause")
-            if control.throttle is not None:
-                lifted.append("the pause of the API's latest 429")
-            self.aws.store.clear_pause()
-            if lifted:
-                what = " and ".join(lifted)
-                box.append(Outcome(True, f"stage {self.stage} resumed: lifted {what}; dispatch restarts within 5 s"))
-            else:
-                box.append(Outcome(True, f"stage {self.stage} was not paused: nothing to lift"))
+            box.append(Outcome(True, self.aws.resume(self.clock())))
         return self._done(box)
 
     def set_quota(self, assignments: str, *, key: str | None = None, per_key: bool = False) -> Outcome:
