@@ -42,7 +42,7 @@ demo: install
 # The README's quick start: an echo API to point jobs at, and a run that waits on the queue (latency=low), so a
 # new job is called within about 2 s; a tick of 10 s brings a new run quickly after a crash or a long pause.
 local: install
-	$(PY) -m throttler local --echo-api --tick-seconds 10 --latency low $(LOCAL_ARGS)
+	$(PY) -m throttler local --echo-api --dashboard --tick-seconds 10 --latency low $(LOCAL_ARGS)
 
 # The benchmark in virtual time (about 8 minutes on 2 shared cores; BENCHMARKS.md); BENCHFLAGS=--full adds
 # 200,000 jobs, 1,000 and 10,000 keys, a 3-minute slow-API run and its variants (about an hour more). Plots to docs/.

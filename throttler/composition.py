@@ -20,6 +20,7 @@ from throttler.core.envelope import Job, parse_job
 from throttler.dispatch.run import ThrottlerRun
 from throttler.dispatch.summary import RunSettings
 from throttler.queue import JobQueue, QueuedMessage, SqsJobQueue
+from throttler.queue.dead_letters import job_id_of
 from throttler.settings import Settings
 from throttler.store import DynamoStateStore, DynamoWorkerRecords
 from throttler.tasks import default_registry
@@ -94,8 +95,9 @@ class Composition:
         tasks, validation, max_bytes = self.tasks(), self.validation(), self.settings.max_message_bytes
 
         def parse(message: QueuedMessage) -> Job:
+            # A redriven copy carries its job id as an attribute when its body had no room for it.
             return parse_job(
-                message.body, message.group, message.dedup_id, tasks=tasks, validation=validation, max_bytes=max_bytes
+                message.body, message.group, job_id_of(message), tasks=tasks, validation=validation, max_bytes=max_bytes
             )
 
         return parse

@@ -463,21 +463,27 @@ def logs_to_stderr(level: str | None = None, *, json_lines: bool = False) -> Ite
 
 def serve(
     stack: LocalStack,
-    on_ready: Callable[[LocalStack, Any], None],
+    on_ready: Callable[..., None],
     stop: threading.Event,
     *,
     echo_port: int | None = None,
+    dashboard_port: int | None = None,
     json_logs: bool = False,
 ) -> None:
-    """Run the local stack (and the echo API when `echo_port` is not None) until `stop` is set (the CLI sets it
-    from SIGINT/SIGTERM); everything is stopped and its ports closed on return."""
+    """Run the local stack (and the echo API when `echo_port` is not None, the live dashboard when
+    `dashboard_port` is not None) until `stop` is set (the CLI sets it from SIGINT/SIGTERM); everything is
+    stopped and its ports closed on return. `on_ready(stack, echo, dashboard)` is called once all are up."""
     from throttler_tools.echoapi import EchoApi
 
     with logs_to_stderr(json_lines=json_logs):
         echo: EchoApi | None = None
+        board: Any = None
         if echo_port is not None:
             if echo_port and not port_is_free(echo_port):
                 raise LocalStackError(f"port {echo_port} on 127.0.0.1 is in use: pass another with --echo-port")
+        if dashboard_port is not None:
+            if dashboard_port and not port_is_free(dashboard_port):
+                raise LocalStackError(f"port {dashboard_port} on 127.0.0.1 is in use: pass another with --dashboard-port")
         # The echo API stops after the stack: the runs settle their batches (calls in flight finish) first, so a
         # stop never turns a call into a failed attempt.
         try:
@@ -485,10 +491,16 @@ def serve(
                 if echo_port is not None:
                     names = [h for h, _ in stack.settings().secret_headers]
                     echo = EchoApi(port=echo_port, secret_header_names=names).start()
-                on_ready(stack, echo)
+                if dashboard_port is not None:
+                    from throttler_tools.dashboard import serve_dashboard
+
+                    board = serve_dashboard(stack, port=dashboard_port, stage_name=STAGE)
+                on_ready(stack, echo, board)
                 while not stop.wait(0.2):
                     pass
                 logger.info("stopping: runs in progress settle and put back what they hold")
         finally:
+            if board is not None:
+                board.stop()
             if echo is not None:
                 echo.stop()

@@ -94,7 +94,10 @@ def summary_fields(summary: dict[str, Any]) -> list[str]:
     if summary.get("handed_over_to"):
         parts.append("handed over")
     if summary.get("paused_until"):
-        parts.append(f"paused {max(0.0, summary['paused_until'] - time.time()):.0f} s more")
+        from throttler_tools.status import duration_text
+
+        left = max(0.0, summary["paused_until"] - time.time())
+        parts.append("paused until resume" if left > 365 * 86400 else f"paused {duration_text(left)} more")
     if summary.get("invalid_config"):
         parts.append("INVALID quota configuration (last good one kept)")
     if summary.get("no_config"):

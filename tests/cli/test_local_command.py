@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import threading
 import time
+import urllib.request
 
 import boto3
 from click.testing import CliRunner
@@ -101,3 +103,37 @@ def test_local_refuses_a_bad_tick() -> None:
     result = CliRunner().invoke(cli, ["local", "--tick-seconds", "0"], prog_name="python -m throttler")
     assert result.exit_code == 2
     assert "--tick-seconds" in one_line_error(result)
+
+
+def test_local_with_dashboard_serves_the_stage_page_and_prints_its_url() -> None:
+    port, board_port = free_port(), free_port()
+    endpoint, url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{board_port}/"
+    seen: list[dict[str, object]] = []
+    returned = threading.Event()
+
+    def look_then_terminate() -> None:
+        if not wait_until_provisioned(endpoint, gave_up=returned):
+            return
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not returned.is_set() and not seen:
+            try:
+                with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+                    seen.append(json.loads(response.read()))
+            except OSError:
+                time.sleep(0.05)  # the page is served right after the stage is provisioned
+        if not returned.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)  # the command's own handler takes it
+
+    killer = threading.Thread(target=look_then_terminate)
+    killer.start()
+    try:
+        result = CliRunner().invoke(cli, ["local", "--port", str(port), "--tick-seconds", "1", "--dashboard",
+                                          "--dashboard-port", str(board_port)], prog_name="python -m throttler")
+    finally:
+        returned.set()
+        killer.join()
+
+    assert result.exit_code == 0, result.output
+    assert f"dashboard     {url}" in result.stdout
+    assert len(seen) == 1 and seen[0]["stage"] == "local" and seen[0]["error"] is None, seen
+    assert port_is_free(board_port)

@@ -213,3 +213,10 @@ def test_quota_set_for_keys_refuses_invalid_values(run: Cli, args: list[str], re
     assert result.exit_code == 2, result.output
     assert reason in one_line_error(result)
     assert run.store.read_control().quotas is None
+
+
+def test_a_limit_of_one_reads_one_call_not_one_calls(run: Cli) -> None:
+    result = run("quota", "set", "second=1", "minute=60", "concurrency=1")
+    assert result.exit_code == 0, result.output
+    assert "1 call  per 1 s" in result.stdout and "1 call  in flight at once" in result.stdout
+    assert "60 calls per 60 s" in result.stdout and "1 calls" not in result.stdout

@@ -133,12 +133,40 @@ def test_role_names_carry_the_region_and_fit_iams_64_characters_in_every_region(
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_has_a_cloudwatch_dashboard_of_its_own_metrics(packaged: Packaged, stage: str) -> None:
+    (dashboard,) = _resources(packaged.template(stage), "AWS::CloudWatch::Dashboard").values()
+    assert dashboard["Properties"]["DashboardName"] == f"throttler-{stage}"
+    separator, parts = dashboard["Properties"]["DashboardBody"]["Fn::Join"]
+
+    def value(part: Any) -> str:  # what CloudFormation puts in place of each reference, in eu-west-1
+        if isinstance(part, str):
+            return part
+        if part == {"Ref": "AWS::Region"}:
+            return "eu-west-1"
+        if "Fn::GetAtt" in part and part["Fn::GetAtt"][1] == "QueueName":
+            queues = {"JobsQueue": f"throttler-{stage}-jobs.fifo", "DeadLetterQueue": f"throttler-{stage}-dlq.fifo"}
+            return queues[part["Fn::GetAtt"][0]]
+        assert part in ({"Ref": "ThrottlerLambdaFunction"}, {"Ref": "WorkerLambdaFunction"}), part
+        return f"throttler-{stage}-{part['Ref'].removesuffix('LambdaFunction').lower()}"
+
+    body = json.loads(separator.join(value(p) for p in parts))
+    metrics = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    assert all(w["properties"]["region"] == "eu-west-1" for w in body["widgets"] if w["type"] == "metric")
+    own = {m[1] for m in metrics if m[0] == "Throttler"}
+    assert own >= {"Dispatched", "Succeeded", "Retried", "Throttled", "DeadLettered", "WorkerFailures"}
+    assert all(m[2:6] == ["service", "throttler", "stage", stage] for m in metrics if m[0] == "Throttler")
+    queues = {m[3] for m in metrics if m[0] == "AWS/SQS"}
+    assert queues == {f"throttler-{stage}-jobs.fifo", f"throttler-{stage}-dlq.fifo"}
+    assert f"dashboard --stage {stage}" in body["widgets"][0]["properties"]["markdown"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_every_taggable_resource_and_the_stack_carry_service_stage_and_cost(packaged: Packaged, stage: str) -> None:
     template = packaged.template(stage)
     expected = {"service": "throttler", "stage": stage, "cost-center": params(stage)["costCenter"]}
     # Resources whose type has no Tags property get the stack's tags from CloudFormation.
     untaggable = {"AWS::S3::BucketPolicy", "AWS::SNS::TopicPolicy", "AWS::Lambda::Permission",
-                  "AWS::Lambda::EventInvokeConfig"}
+                  "AWS::Lambda::EventInvokeConfig", "AWS::CloudWatch::Dashboard"}
     generated = {"ServerlessDeploymentBucket", "ThrottlerLogGroup", "WorkerLogGroup", "ThrottlerEventsRuleSchedule1"}
     for logical, resource in template["Resources"].items():
         if resource["Type"] in untaggable or logical in generated:

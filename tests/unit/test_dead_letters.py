@@ -200,3 +200,25 @@ def test_dead_letters_still_takes_a_client_and_the_two_urls() -> None:
     tools = DeadLetters(object(), "https://sqs/dlq.fifo", "https://sqs/jobs.fifo")
     assert isinstance(tools.queue, SqsJobQueue)
     assert (tools.queue.dlq_url, tools.queue.queue_url) == ("https://sqs/dlq.fifo", "https://sqs/jobs.fifo")
+
+
+# Found by the reliability review: a retryable job near 256 KiB could never be redriven (its copy with the id
+# was 262,400 bytes, over the jobs queue's 262,144): every redrive failed with MessageTooLarge.
+def _sized(total: int, **extra: object) -> str:
+    base = envelope(**extra)
+    pad = total - len(base.encode("utf-8")) - len(b',"pad":""')
+    return json.dumps({**json.loads(base), "pad": "x" * pad}, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_job_near_the_size_limit_is_redriven_with_its_id_in_whatever_fits_or_left_in_the_dlq(
+    queue: MemoryJobQueue,
+) -> None:
+    fits_one = _sized(262_144 - 60)  # room for the id in the body or as an attribute, not both
+    no_room = _sized(262_144 - 8)
+    dead_letter(queue, [(fits_one, "g1", "job-fits"), (no_room, "g2", "job-too-big")])
+    letters = DeadLetters(queue)
+    assert letters.redrive() == 1
+    assert len(letters.too_large) == 1
+    (copy,) = queue.receive(10, 60)
+    assert job_id_of(copy) == "job-fits" or json.loads(copy.body)["id"] == "job-fits"
+    assert [d.job_id for d in DeadLetters(queue).peek()] == ["job-too-big"]  # never lost

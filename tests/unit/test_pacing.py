@@ -172,3 +172,61 @@ def test_rate_limit_headers_slow_dispatch_before_a_429() -> None:
         slots.append(slot)
     assert slots[0] >= 5.0 - 1e-9  # 2 calls left for 10 s: spread out
     assert slots[2] >= 10.0  # then nothing until the reset
+
+
+# Found by the per-key and signals review (each failed before its fix).
+def test_a_learned_limit_never_drops_below_one_call_of_the_jobs_cost() -> None:
+    pacer = Pacer(parse_quota_item({"second": "auto:20"}), Meter())
+    for _ in range(5):
+        pacer.observe_429(0.0, None, 0.0)  # the learned limit falls to 1 unit per second
+    slot = pacer.next_slot(1.0, cost=5)
+    assert slot is not None  # one call of 5 units per window, never "no slot ever" (the stage wedged)
+
+
+def test_a_learned_value_from_before_max_was_lowered_never_counts_above_the_new_max() -> None:
+    meter = Meter()
+    Pacer(parse_quota_item({"minute": "auto:600"}), meter).stage.meter.learned_for(
+        parse_quota_item({"minute": "auto:600"}).tiers[0]).value = 600
+    pacer = Pacer(parse_quota_item({"minute": "auto:60"}), meter)
+    assert [lim.limit for lim in pacer.stage.limits(0.0)] == [60]
+
+
+def test_of_two_policies_for_one_window_the_stricter_paces() -> None:
+    from throttler.core.ratelimit import ApiQuota, ApiWord
+
+    pacer = Pacer(parse_quota_item({"second": 100}), Meter())
+    pacer.observe_api(0.0, None, 0.0, ApiWord(0.0, (ApiQuota(5, 1.0, "user"), ApiQuota(50, 1.0, "app"))))
+    assert sorted(lim.limit for lim in pacer.stage.limits(0.0) if lim.name.startswith("api:")) == [5]
+
+
+def test_nothing_left_until_the_reset_holds_calls_back_even_beside_a_stated_policy() -> None:
+    from throttler.core.ratelimit import ApiQuota, ApiWord
+
+    pacer = Pacer(parse_quota_item({"second": 100}), Meter())
+    pacer.observe_api(0.0, None, 0.0, ApiWord(0.0, (ApiQuota(30, 60.0),), remaining=0, reset_at=40.0))
+    slot = pacer.next_slot(0.0)
+    assert slot is not None and slot >= 40.0
+
+
+def test_an_api_naming_ever_new_windows_is_followed_for_a_bounded_number_of_them() -> None:
+    from throttler.core.ratelimit import ApiQuota, ApiWord
+
+    pacer = Pacer(parse_quota_item({"second": 100}), Meter())
+    for n in range(200):
+        pacer.observe_api(float(n), None, float(n), ApiWord(float(n), (ApiQuota(1000, 10.0 + n),)))
+    assert len(pacer.stage.meter.api.active_policies(200.0)) <= 8
+
+
+def test_a_huge_cost_correction_counts_at_most_the_largest_limit() -> None:
+    pacer = Pacer(parse_quota_item({"second": 10, "hour": 3000}), Meter())
+    slot = pacer.next_slot(0.0) or 0.0
+    pacer.take(slot)
+    pacer.correct(slot, None, 10**12)
+    later = pacer.next_slot(3600.0 + 10)
+    assert later is not None and later < 3600.0 + 20  # the hour tier recovers after its window
+    assert pacer.stage.usage(slot + 0.5)["hour"]["used"] <= 3001
+
+
+def test_a_tier_of_zero_holds_jobs_instead_of_refusing_their_cost() -> None:
+    config = parse_quota_item({"second": 10, "per_key": {"minute": 0}, "keys": {"a": {"second": 0}}})
+    assert config.max_cost("a") == 10 and config.max_cost("b") == 10

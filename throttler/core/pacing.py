@@ -18,7 +18,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from throttler.core.quotas import DEFAULT_MARGIN_CAP_S, DEFAULT_MARGIN_FRACTION, MIN_MARGIN_MS, QuotaConfig, Tier
@@ -29,6 +29,7 @@ BUCKETS_PER_WINDOW = 400
 STANDING_WINDOWS_S = (60, 3600, 86400, 7 * 86400, 31 * 86400)
 RECENT_SLOTS_KEPT = 20_000  # for counting calls sent after the call an API header describes
 API_POLICY_TTL_S = 120.0  # the API's policy stays in force this long after a response last stated it
+MAX_API_POLICIES = 8  # policies the API stated that are followed at once (each has a ledger in the usage item)
 MAX_API_RESET_S = 86400.0
 _EPS = 1e-9
 
@@ -264,6 +265,15 @@ class ApiState:
     budget: ApiBudget | None = None
     said_at: float | None = None
     summary: str = ""
+    # 429s in a row with no success between them, across runs: a storm of short Retry-Afters backs off beyond
+    # them, so runs stop receiving the waiting jobs again and again (SQS's redrive counts every receive).
+    streak: int = 0
+    streak_at: float = 0.0  # the latest 429 counted
+
+    def note_429(self, at: float) -> int:
+        if at > self.streak_at:
+            self.streak, self.streak_at = self.streak + 1, at
+        return self.streak
 
     def active_policies(self, now: float) -> list[ApiPolicy]:
         return [p for p in self.policies if p.until > now]
@@ -277,6 +287,8 @@ class ApiState:
             data["b"] = [b.remaining, b.reset_at, b.observed_sent_at, b.used, int(b.spread)]
         if self.said_at is not None:
             data["t"], data["s"] = self.said_at, self.summary
+        if self.streak:
+            data["k"] = [self.streak, self.streak_at]
         return data
 
     @classmethod
@@ -287,6 +299,8 @@ class ApiState:
             state.budget = ApiBudget(int(r), float(reset), float(sent), int(used), bool(spread[0]) if spread else True)
         if data.get("t") is not None:
             state.said_at, state.summary = float(data["t"]), str(data.get("s", ""))
+        if data.get("k"):
+            state.streak, state.streak_at = int(data["k"][0]), float(data["k"][1])
         return state
 
 
@@ -302,6 +316,7 @@ class Limit:
     aligned: bool
     margin_s: float
     ledger: Ledger
+    learned: bool = False  # an auto tier: never below one call per window, whatever the call's cost
 
 
 class Meter:
@@ -403,14 +418,23 @@ class Scope:
 
     def _build_limits(self, policies: list[ApiPolicy]) -> list[Limit]:
         out = []
+        margins = [tier.margin_s for tier, _ in self._configured]
         for tier, ledger in self._configured:
-            limit = tier.limit if tier.limit is not None else self.meter.learned_for(tier).limit
-            out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger))
+            if tier.limit is not None:
+                limit = tier.limit
+            else:  # a learned value from before MAX was lowered never counts above the new MAX
+                limit = min(self.meter.learned_for(tier).limit, tier.auto_max or 0)
+            out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger,
+                             learned=tier.limit is None))
+        strictest: dict[int, int] = {}  # several policies of one window: the stricter one wins
         for policy in policies:
             window_s = max(1, math.ceil(policy.window_s))
-            margin = default_margin_s(window_s)
+            strictest[window_s] = min(strictest.get(window_s, policy.limit), policy.limit)
+        for window_s, limit in sorted(strictest.items()):
+            # The stage's own margin when it states one (the API's window sees the same jitter as ours).
+            margin = max([default_margin_s(window_s), *[m for m in margins if m <= window_s * 0.05]])
             ledger = self.meter.ensure(window_s, False)
-            out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, policy.limit, False, margin, ledger))
+            out.append(Limit(f"api:{window_s}s", window_s, window_s + margin, limit, False, margin, ledger))
         return out
 
     def spacing_s(self, limits: list[Limit]) -> float:
@@ -429,7 +453,7 @@ class Scope:
 
     def earliest(self, t: float, cost: int) -> float:
         """The earliest time >= t this scope allows a call of `cost` units (inf: never, at these limits)."""
-        limits = self.limits(t)
+        limits = [replace(lim, limit=max(lim.limit, cost)) if lim.learned else lim for lim in self.limits(t)]
         if any(lim.limit < cost for lim in limits):
             return math.inf
         meter = self.meter
@@ -455,12 +479,12 @@ class Scope:
         budget = self.meter.api.budget
         if budget is None or t >= budget.reset_at:
             return t
+        if budget.exhausted(t, cost):
+            return budget.reset_at + default_margin_s(1)  # nothing left until the reset, policy or not
         if self.meter.api.active_policies(t):
             # The API stated its policy (q per w): that paces. Its remaining count and reset are only upper
             # bounds (the draft's `t` is whole seconds), which would hold calls back a second at every turn.
             return t
-        if budget.exhausted(t, cost):
-            return budget.reset_at + default_margin_s(1)
         if not budget.spread:
             return t  # the API stated its policy: that paces; what is left is only a bound
         # Spread what is left until the reset, so the API's count runs out no sooner than it resets.
@@ -493,7 +517,11 @@ class Scope:
         meter.dirty = True
 
     def correct(self, slot: float, delta: int) -> None:
-        """The API says a call used `delta` more (or fewer) units than reserved: count it where it went."""
+        """The API says a call used `delta` more (or fewer) units than reserved: count it where it went. An
+        upward correction counts at most the largest limit in force (a hostile or broken header cannot fill
+        the month's ledger)."""
+        ceiling = max((lim.limit for lim in self.limits(slot)), default=0)
+        delta = min(delta, max(ceiling, 1))
         if delta == 0:
             return
         for ledger in self.meter.ledgers.values():
@@ -638,7 +666,9 @@ class Pacer:
             limit, window_s = int(policy.limit), float(policy.window_s)
             if limit < 0 or not 0 < window_s <= 31 * 86400:
                 continue
-            found = next((p for p in api.policies if p.window_s == window_s), None)
+            found = next((p for p in api.policies if p.window_s == window_s and p.limit == limit), None)
+            if found is None and len(api.active_policies(now)) >= MAX_API_POLICIES:
+                continue  # an API naming ever new windows cannot grow the usage item without bound
             if found is None:
                 api.policies.append(ApiPolicy(limit, window_s, now + max(API_POLICY_TTL_S, 2 * window_s)))
             else:

@@ -143,8 +143,9 @@ class QuotaConfig:
         return bool(self.per_key) or any(q.tiers for q in self.keys.values())
 
     def max_cost(self, key: str | None) -> int:
-        """The largest cost a job of this key can ever have: the smallest ceiling of the tiers that apply."""
-        ceilings = [t.ceiling for t in (*self.tiers, *self.key_quota(key).tiers)]
+        """The largest cost a job of this key can ever have: the smallest ceiling of the tiers that apply. A tier
+        of 0 stops dispatch (the job waits for an operator), so it bounds nothing here."""
+        ceilings = [t.ceiling for t in (*self.tiers, *self.key_quota(key).tiers) if t.ceiling > 0]
         return min(ceilings) if ceilings else MAX_LIMIT
 
     def describe(self) -> str:

@@ -63,7 +63,7 @@ class ApiQuota:
     unit: str | None = None  # the draft's `qu`; None means requests
 
     def describe(self) -> str:
-        text = f"{self.limit} {self.unit or 'calls'} per {_span(self.window_s)}"
+        text = f"{self.limit} {self.unit or ('call' if self.limit == 1 else 'calls')} per {_span(self.window_s)}"
         return f"{text} ({self.name})" if self.name else text
 
     def to_dict(self) -> dict[str, Any]:

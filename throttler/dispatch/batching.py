@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from throttler.core.clock import Clock
+from throttler.core.pacing import Pacer
 from throttler.dispatch.config import InForce
 from throttler.dispatch.control import Pauses
 from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.outbox import Outbox
-from throttler.dispatch.planner import PlanRequest
+from throttler.dispatch.planner import Plan, PlanRequest
 from throttler.dispatch.receiving import Receiver
 from throttler.dispatch.summary import RunSettings, RunSummary
 from throttler.dispatch.timing import CONTROL_REFRESH_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue
 from throttler.store.base import OpenBatch
+
+logger = logging.getLogger(__name__)
 
 # A batch longer than this watches the shared throttle record, where an operator's pause is published too:
 # a pause stops calls within a control read plus a worker's look, whatever the batch's length.
@@ -79,6 +83,9 @@ class Batcher:
             nxt = min(candidates, default=now + CONTROL_REFRESH_S)
             self.t.next_plan_at = min(max(now + 0.01, nxt - self.t.lead_s), now + CONTROL_REFRESH_S)
             return
+        if not self._keep_only_still_held(plan, pacer, now):
+            self.t.next_plan_at = now
+            return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
         if not self.usage.commit(now, {batch_id: OpenBatch(self.owner, until)}, self.receiver.keys_summary(now)):
@@ -87,7 +94,6 @@ class Batcher:
             self.t.next_plan_at = now
             return
         self.summary.reservations += 1
-        self.extend_visibility(plan.jobs, now)
         watch = self.usage.watch_list(now, self.outbox.unsettled())
         self.outbox.send(
             batch_id,
@@ -107,16 +113,33 @@ class Batcher:
         self.t.planned_until = plan.jobs[-1][1] + 1e-6
         self.t.next_plan_at = (now if plan.full else max(now, end - self.t.lead_s)) if reached_end else now + 0.2
 
-    def extend_visibility(self, jobs: list[tuple[Held, float]], now: float) -> None:
-        """A held message must stay hidden until its call is settled, whatever its slot."""
+    def _keep_only_still_held(self, plan: Plan, pacer: Pacer, now: float) -> bool:
+        """Extend the planned messages' visibility to cover their calls; a message whose change failed is no
+        longer ours (its visibility lapsed while it waited: it may be received, and called, elsewhere), so its
+        group leaves the plan and the inbox, and its slots are released. False when nothing is left to send."""
+        failed = set(self.extend_visibility(plan.jobs, now))
+        if not failed:
+            return True
+        lost = {held.group for held, _ in plan.jobs if held.msg.receipt in failed}
+        for held, slot in plan.jobs:
+            if held.group in lost:
+                pacer.release(slot, held.key, held.cost)
+        plan.jobs = [(held, slot) for held, slot in plan.jobs if held.group not in lost]
+        for group in lost:
+            self.inbox.remove_group(group)
+        logger.warning("held messages lapsed before their calls: not sent", extra={"groups": len(lost)})
+        return bool(plan.jobs)
+
+    def extend_visibility(self, jobs: list[tuple[Held, float]], now: float) -> list[str]:
+        """A held message must stay hidden until its call is settled, whatever its slot; returns the receipts
+        whose change failed."""
         changes = []
         for held, slot in jobs:
             needed = slot + self.s.worker_timeout_s + 5
             if held.visible_until < needed:
                 changes.append((held.msg.receipt, float(math.ceil(needed + 5 - now))))
                 held.visible_until = needed + 5
-        if changes:
-            self.queue.change_visibility(changes)
+        return self.queue.change_visibility(changes) if changes else []
 
     def tolerance(self, held: Held) -> float:
         """How late the worker may still send a job: half the smallest margin of the windows that apply."""

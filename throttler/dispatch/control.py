@@ -20,6 +20,12 @@ LAST_GOOD = "last good configuration"
 # BACKOFF_MAX_S (an auto tier's 429 at most one window of that tier: SPEC "The API's own signals").
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
+# After this many 429s in a row across runs (no success between), every pause is lengthened to a backoff that
+# doubles up to STORM_MAX_S, whatever Retry-After says: each pause costs a waiting job a receive, and SQS moves a
+# message to the DLQ at its 1,000th. At one receive per 30 minutes, a job waits out 14 days (SQS's longest
+# retention) of uninterrupted 429s in 672 receives.
+STORM_AFTER = 4
+STORM_MAX_S = 1800.0
 # An operator's pause without an end is stored as this far ahead ("until resume").
 INDEFINITE_PAUSE_S = 10 * 365 * 86400.0
 
@@ -69,7 +75,7 @@ class Pauses:
     last_signal_at: float = 0.0
     keys: dict[str, float] = field(default_factory=dict)
 
-    def from_control(self, control: Control, now: float, auto_window_s: float | None) -> None:
+    def from_control(self, control: Control, now: float, auto_window_s: float | None, streak: int = 0) -> None:
         self.operator_until = control.pause_until if control.pause_until is not None and control.pause_until > now else None
         self.operator_reason = control.pause_reason or ""
         if control.throttle is None:
@@ -79,19 +85,24 @@ class Pauses:
         elif control.throttle.batch_id != OPERATOR_SIGNAL:
             signal = control.throttle.bounded(now)
             if signal.at > self.last_signal_at:
-                self.on_429(signal, auto_window_s)
+                self.on_429(signal, auto_window_s, streak)
 
-    def on_429(self, signal: ThrottleSignal, auto_window_s: float | None) -> float:
-        """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end."""
+    def on_429(self, signal: ThrottleSignal, auto_window_s: float | None, streak: int = 0) -> float:
+        """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end.
+        `streak`: 429s in a row across runs (the stage's record); from STORM_AFTER of them on, the pause is
+        at least the backoff, whatever Retry-After says."""
         if signal.at > self.last_signal_at:
             self.consecutive_429 += 1
             self.last_signal_at = signal.at
+        in_a_row = max(self.consecutive_429, streak)
         if signal.retry_after_s is not None:
             delay = signal.retry_after_s
         else:
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.consecutive_429 - 1))
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (in_a_row - 1))
             if auto_window_s is not None:
                 delay = min(delay, auto_window_s)
+        if in_a_row >= STORM_AFTER:
+            delay = max(delay, min(STORM_MAX_S, BACKOFF_BASE_S * 2 ** (in_a_row - STORM_AFTER)))
         until = signal.at + max(0.0, delay)
         if signal.key is not None:
             self.keys[signal.key] = max(self.keys.get(signal.key, 0.0), until)
@@ -99,7 +110,7 @@ class Pauses:
             self.api_until = until
             self.api_reason = "429 from the API" + (
                 f" (Retry-After {signal.retry_after_s:g} s)" if signal.retry_after_s is not None else ""
-            )
+            ) + (f"; {in_a_row} in a row: backing off" if in_a_row >= STORM_AFTER else "")
         return until
 
     def on_success(self) -> None:

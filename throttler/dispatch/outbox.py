@@ -22,7 +22,7 @@ from throttler.dispatch.planner import Plan
 from throttler.dispatch.settlement import GroupSettlement, SentBatch, results_from_failure, retry_delay_s, settle
 from throttler.queue import DeadLetter, JobQueue
 from throttler.store.base import StateStore, ThrottleSignal
-from throttler.worker.invoker import Invoker, WorkerFailed, WorkerNotRun
+from throttler.worker.invoker import Invoker, WorkerFailed, WorkerLost, WorkerNotRun
 
 logger = logging.getLogger(__name__)
 ATTEMPTS_TTL_S = 14 * 86400
@@ -55,6 +55,7 @@ class Tally:
 class InFlight:
     sent: SentBatch
     future: Future[BatchResponse]
+    recheck_at: float = 0.0  # an answer that may hide a running worker: when to read its record again
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Outbox:
     latency_s: float = 0.2  # a first guess at a call's duration, until results come in
     worker_trouble: int = 0
     last_sent_slot: float | None = None  # the latest slot of a call that was (or may have been) sent
+    worker_timeout_s: float = 40.0  # after sent_at + this, a worker that has not finished its record is dead
 
     # ------------------------------------------------------------------ sending
     def new_batch_id(self) -> str:
@@ -117,11 +119,36 @@ class Outbox:
         self, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
     ) -> list[str]:
         """Settle every batch whose worker answered (or failed); returns their ids."""
-        done = [b for b, f in self.in_flight.items() if f.future.done()]
+        done = [b for b, f in self.in_flight.items() if f.future.done() and not self._worker_may_run(f, now)]
         for batch_id in done:
             flight = self.in_flight.pop(batch_id)
             self._settle_one(flight, now, pacer, pauses, auto_window)
         return done
+
+    def _worker_may_run(self, flight: InFlight, now: float) -> bool:
+        """True while a failed answer may hide a worker that is still calling: the invoke's connection dropped
+        (botocore would have sent it again), or this was a second delivery of a claimed batch. Until its record is
+        final or its timeout has passed, its jobs stay with it: handing them back would call them twice, out of
+        order."""
+        exc = flight.future.exception()
+        duplicate = exc is None and flight.future.result().status is BatchStatus.DUPLICATE
+        if not (duplicate or isinstance(exc, WorkerLost)):
+            return False  # answered, never run, or ended with an error: the record (if any) is all there is
+        dead_by = flight.sent.sent_at + self.worker_timeout_s + 1.0
+        if now >= dead_by:
+            return False
+        if now < flight.recheck_at:
+            return True
+        record = self.store.read_batches([flight.sent.batch_id]).get(flight.sent.batch_id)
+        if record is not None and record.final:
+            return False
+        flight.recheck_at = min(now + 1.0, dead_by)
+        return True
+
+    def next_recheck(self) -> float | None:
+        """When a batch held for a possibly running worker is looked at again (None: there is none)."""
+        times = [f.recheck_at for f in self.in_flight.values() if f.future.done() and f.recheck_at > 0]
+        return min(times) if times else None
 
     def _settle_one(
         self, flight: InFlight, now: float, pacer: Pacer | None, pauses: Pauses, auto_window: Callable[[str | None], float | None]
@@ -170,7 +197,12 @@ class Outbox:
             window = pacer.observe_429(now, held.key, result.sent_at) if pacer is not None else None
             window = window if window is not None else auto_window(held.key)
             at = result.sent_at + (result.duration_s or 0.0) if result.sent_at is not None else now
-            pauses.on_429(ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window)
+            streak = pacer.stage.meter.api.note_429(at) if pacer is not None else 0
+            if pacer is not None:
+                pacer.stage.meter.dirty = True
+            pauses.on_429(
+                ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window, streak
+            )
             logger.warning(
                 "api throttled, pausing",
                 extra={"job_id": held.job_id, "group": held.group, "retry_after_s": result.retry_after_s},
@@ -187,6 +219,9 @@ class Outbox:
             self.inbox.pending_deletes.append(held.msg.receipt)
             self.tally.succeeded += 1
             pauses.on_success()
+            if pacer is not None and pacer.stage.meter.api.streak:
+                pacer.stage.meter.api.streak = 0
+                pacer.stage.meter.dirty = True
         self.tally.skipped += len(group.back) - len(group.throttled)
         self.tally.missed_slots += group.missed
         dead = [(h, r.reason or r.outcome.value, self._attempts(h, r, now)) for h, r in group.dead]

@@ -85,6 +85,7 @@ class ThrottlerRun:
             RetryPolicy(settings.max_attempts, settings.retry_base_s, settings.retry_max_s),
             self.owner,
             on_done=self.wakeup.set,
+            worker_timeout_s=settings.worker_timeout_s,
         )
         self.usage = UsageBook(store, self.owner)
         self.lease = Lease(store, self.owner)
@@ -190,7 +191,8 @@ class ThrottlerRun:
             return
         self.in_force.apply(control, now)
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
-        self.pauses.from_control(control, now, self.in_force.auto_window(None))
+        streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
+        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak)
         if newly_paused and self.outbox.in_flight:
             # Workers of long batches look at the shared throttle record: tell them too.
             self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))
@@ -246,6 +248,9 @@ class ThrottlerRun:
         batch that finishes wakes the run on its own.) Never "now" again: every step must move time on."""
         t, soon = self.t, now + 0.001
         wake = min(t.next_refresh, t.deadline)
+        recheck = self.outbox.next_recheck()
+        if recheck is not None:
+            wake = min(wake, max(recheck, soon))
         if self.inbox:
             wake = min(wake, max(t.next_plan_at, soon))
         if len(self.inbox) < target:

@@ -14,7 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from throttler.queue.base import DeadLetter, JobQueue, MessageAttribute, OutgoingMessage, QueuedMessage, QueueError, sqs_text
+from throttler.queue.base import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DeadLetter,
+    JobQueue,
+    MessageAttribute,
+    OutgoingMessage,
+    QueuedMessage,
+    QueueError,
+    sqs_text,
+)
 
 REASON = "error_reason"
 ATTEMPTS = "attempts"
@@ -92,6 +101,24 @@ def describe(message: QueuedMessage) -> DeadLetterMessage:
     )
 
 
+def _redriven(message: QueuedMessage, letter: DeadLetterMessage) -> OutgoingMessage | None:
+    """The copy a redrive sends: its job id written into the envelope and carried as an attribute; only one of
+    the two if both do not fit in the jobs queue's message size; None if neither does (a job within a few
+    bytes of 256 KiB stays in the DLQ rather than lose its id, and with it its Idempotency-Key)."""
+    group, dedup = message.group or UNGROUPED, _dedup("redrive", message.message_id)
+    if not letter.job_id:
+        return OutgoingMessage(message.body, group, dedup, {})
+    attribute = {JOB_ID: MessageAttribute("String", letter.job_id)}
+    written = with_job_id(message.body, letter.job_id)
+    # The body keeps the id when it was written in, or when the envelope had its own (or is no envelope).
+    candidates = [(written, attribute), (written, {})] + ([(message.body, attribute)] if written != message.body else [])
+    for body, attributes in candidates:
+        copy = OutgoingMessage(body, group, dedup, attributes)
+        if copy.size_bytes <= DEFAULT_MAX_MESSAGE_BYTES:
+            return copy
+    return None
+
+
 def with_job_id(body: str, job_id: str | None) -> str:
     """The body with the job's id written into the envelope's `id` when it has none, so the job keeps
     its id (and Idempotency-Key) through the redrive. The text is otherwise kept byte for byte; a body
@@ -124,6 +151,7 @@ class DeadLetters:
     """
 
     def __init__(self, queue_or_client: JobQueue | Any, dlq_url: str = "", jobs_url: str = ""):
+        self.too_large: list[str] = []  # DLQ message ids a redrive left: no copy carrying the job id fits
         if isinstance(queue_or_client, JobQueue):
             self.queue = queue_or_client
         else:
@@ -177,18 +205,17 @@ class DeadLetters:
             job_ids = [letter.job_id for letter in letters if letter.job_id]
             if reset_attempts is not None and job_ids:
                 reset_attempts(job_ids)
-            outgoing = [
-                OutgoingMessage(
-                    with_job_id(m.body, letter.job_id),
-                    m.group or UNGROUPED,
-                    _dedup("redrive", m.message_id),
-                    {JOB_ID: MessageAttribute("String", letter.job_id)} if letter.job_id else {},
-                )
-                for m, letter in zip(messages, letters, strict=True)
-            ]
-            self.queue.send_messages("jobs", outgoing)
-            failed = self.queue.delete_dead([m.receipt for m in messages])
-            moved += len(messages)
+            sendable = [(m, _redriven(m, letter)) for m, letter in zip(messages, letters, strict=True)]
+            kept = [m for m, copy in sendable if copy is None]
+            sendable = [(m, copy) for m, copy in sendable if copy is not None]
+            self.too_large += [m.message_id for m in kept if m.message_id not in self.too_large]
+            if kept:
+                self.queue.release_dead([m.receipt for m in kept])  # visible in the DLQ again, at once
+            if not sendable:
+                break  # what is left is too large to carry its id: it stays in the DLQ, said by `too_large`
+            self.queue.send_messages("jobs", [copy for _, copy in sendable])
+            failed = self.queue.delete_dead([m.receipt for m, _ in sendable])
+            moved += len(sendable)
             if failed:
                 raise QueueError(f"redrive sent {moved} job(s) but could not delete {len(failed)} from the DLQ: run it again")
         return moved

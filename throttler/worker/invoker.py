@@ -42,6 +42,11 @@ class WorkerFailed(Exception):
     """The worker started but did not return results (crash, timeout, lost response): calls may have been made."""
 
 
+class WorkerLost(WorkerFailed):
+    """The answer was lost on the way (a dropped connection, a read timeout, a Lambda service error): the worker
+    may still be running its batch, so its jobs stay with it until its record is final or its timeout passed."""
+
+
 class Invoker(Protocol):
     def submit(self, request: BatchRequest) -> Future[BatchResponse]:
         """Start a batch; the future yields the worker's response or raises WorkerNotRun/WorkerFailed."""
@@ -68,9 +73,9 @@ class LambdaInvoker:
             code = exc.response["Error"]["Code"]
             if code in NOT_RUN_CODES:
                 raise WorkerNotRun(code) from exc
-            raise WorkerFailed(code) from exc
-        except BotoCoreError as exc:  # a dropped connection or a read timeout: it may have run
-            raise WorkerFailed(type(exc).__name__) from exc
+            raise WorkerLost(code) from exc
+        except BotoCoreError as exc:  # a dropped connection or a read timeout: it may be running still
+            raise WorkerLost(type(exc).__name__) from exc
         payload = response["Payload"].read()
         if response.get("FunctionError"):
             raise WorkerFailed(f"worker error: {response['FunctionError']}")

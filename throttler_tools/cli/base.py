@@ -169,12 +169,14 @@ class StageAws:
         """`resume` (command line and dashboard): lift the operator's pause and the latest 429's, and start a run
         at once, so that dispatch restarts within 5 s rather than at the next scheduled run. Returns what it did."""
         from throttler.dispatch.control import BACKOFF_MAX_S
+        from throttler.store.base import OPERATOR_SIGNAL
 
         control = self.store.read_control()
         lifted = []
         if control.pause_until is not None and control.pause_until > now:
             lifted.append("the operator's pause")
-        if control.throttle is not None:
+        # (A run mirrors an operator's pause in the 429 record for its workers: that one is not the API's.)
+        if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
             signal = control.throttle.bounded(now)
             if signal.at + (signal.retry_after_s if signal.retry_after_s is not None else BACKOFF_MAX_S) > now:
                 lifted.append("the pause of the API's latest 429")

@@ -229,7 +229,8 @@ def _print_tiers(tiers: Mapping[str, Mapping[str, Any]], aligned: set[str], inde
     for name, entry in tiers.items():
         kind = "calendar-aligned" if name in aligned else "sliding"
         learned = f", learned {entry['learned']} so far" if "learned" in entry else ""
-        click.echo(f"{indent}{name:<12} {entry['limit']!s:>8} calls per {_tier_window(name)} ({kind}{learned})")
+        calls = "call " if entry["limit"] == 1 else "calls"
+        click.echo(f"{indent}{name:<12} {entry['limit']!s:>8} {calls} per {_tier_window(name)} ({kind}{learned})")
 
 
 def _print_quotas(report: Mapping[str, Any], key: str | None) -> None:
@@ -382,7 +383,8 @@ def _show_set(item: Mapping[str, Any], key: str | None, per_key: bool) -> None:
         plain = plain_item(item)
         _print_tiers(configured_tiers(config.tiers, None), aligned)
         if plain.get("concurrency") is not None:
-            click.echo(f"  {'concurrency':<12} {plain['concurrency']!s:>8} calls in flight at once")
+            calls = "call " if plain["concurrency"] == 1 else "calls"
+            click.echo(f"  {'concurrency':<12} {plain['concurrency']!s:>8} {calls} in flight at once")
         if plain.get("margin_ms") is not None:
             click.echo(f"  {'margin_ms':<12} {plain['margin_ms']!s:>8} ms added to every window")
 
@@ -411,6 +413,9 @@ def pause(duration: str | None, stage: str | None) -> None:
     aws.store.set_pause(until, "operator", extend_only=False)
     how = f"for {duration_text(seconds)}, until {clock_text(until)}" if duration else f"until `{PROG} resume`"
     click.echo(f"stage {aws.stage} paused {how}: dispatch stops within 5 s; calls already sent finish")
+
+
+NO_KEY_LABEL = "(no key)"
 
 
 @cli.command()
@@ -504,8 +509,9 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
     keys = report["keys"]
     if keys:
         lines.append(f"  keys      {count_text(len(keys), 'key')} (backlog as the throttler last saw it):")
-        width = min(24, max(len(k) for k in keys))
+        width = min(24, max(len(k or NO_KEY_LABEL) for k in keys))
         for name, entry in keys.items():
+            name = name or NO_KEY_LABEL  # jobs without a key share the stage as one more key
             backlog = "?" if entry["backlog"] is None else str(entry["backlog"])
             use = ", ".join(_tier_use(n, e) for n, e in entry["tiers"].items()) or "no tiers of its own"
             lines.append(f"    {_cut(name, width):<{width}}  weight {entry['weight']:<4} backlog {backlog:<6} {use}; "
@@ -580,5 +586,9 @@ def dlq_redrive(limit: int | None, stage: str | None) -> None:
     from throttler_tools.status import count_text
 
     aws = _aws(stage)
-    moved = DeadLetters(aws.queue).redrive(limit, reset_attempts=aws.store.reset_attempts)
+    letters = DeadLetters(aws.queue)
+    moved = letters.redrive(limit, reset_attempts=aws.store.reset_attempts)
     click.echo(f"redrove {count_text(moved, 'job')} from {aws.names.dlq} to {aws.names.jobs_queue}")
+    if letters.too_large:
+        click.echo(f"left {count_text(len(letters.too_large), 'job')} in the DLQ: within a few bytes of the 256 KiB limit, "
+                   "a copy cannot carry its job id (its Idempotency-Key); resend it yourself", err=True)

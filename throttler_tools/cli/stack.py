@@ -18,6 +18,7 @@ from throttler_tools.cli.base import (
 )
 
 ECHO_DEFAULT_PORT = 4567
+DASHBOARD_DEFAULT_PORT = 8566  # as `dashboard` (throttler_tools.cli.dashboard.DEFAULT_PORT)
 
 
 @cli.command()
@@ -51,15 +52,27 @@ ECHO_DEFAULT_PORT = 4567
     type=click.IntRange(0, 65535),
     help="Port of the echo API (with --echo-api; 0: any free port).",
 )
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also serve the stage's live dashboard on 127.0.0.1 (see --dashboard-port), as `dashboard` does.")
+@click.option(
+    "--dashboard-port",
+    default=DASHBOARD_DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the dashboard (with --dashboard; 0: any free port).",
+)
 @click.option("--json-logs", is_flag=True, help="Log JSON lines, as in CloudWatch, instead of one short line per event.")
-def local(port: int, tick_seconds: float, latency: str, echo_api: bool, echo_port: int, json_logs: bool) -> None:
+def local(port: int, tick_seconds: float, latency: str, echo_api: bool, echo_port: int, with_dashboard: bool,
+          dashboard_port: int, json_logs: bool) -> None:
     """Run the whole stack on this machine until Ctrl-C: emulator, scheduled throttler, worker.
 
     Creates the queues and table of stage `local` (same names as serverless.yml) in moto's server on
     127.0.0.1:PORT, invokes the throttler handler every tick and runs the worker handler in-process.
-    Once ready it prints the variables to export in another shell, for boto3, the AWS CLI, a producer
-    and this command line. Logs go to stderr. Ctrl-C or SIGTERM ends the runs in progress cleanly (they
-    settle their calls in flight and put back the jobs they hold), stops the emulator and exits 0.
+    With --echo-api it also serves an echo API to point jobs at, with --dashboard the stage's live
+    dashboard (`make local` passes both). Once ready it prints the variables to export in another shell,
+    for boto3, the AWS CLI, a producer and this command line. Logs go to stderr. Ctrl-C or SIGTERM ends
+    the runs in progress cleanly (they settle their calls in flight and put back the jobs they hold),
+    stops the emulator and exits 0.
     """
     from throttler_tools.local import LocalStack, serve
 
@@ -70,14 +83,15 @@ def local(port: int, tick_seconds: float, latency: str, echo_api: bool, echo_por
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         stack = LocalStack(port, tick_seconds, env={"DEFAULT_LATENCY": latency})
-        serve(stack, _print_ready, stop, echo_port=echo_port if echo_api else None, json_logs=json_logs)
+        serve(stack, _print_ready, stop, echo_port=echo_port if echo_api else None,
+              dashboard_port=dashboard_port if with_dashboard else None, json_logs=json_logs)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     click.echo("local stack stopped", err=True)
 
 
-def ready_banner(stack: Any, echo: Any = None) -> str:
+def ready_banner(stack: Any, echo: Any = None, dashboard: Any = None) -> str:
     """What `local` prints once every resource exists: where things are, and what to export elsewhere."""
     names, env = stack.names, stack.env
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in stack.client_env.items())
@@ -93,6 +107,8 @@ def ready_banner(stack: Any, echo: Any = None) -> str:
     ]
     if echo is not None:
         lines.append(f"  echo API      {echo.url}  (answers 200 to anything; shows what it got: GET {echo.url}/requests)")
+    if dashboard is not None:
+        lines.append(f"  dashboard     {dashboard.url}  (live: tiers, calls/s, queue, keys, pause, dead letters)")
     lines += [
         "",
         "In another shell (boto3, the AWS CLI v2, a Producer and this command line read these):",
@@ -113,8 +129,8 @@ def ready_banner(stack: Any, echo: Any = None) -> str:
     return "\n".join(lines)
 
 
-def _print_ready(stack: Any, echo: Any = None) -> None:
-    click.echo(ready_banner(stack, echo))
+def _print_ready(stack: Any, echo: Any = None, dashboard: Any = None) -> None:
+    click.echo(ready_banner(stack, echo, dashboard))
     sys.stdout.flush()
 
 

@@ -21,7 +21,7 @@ from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, Jo
 from throttler.store.base import WorkerRecords
 from throttler.worker.batch import BatchExecution
 from throttler.worker.calls import CallSetup, call_job
-from throttler.worker.invoker import WorkerFailed, WorkerNotRun
+from throttler.worker.invoker import WorkerFailed, WorkerLost, WorkerNotRun
 
 
 class EventLoop:
@@ -255,7 +255,7 @@ class _SimBatch:
             self.execution.throttled_at,
         )
         if self.lost:
-            self.w._answer(self.answer, response, WorkerFailed("ReadTimeoutError"))
+            self.w._answer(self.answer, response, WorkerLost("ReadTimeoutError"))
         else:
             self.w._answer(self.answer, response)
 

@@ -16,6 +16,7 @@ from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.dispatch.run import ThrottlerRun, Wake
 from throttler.dispatch.summary import RunSettings, RunSummary
 from throttler.queue import DeadLetters, JobQueue, MemoryJobQueue, MemorySqs, QueuedMessage
+from throttler.queue.dead_letters import job_id_of
 from throttler.store.base import StateStore, WorkerRecords
 from throttler.store.memory import MemoryStateStore
 from throttler.tasks import http as http_task
@@ -150,7 +151,7 @@ class World:
         return parse_job(
             message.body,
             message.group,
-            message.dedup_id,
+            job_id_of(message),
             tasks=self.registry,
             validation=self.validation,
             max_bytes=self.config.max_message_bytes,

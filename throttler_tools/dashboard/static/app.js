@@ -45,7 +45,7 @@ function rate(perS) {
   return `${(perS * 3600).toFixed(2)} calls/h`;
 }
 
-function plural(n, one) { return `${n} ${n === 1 ? one : one + "s"}`; }
+function plural(n, one, many) { return `${n} ${n === 1 ? one : many || one + "s"}`; }
 
 const UNIT_S = { s: 1, m: 60, h: 3600, d: 86400 };
 const NAMED_S = { second: 1, minute: 60, hour: 3600, day: 86400 };
@@ -206,7 +206,7 @@ function renderKeys(status) {
     const tiers = Object.entries(entry.tiers).map(([t, e]) => `${t} ${e.used}/${limitInForce(e) ?? "?"}`).join(", ") || "the stage's tiers only";
     const paused = entry.paused_until ? ` · paused by a 429 until ${clock(entry.paused_until).slice(11)}` : "";
     body.append(el("tr", { "data-key": name },
-      el("td", { cls: "mono", text: name }), el("td", { cls: "num", text: String(entry.weight) }),
+      el("td", { cls: "mono", text: name || "(no key)" }), el("td", { cls: "num", text: String(entry.weight) }),
       el("td", { cls: "num", text: entry.backlog == null ? "?" : String(entry.backlog) }),
       el("td", { text: tiers + paused }), el("td", { text: drainText(entry.drain) })));
   }
@@ -253,7 +253,7 @@ function render(state) {
   $("waiting").textContent = String(status.queue.waiting);
   $("queue-name").textContent = status.queue.name;
   $("in-flight").textContent = String(status.queue.in_flight);
-  $("batches").textContent = `${plural(state.open_batches, "batch")} sent and not settled`;
+  $("batches").textContent = `${plural(state.open_batches, "batch", "batches")} sent and not settled`;
   $("rate-now").textContent = state.rate.last_5s_per_s.toFixed(1);
   $("follows").textContent = status.follows ? `paced by ${status.follows.why} (${rate(status.follows.rate_per_s)})` : "no pace: no quotas in force";
   $("dlq-depth").textContent = String(status.dlq.depth);
