@@ -183,7 +183,7 @@ def test_deployed_environment_names_the_resources_that_came_up(deployed: Deploye
     assert settings.dlq_url == sqs.get_queue_url(QueueName=f"{STACK}-dlq.fifo")["QueueUrl"]
     assert settings.worker_function == deployed.function("worker")["FunctionName"]
     assert settings.allowed_hosts == ("api.example.com",)
-    assert settings.default_quotas == "second=5 minute=100"
+    assert settings.default_quotas == "second=5 minute=100 margin_ms=10"
 
     jobs, dlq = deployed.queue_attributes(settings.jobs_queue_url), deployed.queue_attributes(settings.dlq_url)
     assert jobs["FifoQueue"] == dlq["FifoQueue"] == "true"

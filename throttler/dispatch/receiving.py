@@ -50,6 +50,7 @@ class Receiver:
         self.s, self.queue, self.store, self.inbox, self.intake = settings, queue, store, inbox, intake
         self.usage, self.in_force, self.outbox, self.t, self.summary, self.clock = usage, in_force, outbox, timing, summary, clock
         self.hidden: dict[str, list[tuple[float, int]]] = {}  # fair key -> [(hidden until, messages)]
+        self.returns_at: dict[str, float] = {}  # fair key -> when its next hidden group is due back
         self.keys_written_at = -math.inf
 
     # ------------------------------------------------------------------ how much, how long
@@ -165,20 +166,35 @@ class Receiver:
                 self.hide(key, surplus, now + share / min(fastest, 1000.0), now)
 
     def hide_waiting(self, key_next: dict[str, float | None], now: float) -> None:
+        pacer = self.in_force.pacer
         for key, when in key_next.items():
             if when is not None and when - now <= HOLD_MAX_S:
                 continue
             groups = self.intake.groups_headed_by(key)
             if groups:
-                self.hide(key, groups, when, now)
+                # Its slots come one at a time: its groups come back one slot apart, not all at the first.
+                rate = pacer.rate_per_s(now, None if key == NO_KEY else key) if pacer is not None else 0.0
+                stagger = 1.0 / rate if 0 < rate < math.inf else 0.0
+                if when is not None and stagger:
+                    # After the groups this run already hid for the key: each returns near a slot of its own.
+                    when = max(when, self._returns_at(key))
+                    self.returns_at[key] = when + len(groups) * stagger
+                self.hide(key, groups, when, now, stagger)
                 self.summary.hidden += len(groups)
 
-    def hide(self, key: str, groups: list[str], until: float | None, now: float) -> None:
+    def _returns_at(self, key: str) -> float:
+        """When the key's next hidden group is due back: this run's own, else what the last run wrote."""
+        if key not in self.returns_at:
+            seen = self.usage.keys_seen.get(key)
+            self.returns_at[key] = float(seen.get("returns_at") or 0.0) if isinstance(seen, dict) else 0.0
+        return self.returns_at[key]
+
+    def hide(self, key: str, groups: list[str], until: float | None, now: float, stagger_s: float = 0.0) -> None:
         count = sum(len(self.inbox.groups.get(g, ())) for g in groups)
         entries = [e for e in self.hidden.get(key, []) if e[0] > now]
         entries.append((until if until is not None else now + 300.0, count))
         self.hidden[key] = entries
-        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now)
+        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now, stagger_s)
 
     def keys_summary(self, now: float) -> dict[str, Any] | None:
         """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""
@@ -191,4 +207,6 @@ class Receiver:
             hidden = sum(c for until, c in self.hidden.get(key, []) if until > now)
             if held or hidden:
                 backlog[key] = {"held": held, "hidden": hidden, "seen_at": round(now, 3)}
+                if self.returns_at.get(key, 0.0) > now:
+                    backlog[key]["returns_at"] = round(self.returns_at[key], 3)
         return dict(sorted(backlog.items(), key=lambda kv: -(kv[1]["held"] + kv[1]["hidden"]))[:50])

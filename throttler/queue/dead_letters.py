@@ -190,8 +190,8 @@ class DeadLetters:
           between the two leaves it in the DLQ (visible again after REDRIVE_VISIBILITY_S): never lost;
         - its deduplication id is derived from its DLQ message id, which stays the same however often it
           is received, so sending it again within SQS's 5-minute deduplication window is dropped by SQS;
-          later than that, the second copy carries the same job id, and the worker's success record for
-          that id stops a second call: at worst a duplicate message, never a duplicate call;
+          later than that, the second copy carries the same job id, so the API can recognise the second
+          call by its Idempotency-Key: run an interrupted redrive again within 5 minutes (it says so);
         - the id is new for each stay in the DLQ (each dead-lettering makes a new message), so a job that
           fails again after redrive reaches the DLQ again.
         Jobs keep their order within a group; they queue behind that group's jobs already waiting.
@@ -217,5 +217,8 @@ class DeadLetters:
             failed = self.queue.delete_dead([m.receipt for m, _ in sendable])
             moved += len(sendable)
             if failed:
-                raise QueueError(f"redrive sent {moved} job(s) but could not delete {len(failed)} from the DLQ: run it again")
+                raise QueueError(
+                    f"redrive sent {moved} job(s) but could not delete {len(failed)} from the DLQ: run it again within "
+                    "5 minutes (SQS then drops the copies it already has; later, a job could be called twice)"
+                )
         return moved
