@@ -44,8 +44,11 @@ demo: install
 local: install
 	$(PY) -m throttler local --echo-api --dashboard --tick-seconds 10 --latency low $(LOCAL_ARGS)
 
+# The benchmark in virtual time (about 8 minutes on 2 shared cores; BENCHMARKS.md); BENCHFLAGS=--full adds
+# 200,000 jobs, 1,000 and 10,000 keys, a 3-minute slow-API run and its variants (about an hour more). Plots to docs/.
+BENCHFLAGS ?=
 bench: install
-	$(PY) -m throttler bench
+	$(PY) -m throttler bench --plot docs $(BENCHFLAGS)
 
 lint: install
 	$(PY) -m ruff check throttler throttler_tools handlers tests

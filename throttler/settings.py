@@ -30,7 +30,7 @@ class Settings:
     retry_base_s: float = 10.0
     retry_max_s: float = 900.0
     response_max_bytes: int = 1024 * 1024
-    worker_max_parallel: int = 64
+    worker_max_parallel: int = 256
     tasks_module: str = ""
     secret_headers: tuple[tuple[str, str], ...] = ()  # (header, SSM parameter name); hashable
     # Endpoints a job may never call whatever ALLOWED_HOSTS says: the stage's own AWS endpoint (an emulator on the
@@ -64,7 +64,7 @@ class Settings:
                 retry_base_s=float(env.get("RETRY_BASE_S", "10")),
                 retry_max_s=float(env.get("RETRY_MAX_S", "900")),
                 response_max_bytes=int(env.get("RESPONSE_MAX_BYTES", str(1024 * 1024))),
-                worker_max_parallel=int(env.get("WORKER_MAX_PARALLEL", "64")),
+                worker_max_parallel=int(env.get("WORKER_MAX_PARALLEL", "256")),
                 tasks_module=env.get("TASKS_MODULE", ""),
                 secret_headers=tuple((str(k), str(v)) for k, v in secret_headers.items()),
                 never_call=tuple(v for v in (env.get("AWS_ENDPOINT_URL"), env.get("AWS_LAMBDA_RUNTIME_API")) if v),

@@ -108,7 +108,7 @@ def test_the_schedule_has_no_async_retries_and_the_throttler_its_concurrency_tim
     assert (throttler["ReservedConcurrentExecutions"], throttler["Timeout"], env["RUN_BUDGET_S"]) == (2, 170, "110")
     assert throttler["Timeout"] > float(env["RUN_BUDGET_S"]) + float(env["WORKER_TIMEOUT_S"])
     assert env["DEFAULT_LATENCY"] == ("low" if stage == "prod" else "cost")
-    assert (env["RESPONSE_MAX_BYTES"], env["WORKER_MAX_PARALLEL"]) == ("1048576", "64")
+    assert (env["RESPONSE_MAX_BYTES"], env["WORKER_MAX_PARALLEL"]) == ("1048576", "256")
     assert template["Resources"]["WorkerLambdaFunction"]["Properties"]["Environment"]["Variables"] == env
     dlq = template["Resources"]["DeadLetterQueue"]["Properties"]
     assert dlq["MaximumMessageSize"] == 1048576  # a job of MAX_MESSAGE_BYTES plus its dead-letter attributes

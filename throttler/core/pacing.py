@@ -401,10 +401,24 @@ class Scope:
         keep = {ledger_key(w, False) for w in standing} | {ledger_key(t.window_s, t.aligned) for t in tiers}
         keep |= {ledger_key(int(p.window_s), False) for p in meter.api.policies}
         meter.forget_except(keep)
-        self._limits_cache: tuple[float, list[Limit]] | None = None
+        self._auto = [t for t in tiers if t.limit is None]
+        # The limits in force only change with a learned limit or the API's policies: built once per change
+        # (the planner asks several times per slot).
+        self._limits_cache: tuple[tuple[Any, ...], list[Limit], float] | None = None
 
     def limits(self, now: float) -> list[Limit]:
         """Every window in force: configured tiers (learned limits resolved) and the API's policies."""
+        api = self.meter.api
+        policies = api.active_policies(now) if api.policies else []
+        key = (tuple(self.meter.learned_for(t).limit for t in self._auto), tuple((p.limit, p.window_s) for p in policies))
+        cached = self._limits_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._build_limits(policies)
+        self._limits_cache = (key, out, self._spacing(out))
+        return out
+
+    def _build_limits(self, policies: list[ApiPolicy]) -> list[Limit]:
         out = []
         margins = [tier.margin_s for tier, _ in self._configured]
         for tier, ledger in self._configured:
@@ -415,7 +429,7 @@ class Scope:
             out.append(Limit(tier.name, tier.window_s, tier.span_s, limit, tier.aligned, tier.margin_s, ledger,
                              learned=tier.limit is None))
         strictest: dict[int, int] = {}  # several policies of one window: the stricter one wins
-        for policy in self.meter.api.active_policies(now):
+        for policy in policies:
             window_s = max(1, math.ceil(policy.window_s))
             strictest[window_s] = min(strictest.get(window_s, policy.limit), policy.limit)
         for window_s, limit in sorted(strictest.items()):
@@ -428,6 +442,13 @@ class Scope:
 
     def spacing_s(self, limits: list[Limit]) -> float:
         """Seconds per unit at the finest window's rate (even spacing); 0 without limits."""
+        cached = self._limits_cache
+        if cached is not None and limits is cached[1]:
+            return cached[2]
+        return self._spacing(limits)
+
+    @staticmethod
+    def _spacing(limits: list[Limit]) -> float:
         if not limits:
             return 0.0
         finest = min(limits, key=lambda lim: (lim.window_s, lim.limit))

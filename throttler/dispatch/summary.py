@@ -17,7 +17,7 @@ class RunSettings:
     retry_base_s: float = 10.0
     retry_max_s: float = 900.0
     worker_timeout_s: float = 40.0
-    worker_max_parallel: int = 64
+    worker_max_parallel: int = 256
     allowed_hosts: tuple[str, ...] = ()
     max_message_bytes: int = 256 * 1024
     # A batch is handed to a worker this long before its first slot: the reservation's write, the visibility

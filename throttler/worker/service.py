@@ -31,13 +31,14 @@ STOP_BEFORE_TIMEOUT_S = 2.0
 # Wake this long before a slot and wait out the rest in short steps: thread wake-ups are late by a
 # millisecond or more, and a call may leave at most half the margin after its slot.
 EARLY_WAKE_S = 0.002
+MISSED_SLOT = "missed its slot"  # the reason the throttler counts as a missed slot (dispatch/settlement.py)
 
 
 @dataclass
 class WorkerConfig:
     validation: ValidationContext  # the allow-list, secret header names and body cap (as the throttler checked them)
     max_message_bytes: int = 256 * 1024
-    max_parallel: int = 64
+    max_parallel: int = 256
 
 
 # A 429 that other workers do not see lets their calls go on until the run hears of it (seconds): the
@@ -128,6 +129,11 @@ class WorkerService:
 
         def start(spec: JobSpec) -> None:
             def call() -> None:
+                if self.clock.now() > spec.not_after:
+                    # It waited for a thread past its slot: sent now it could bunch with later calls
+                    # beyond what the reservation allowed. Not attempted; the throttler reschedules it.
+                    finished.put(JobResult(spec.id, Outcome.SKIPPED, MISSED_SLOT))
+                    return
                 try:
                     result = call_job(spec, setup, deadline)
                 except Exception as exc:  # noqa: BLE001 - never lose a result: a bug is a retryable failure
