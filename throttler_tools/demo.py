@@ -58,8 +58,8 @@ class DemoApi(FakeApi):
         self._tenant.value = tenants[0] if tenants else None
         return super().handle(method, url, headers)
 
-    def _count_arrival(self, now: float) -> bool:  # called under the API's lock
-        over = super()._count_arrival(now)  # the stage's stated tiers: counts a violation
+    def _count_arrival(self, now: float, api_key: str | None, cost: int) -> tuple[bool, float]:  # under the API's lock
+        over, wait_s = super()._count_arrival(now, api_key, cost)  # the stage's stated tiers: counts a violation
         tenant = getattr(self._tenant, "value", None)
         for window_s, limit in self.key_tiers.get(tenant or "", []):
             if _arrive(self._key_windows[(tenant or "", window_s)], now, window_s) > limit:
@@ -73,7 +73,7 @@ class DemoApi(FakeApi):
         if hidden_over and not over:
             self.hidden_429s += 1
             over = True
-        return over
+        return over, max(wait_s, 1.0) if over else wait_s  # the demo's API says "Retry-After: 1" at least
 
     def snapshot(self) -> list[Call]:
         with self._lock:

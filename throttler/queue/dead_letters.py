@@ -205,9 +205,9 @@ class DeadLetters:
             job_ids = [letter.job_id for letter in letters if letter.job_id]
             if reset_attempts is not None and job_ids:
                 reset_attempts(job_ids)
-            sendable = [(m, _redriven(m, letter)) for m, letter in zip(messages, letters, strict=True)]
-            kept = [m for m, copy in sendable if copy is None]
-            sendable = [(m, copy) for m, copy in sendable if copy is not None]
+            copies = [(m, _redriven(m, letter)) for m, letter in zip(messages, letters, strict=True)]
+            kept = [m for m, copy in copies if copy is None]
+            sendable = [(m, copy) for m, copy in copies if copy is not None]
             self.too_large += [m.message_id for m in kept if m.message_id not in self.too_large]
             if kept:
                 self.queue.release_dead([m.receipt for m in kept])  # visible in the DLQ again, at once

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from throttler.core.outcome import JobResult, Outcome
-from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
+from throttler.core.protocol import BatchRequest, BatchResponse, JobSpec
 from throttler.dispatch.run import ThrottlerRun, Wake
 from throttler.dispatch.summary import RunSettings
 from throttler.queue import MemorySqs
@@ -80,7 +80,7 @@ class BenchApi(FakeApi):
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
         job_id = headers.get("Idempotency-Key")
         before = self.violations
-        over = self._count_arrival(now)  # the stage's tiers (counts FakeApi.violations)
+        over, _ = self._count_arrival(now, None, 1)  # the stage's tiers (counts FakeApi.violations)
         self.stage_violations += self.violations - before
         key = query.get("k")
         if key is not None:
@@ -166,48 +166,38 @@ class BenchWorkers(SimWorkers):
 
     def _start_batch(self, request: BatchRequest, answer: JsonFuture) -> None:
         with self.meter.section(WORKER), self.requests.as_caller(WORKER, f"worker:{request.batch_id}"):
-            now = self.loop.now
-            if not self.records.claim(request.batch_id, request.run_id, now, now + 14 * 86400):
-                self._answer(answer, BatchResponse(request.batch_id, BatchStatus.DUPLICATE))
-                return
-            BenchBatch(self, request, answer, now, None, False).step()
+            BenchBatch(self, request, answer, next(self._workers)).begin()  # claims, then runs (as the service)
 
-    def _answer(self, answer: Future[BatchResponse] | None, response: BatchResponse, fail: Exception | None = None) -> None:
+    def _answer(self, answer: Future[BatchResponse] | None, response: BatchResponse | None,
+                fail: Exception | None = None) -> None:
         if answer is None:
             return
-        raw = response.to_json()
         lo, hi = self.faults.invoke_latency_s
         at = self.loop.now + self.rng.uniform(lo, hi)
-        if fail is not None:
-            self.loop.at(at, lambda: answer.set_exception(fail))
+        if fail is not None or response is None:
+            error = fail if fail is not None else RuntimeError("no response")
+            self.loop.at(at, lambda: answer.set_exception(error))
         else:
+            raw = response.to_json()
             self.loop.at(at, lambda: answer.set_result(raw))  # type: ignore[arg-type]
 
 
 class BenchBatch(_SimBatch):
     w: BenchWorkers
 
-    def __init__(
-        self,
-        workers: BenchWorkers,
-        request: BatchRequest,
-        answer: Future[BatchResponse] | None,
-        started: float,
-        crash_at: float | None,
-        lost: bool,
-    ):
-        super().__init__(workers, request, answer, started, crash_at, lost)
+    def __init__(self, workers: BenchWorkers, request: BatchRequest, answer: Future[BatchResponse] | None, worker: int):
+        super().__init__(workers, request, answer, worker)
         groups = len({j.group for j in request.jobs})
         self.parallel = max(1, min(workers.max_parallel, request.pool_size or workers.max_parallel, groups))
         self.waiting: deque[JobSpec] = deque()
-        self.started = started
         self.caller_id = f"worker:{request.batch_id}"
 
     def step(self) -> None:
         with self.w.meter.section(WORKER), self.w.requests.as_caller(WORKER, self.caller_id):
             super().step()
 
-    def _send(self, spec: JobSpec, sent: float) -> None:
+    def _send(self, spec: JobSpec) -> None:
+        sent = self.w.loop.now
         if self.running >= self.parallel:
             self.waiting.append(spec)  # every thread is busy: the call waits for one
             self.w.stats.waited_for_thread += 1
@@ -223,14 +213,15 @@ class BenchBatch(_SimBatch):
         def arrive() -> None:  # a call on the wire reaches the API even if its worker has died since
             with self.w.meter.section(WORKER):
                 self.w.clock.offset = 0.0
-                result = call_job(spec, self.setup, self.deadline)
+                assert self.setup is not None
+                result = call_job(spec, self.setup, self.deadline_local)
                 self.w.clock.offset = 0.0
             result.sent_at, result.duration_s = sent, total
-            self.w.loop.at(sent + total, lambda: self._result(result))
+            self.w.loop.at(sent + total, lambda: self._answered(result))
 
         self.w.loop.at(sent + outbound, arrive)
 
-    def _result(self, result: JobResult) -> None:
+    def _answered(self, result: JobResult) -> None:
         if self.dead:
             return
         with self.w.meter.section(WORKER), self.w.requests.as_caller(WORKER, self.caller_id):
@@ -243,7 +234,7 @@ class BenchBatch(_SimBatch):
                     self.w.stats.late_skips += 1
                     self.execution.on_result(JobResult(spec.id, Outcome.SKIPPED, "missed its slot"), now)
                 else:
-                    self._send(spec, now)
+                    self._send(spec)
         self.step()
 
     def _finish(self) -> None:

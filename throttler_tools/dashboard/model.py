@@ -54,6 +54,8 @@ class StageSource(Protocol):
 
     def defaults(self, control: Control) -> Any: ...
 
+    def resume(self, now: float) -> str: ...
+
 
 class ActionRefused(Exception):
     """An action the dashboard does not take (read-only mode, an unknown scope): its message is for the page."""

@@ -277,7 +277,7 @@ class _Builder:
         if aligned:
             self.quotas["aligned"] = ["day"]
             self._aligned_margin()
-        self.api_tiers = [(1, second), (60, minute)] + ([] if aligned else [(86400, day)])
+        self.api_tiers = [(1.0, second), (60.0, minute)] + ([] if aligned else [(86400.0, day)])
         self.api_aligned = [(86400, day)] if aligned else []
         n = self.job_target if self.job_target is not None else int(day * rng.uniform(1.2, 1.8))
         groups = self.group_names(rng.choice([5, 20, 80]))
