@@ -51,36 +51,51 @@ def test_subcommands_of_the_main_group_are_listed(run: Cli) -> None:
 
 
 # ----------------------------------------------------------------------------- bench
+def _fake_bench(monkeypatch: pytest.MonkeyPatch, main: object) -> None:
+    """The benchmark package as the command imports it (its `main` and `model.parse_tiers`), faked."""
+    from throttler_tools.bench.model import parse_tiers
+
+    fake = types.ModuleType("throttler_tools.bench")
+    fake.main = main  # type: ignore[attr-defined]
+    model = types.ModuleType("throttler_tools.bench.model")
+    model.parse_tiers = parse_tiers  # type: ignore[attr-defined]
+    fake.model = model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "throttler_tools.bench", fake)
+    monkeypatch.setitem(sys.modules, "throttler_tools.bench.model", model)
+
+
 def test_bench_passes_its_options_to_the_benchmark(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    fake = types.ModuleType("throttler_tools.bench")
 
     def main(**kwargs: object) -> int:
         seen.update(kwargs)
         return 0
 
-    fake.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "throttler_tools.bench", fake)
-    monkeypatch.setattr("throttler_tools.bench", fake, raising=False)
-    result = run("bench", "--json", "--full", "--jobs", "500", "--groups", "7", "--plot", "/tmp/b.png")
+    _fake_bench(monkeypatch, main)
+    result = run("bench", "--json", "--full", "--jobs", "500", "--groups", "7", "--plot", "/tmp", "--tiers", "second=10",
+                 "--api-latency-ms", "250", "--keys", "20")
     assert result.exit_code == 0, result.output
-    assert seen == {"jobs": 500, "groups": 7, "as_json": True, "full": True, "plot": "/tmp/b.png"}
+    assert seen == {"jobs": 500, "groups": 7, "tiers": "second=10", "api_latency_ms": 250.0, "keys": 20, "full": True,
+                    "as_json": True, "plot": "/tmp", "smoke": False, "profile": False}
     seen.clear()
     assert run("bench").exit_code == 0
-    assert seen == {"jobs": None, "groups": None, "as_json": False, "full": False, "plot": None}
+    assert seen["jobs"] == 20_000 and seen["keys"] is None and seen["full"] is False and seen["plot"] is None
+
+
+def test_bench_refuses_bad_tiers_in_one_line(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_bench(monkeypatch, lambda **kwargs: 0)
+    result = run("bench", "--tiers", "second=fast")
+    assert result.exit_code == 2
+    assert "--tiers" in one_line_error(result)
 
 
 def test_bench_exit_code_comes_from_the_benchmark(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("throttler_tools.bench")
-    fake.main = lambda **kwargs: 1  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "throttler_tools.bench", fake)
-    monkeypatch.setattr("throttler_tools.bench", fake, raising=False)
+    _fake_bench(monkeypatch, lambda **kwargs: 1)
     assert run("bench").exit_code == 1
 
 
 def test_bench_without_the_benchmark_module_fails_in_one_line(run: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "throttler_tools.bench", None)  # import fails
-    monkeypatch.delattr("throttler_tools.bench", raising=False)
     result = run("bench")
     assert result.exit_code == 1
     assert "the benchmark is not available" in one_line_error(result)

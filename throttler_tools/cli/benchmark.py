@@ -62,7 +62,7 @@ def bench(
         parse_tiers(tiers)
     except Exception as exc:  # noqa: BLE001 - a bad tier is a usage error
         raise Invalid(f"--tiers: {exc}") from None
-    main(
+    code = main(
         jobs=jobs,
         groups=groups,
         tiers=tiers,
@@ -74,3 +74,5 @@ def bench(
         smoke=smoke,
         profile=profile,
     )
+    if code:
+        raise click.exceptions.Exit(code)
