@@ -361,7 +361,7 @@ def apply_assignments(
 def _edit_key(new: dict[str, Any], key: str, assignments: Mapping[str, str]) -> None:
     if not KEY_NAME.match(key):
         raise ConfigError(f"key name {key!r} must be 1-128 printable ASCII characters")
-    keys = {str(k): dict(v) for k, v in _mapping(new.get("keys"), "keys").items()}
+    keys = {str(k): dict(_mapping(v, f"keys.{k}")) for k, v in _mapping(new.get("keys"), "keys").items()}
     target = keys.setdefault(key, {})
     for name, value in assignments.items():
         if name == "weight":
