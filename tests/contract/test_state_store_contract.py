@@ -123,12 +123,14 @@ def test_one_lease_holder_then_a_successor_takes_over_by_hand_over(store: StateS
 
 def test_usage_commits_are_fenced_by_the_version_key_meters_included(store: StateStore) -> None:
     assert store.load_usage().version == 0
-    assert store.commit_usage(0, '{"l":{}}', {"k1": KeyMeterWrite("{}", 100.0)}, {"b1": OpenBatch("run", 50.0)}, [])
+    assert store.commit_usage(0, '{"l":{}}', {"k1": KeyMeterWrite("{}", 100.0)}, {"b1": OpenBatch("run", 50.0, 9.0)}, [])
+    assert store.load_usage().open_batches["b1"] == OpenBatch("run", 50.0, 9.0)
     assert not store.commit_usage(0, '{"l":{"60":[[1,1]]}}', {"k1": KeyMeterWrite('{"x":1}', 100.0)}, {}, [])
     assert store.load_key_meters(["k1", "k2"]) == {"k1": "{}", "k2": None}
-    assert store.commit_usage(1, None, {}, {"b2": OpenBatch("run", 60.0)}, ["b1"], done_until=500.0)
+    assert store.commit_usage(1, None, {}, {"b2": OpenBatch("run", 60.0, 12.5)}, ["b1"], done_until=500.0)
     record = store.load_usage()
     assert record.version == 2 and record.stage_meter == '{"l":{}}' and set(record.open_batches) == {"b2"}
+    assert record.open_batches["b2"] == OpenBatch("run", 60.0, 12.5)  # its last slot: later batches follow it
     assert record.done_until == 500.0
     store.close_open_batches(["b2"])
     assert store.load_usage().open_batches == {} and store.load_usage().version == 2

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tests.conftest import World, job_body
 from throttler.core.protocol import BatchRequest
-from throttler.store.base import LeaseState
+from throttler.store.base import LeaseState, OpenBatch
 from throttler.store.memory import MemoryStateStore
 from throttler_tools.fakeapi import max_in_window
 
@@ -128,6 +128,73 @@ def test_quota_never_exceeded_with_two_overlapping_runs(make_world: MakeWorld) -
     assert all(r.summary.dispatched > 0 or r.outbox.tally.dispatched > 0 for r in runs)
     assert sum(r.usage.conflicts for r in runs) > 0  # they really raced
     assert world.api.violations == 0 and world.api.max_in_window(1) <= 4 and world.api.max_in_window(60) <= 60
+
+
+def test_a_run_plans_its_calls_after_the_last_slot_of_batches_another_run_left_in_flight(make_world: MakeWorld) -> None:
+    """Issue 12: a batch with no earlier batch left to watch looks at the shared record only for a pause. That
+    is safe because no later batch's 429 can come before its calls end: every batch's slots follow the last
+    slot of each batch committed before it, its own run's (planned in order) or another run's (here: the
+    run before it handed over with a batch whose calls go on for 3 s more, on a stage with room to spare)."""
+    world = make_world(quotas={"second": 40, "margin_ms": 10}, api_tiers=[(1, 40)])
+    now = world.loop.now
+    assert world.store.commit_usage(0, None, {}, {"old": OpenBatch("previous-run", now + 40.0, now + 3.0)}, [])
+    firsts: list[float] = []
+    setup = world.workers.setup
+
+    def capture(request: BatchRequest) -> object:
+        firsts.append(min(j.not_before for j in request.jobs))
+        return setup(request)
+
+    world.workers.setup = capture  # type: ignore[assignment]
+    world.enqueue([(job_body("/ok", f"g{i}", 0), f"g{i}", f"j-{i}") for i in range(20)])
+    world.start_run()
+    world.run_for(20)
+    assert firsts and min(firsts) > now + 3.0
+    assert sorted(world.api.successes_by_key()) == sorted(f"j-{i}" for i in range(20))
+
+
+def test_hand_overs_cost_no_recovery_of_batches_their_own_run_settled(make_world: MakeWorld) -> None:
+    """Issue 12: a run that hands over settles its last batches itself; its successor, which loaded them as
+    open, checks the open list before it recovers them, instead of writing success records for each."""
+    world = make_world(quotas={"second": 10, "margin_ms": 10}, api_tiers=[(1, 10)])
+    marked: list[str] = []
+    mark_done = world.store.mark_done
+
+    def spy(job_ids: Sequence[str], ttl_at: float) -> None:
+        marked.extend(job_ids)
+        mark_done(job_ids, ttl_at)
+
+    world.store.mark_done = spy  # type: ignore[method-assign]
+    world.enqueue([(job_body("/ok", f"g{i % 20}", i), f"g{i % 20}", f"j-{i}") for i in range(1500)])
+    world.start_schedule()
+    world.run_for(190)
+    assert len(world.summaries) >= 3 and any(s.handed_over_to for s in world.summaries)
+    assert marked == []
+    assert world.api.violations == 0 and all(n == 1 for n in world.api.successes_by_key().values())
+
+
+def test_messages_received_again_are_looked_up_in_one_read_per_top_up(make_world: MakeWorld) -> None:
+    """Issue 12: a run that takes over receives what its predecessor released; whether those jobs already
+    succeeded is one read for the lot, not one per receive of ten."""
+    world = make_world(quotas={"second": 10, "margin_ms": 10}, api_tiers=[(1, 10)])
+    world.enqueue([(job_body("/ok", f"g{i}", 0), f"g{i}", f"j-{i}") for i in range(45)])
+    seen = []
+    while batch := world.queue.receive(10, 1):
+        seen += batch  # a run that died (or released them): every message comes back with a receive count of 2
+    assert len(seen) == 45
+    world.run_for(2)
+    lookups: list[int] = []
+    done_ids = world.store.done_ids
+
+    def spy(job_ids: Sequence[str]) -> set[str]:
+        lookups.append(len(job_ids))
+        return done_ids(job_ids)
+
+    world.store.done_ids = spy  # type: ignore[method-assign]
+    world.start_run()
+    world.run_for(15)
+    assert lookups == [45]
+    assert sorted(world.api.successes_by_key()) == sorted(f"j-{i}" for i in range(45))
 
 
 def test_a_second_run_waits_for_the_lease_then_takes_over(make_world: MakeWorld) -> None:

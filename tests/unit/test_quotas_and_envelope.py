@@ -107,5 +107,5 @@ def test_message_over_the_size_limit_is_a_bad_message() -> None:
 def test_a_key_override_edited_into_a_bad_shape_in_the_console_is_a_clear_configuration_error() -> None:
     # Found by the per-key review: `quota set --key` on such an item exited 1 with a Python TypeError.
     for bad in (5, "x", [1]):
-        with pytest.raises(ConfigError, match="keys.tenant-a must be a map"):
+        with pytest.raises(ConfigError, match=r"keys\.tenant-a must be a map"):
             apply_assignments({"second": 5, "keys": {"tenant-a": bad}}, {"second": "2"}, key="tenant-b")

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import BatchRequest, JobSpec
 from throttler.store.base import ThrottleSignal
-from throttler.worker.batch import RECORD_EVERY_S, WATCH_EVERY_S, BatchExecution
+from throttler.worker.batch import PAUSE_LOOK_EVERY_S, RECORD_EVERY_S, WATCH_EVERY_S, BatchExecution
 
 
 def spec(job: str, group: str, at: float, tol: float = 0.002, key: str | None = None) -> JobSpec:
     return JobSpec(job, group, "{}", at, at + tol, key)
 
 
-def request(*jobs: JobSpec, watch: tuple[str, ...] = (), key_scoped: bool = False) -> BatchRequest:
-    return BatchRequest("b1", "run", tuple(jobs), watch, planned_at=0.0, key_scoped_429=key_scoped)
+def request(
+    *jobs: JobSpec, watch: tuple[str, ...] = (), key_scoped: bool = False, watch_throttle: bool = False
+) -> BatchRequest:
+    return BatchRequest(
+        "b1", "run", tuple(jobs), watch, planned_at=0.0, key_scoped_429=key_scoped, watch_throttle=watch_throttle
+    )
 
 
 def ok(job: str, at: float) -> JobResult:
@@ -75,6 +81,38 @@ def test_watching_stops_once_the_watched_batches_are_final() -> None:
     ex.step(1.0)
     ex.on_result(ok("a1", 1.0), 1.01)
     assert not ex.step(3.0).poll_watch and ex.watched_final == {"b0"}
+
+
+def looks(ex: BatchExecution, until: float, step_s: float = 0.05) -> list[float]:
+    """Drive the batch (every call answers at once) and return when it looked at the shared record."""
+    seen, now = [], 0.0
+    while now <= until and not ex.done:
+        step = ex.step(now)
+        if step.poll_watch:
+            seen.append(round(now, 3))
+            ex.on_watch(None, set(), now)
+            continue
+        for started in step.start:
+            ex.on_result(ok(started.id, now), now)
+        now = round(now + step_s, 6)
+    return seen
+
+
+def test_a_long_batch_with_nothing_left_to_watch_looks_only_often_enough_for_a_pause() -> None:
+    # Issue 12: these looks were a tenth of a request per job at 10 calls/s. With no earlier batch unsettled no
+    # other 429 can come before its calls end (later batches' slots follow its own), so it looks for an
+    # operator's pause only: 2 s for the run to mirror it + PAUSE_LOOK_EVERY_S stays within SPEC's 5 s.
+    jobs = [spec(f"j{i}", f"g{i}", 1.0 + i * 0.1, tol=0.06) for i in range(40)]
+    seen = looks(BatchExecution(request(*jobs, watch_throttle=True)), 6.0)
+    assert seen and all(b - a >= PAUSE_LOOK_EVERY_S - 0.06 for a, b in pairwise(seen))
+    assert all(b - a <= PAUSE_LOOK_EVERY_S + 0.06 for a, b in pairwise(seen))
+    assert 2.0 + PAUSE_LOOK_EVERY_S + 0.1 < 5.0
+    # While an earlier batch may still meet a 429, it looks every WATCH_EVERY_S as before.
+    watching = looks(BatchExecution(request(*jobs, watch=("b0",), watch_throttle=True)), 6.0)
+    assert all(b - a <= WATCH_EVERY_S + 0.06 for a, b in pairwise(watching))
+    assert len(watching) > len(seen)
+    # A short batch with nothing to watch does not look at all.
+    assert looks(BatchExecution(request(*jobs[:5])), 6.0) == []
 
 
 def test_a_key_scoped_429_stops_only_that_key() -> None:

@@ -51,7 +51,7 @@ class Batcher:
     def plan_and_send(self, now: float) -> None:
         pacer, planner, config = self.in_force.pacer, self.in_force.planner, self.in_force.config
         assert pacer is not None and planner is not None and config is not None
-        start = max(now + self.t.lead_s, self.t.planned_until)
+        start = max(now + self.t.lead_s, self.t.planned_until, self.usage.foreign_last() + 1e-6)
         if start > now + self.t.lead_s + PLAN_AHEAD_S:
             # The batch in flight covers the next seconds: plan the next one when its start is near, with
             # whatever configuration, pauses and work are in force by then.
@@ -88,7 +88,8 @@ class Batcher:
             return
         batch_id = self.outbox.new_batch_id()
         until = plan.jobs[-1][1] + self.s.worker_timeout_s + 5
-        if not self.usage.commit(now, {batch_id: OpenBatch(self.owner, until)}, self.receiver.keys_summary(now)):
+        opened = {batch_id: OpenBatch(self.owner, until, max(slot for _, slot in plan.jobs))}
+        if not self.usage.commit(now, opened, self.receiver.keys_summary(now)):
             self.summary.reservation_conflicts += 1
             self.in_force.rebuild()  # everything was reloaded: plan again from the stored state
             self.t.next_plan_at = now

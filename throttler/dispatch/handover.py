@@ -16,7 +16,7 @@ from throttler.store.base import LeaseState, StateStore
 
 LEASE_TTL_S = 30.0
 LEASE_RENEW_S = 10.0
-POLL_S = 0.25  # how often a waiting successor looks at the lease
+POLL_S = 0.5  # how often a waiting successor looks at the lease
 WAIT_GRACE_S = 5.0
 
 

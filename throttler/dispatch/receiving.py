@@ -76,27 +76,36 @@ class Receiver:
         rate = self.in_force.rate(self.clock.now())
         return min(MAX_HELD, math.ceil(rate * (2 * self.horizon() + 1)) + 10)
 
-    def visibility(self, now: float) -> int:
+    def visibility(self, now: float, unfiled: int = 0) -> int:
         rate = max(0.1, min(1000.0, self.in_force.rate(now, unbounded=1000.0)))
-        ahead = (len(self.inbox) + 10) / rate
+        ahead = (len(self.inbox) + unfiled + 10) / rate
         return math.ceil(min(max(0.0, self.t.deadline - now), ahead) + 2 * self.horizon() + self.s.worker_timeout_s + 5)
 
     # ------------------------------------------------------------------ receiving
     def top_up(self, now: float) -> None:
+        """Receive until the run holds its target. Messages are filed together once they reach it (or the
+        queue runs dry), so those received again are looked up in one read, not one per receive; each is
+        kept invisible for as long as the last of them needs."""
         target = self.held_target()
+        visibility = self.visibility(now, max(0, target - len(self.inbox)))
+        received: list[QueuedMessage] = []
         for _ in range(RECEIVES_PER_STEP):
-            if len(self.inbox) >= target:
-                return
+            if len(self.inbox) + len(received) >= target:
+                self.file(received, now, visibility)
+                received = []
+                if len(self.inbox) >= target:
+                    return
             if self.inbox.pending_deletes:
                 self.flush(now)  # FIFO shows a group's next message only once the finished ones are gone
-            visibility = self.visibility(now)
             messages = self.queue.receive(10, visibility, wait_s=0)
             if not messages:
-                self.t.queue_empty = not self.inbox and not self.outbox.in_flight
+                self.t.queue_empty = not self.inbox and not received and not self.outbox.in_flight
                 self.t.receive_after = now + (CONTROL_REFRESH_S if self.t.queue_empty else 0.5)
-                return
+                break
             self.t.queue_empty = False
-            self.file(messages, now, visibility)
+            received += messages
+        if received:
+            self.file(received, now, visibility)
 
     def long_poll(self, wait_s: float) -> None:
         now = self.clock.now()
@@ -152,6 +161,8 @@ class Receiver:
         """Batches still listed open long after their workers must have finished: their run died before
         settling them. Their successes get durable records (never called again), then they are forgotten."""
         stale = self.usage.stale_foreign(now)
+        if stale:
+            stale = self.usage.drop_settled_elsewhere(stale)
         if not stale:
             return
         records = self.store.read_batches(stale)

@@ -9,6 +9,7 @@ the same room).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +112,11 @@ class UsageBook:
     def settled(self, batch_id: str) -> None:
         self.to_close.add(batch_id)
 
+    def foreign_last(self) -> float:
+        """The last slot of other runs' open batches: this run's batches come after it, so that every batch's
+        calls follow those of the batches sent before it (a later batch's 429 cannot stop an earlier one's)."""
+        return max((o.last for o in self.foreign.values() if o.last is not None), default=-math.inf)
+
     def watch_list(self, now: float, unsettled: Iterable[str]) -> tuple[str, ...]:
         """Batches a new batch must watch: ours still unsettled, and other runs' still running."""
         foreign = [b for b, o in self.foreign.items() if o.until > now]
@@ -124,6 +130,15 @@ class UsageBook:
         """Other runs' batches whose workers must have finished (their run died before settling them). Their
         messages can come back as soon as this (visibility lasts past `until`): recover them first."""
         return [b for b, o in self.foreign.items() if o.until < now]
+
+    def drop_settled_elsewhere(self, batch_ids: Sequence[str]) -> list[str]:
+        """Of these other runs' batches, those the usage item still lists as open. The rest their own run
+        settled (a run that hands over settles its last batches after we loaded the item): forgotten here."""
+        listed = self.store.load_usage().open_batches
+        for batch_id in batch_ids:
+            if batch_id not in listed:
+                self.foreign.pop(batch_id, None)
+        return [b for b in batch_ids if b in listed]
 
     def forget_foreign(self, batch_ids: Sequence[str]) -> None:
         self.to_close |= set(batch_ids)

@@ -90,6 +90,7 @@ class OpenBatch:
 
     owner: str
     until: float
+    last: float | None = None  # its last call's slot: later batches start after it (no 429 of theirs can come first)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,18 @@ def _n(value: float) -> dict[str, str]:
     return {"N": repr(float(value)) if isinstance(value, float) else str(value)}
 
 
+def _open_entry(batch: OpenBatch) -> dict[str, Any]:
+    entry: dict[str, Any] = {"owner": batch.owner, "until": batch.until}
+    if batch.last is not None:
+        entry["last"] = batch.last
+    return entry
+
+
+def _open_batch(entry: Mapping[str, Any]) -> OpenBatch:
+    last = entry.get("last")
+    return OpenBatch(str(entry["owner"]), float(entry["until"]), float(last) if last is not None else None)
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -256,7 +268,7 @@ class DynamoStateStore(_DynamoControl, StateStore):
         item = self._get_many([USAGE_KEY]).get(USAGE_KEY)
         if item is None:
             return UsageRecord(0, None)
-        opened = {str(b): OpenBatch(str(v["owner"]), float(v["until"])) for b, v in (item.get("open") or {}).items()}
+        opened = {str(b): _open_batch(v) for b, v in (item.get("open") or {}).items()}
         done_until = item.get("done_until")
         keys = json.loads(item["keys"]) if item.get("keys") else {}
         return UsageRecord(
@@ -285,7 +297,7 @@ class DynamoStateStore(_DynamoControl, StateStore):
             values[":meter"] = {"S": stage_meter}
         for i, (batch_id, batch) in enumerate(open_add.items()):
             names[f"#a{i}"] = batch_id
-            values[f":a{i}"] = {"M": {"owner": {"S": batch.owner}, "until": _n(batch.until)}}
+            values[f":a{i}"] = {"M": _item(_open_entry(batch))}
             sets.append(f"#open.#a{i} = :a{i}")
         for i, batch_id in enumerate(b for b in open_remove if b not in open_add):
             names[f"#r{i}"] = batch_id
@@ -326,7 +338,7 @@ class DynamoStateStore(_DynamoControl, StateStore):
             body: dict[str, Any] = {
                 "pk": USAGE_KEY,
                 "version": 1,
-                "open": {b: {"owner": o.owner, "until": o.until} for b, o in open_add.items()},
+                "open": {b: _open_entry(o) for b, o in open_add.items()},
             }
             if stage_meter is not None:
                 body["meter"] = stage_meter

@@ -150,7 +150,7 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
             return UsageRecord(
                 int(usage["version"]),
                 usage.get("meter"),
-                {b: OpenBatch(v["owner"], float(v["until"])) for b, v in usage.get("open", {}).items()},
+                {b: OpenBatch(v["owner"], float(v["until"]), v.get("last")) for b, v in usage.get("open", {}).items()},
                 usage.get("done_until"),
                 copy.deepcopy(usage.get("keys", {})),
             )
@@ -188,7 +188,7 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
             for batch_id in open_remove:
                 opened.pop(batch_id, None)
             for batch_id, batch in open_add.items():
-                opened[batch_id] = {"owner": batch.owner, "until": batch.until}
+                opened[batch_id] = {"owner": batch.owner, "until": batch.until, "last": batch.last}
             if done_until is not None:
                 usage["done_until"] = max(done_until, float(usage.get("done_until") or 0))
             if keys_summary is not None:
