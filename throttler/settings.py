@@ -25,7 +25,7 @@ class Settings:
     default_latency: str = "cost"
     max_attempts: int = 3
     max_message_bytes: int = 256 * 1024
-    run_budget_s: float = 110.0
+    run_budget_s: float = 290.0  # a run goes on for about 3 minutes: each hand-over costs requests
     worker_timeout_s: float = 40.0
     retry_base_s: float = 10.0
     retry_max_s: float = 900.0
@@ -59,7 +59,7 @@ class Settings:
                 default_latency=(env.get("DEFAULT_LATENCY") or "cost").strip().lower(),
                 max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
                 max_message_bytes=int(env.get("MAX_MESSAGE_BYTES", str(256 * 1024))),
-                run_budget_s=float(env.get("RUN_BUDGET_S", "110")),
+                run_budget_s=float(env.get("RUN_BUDGET_S", "290")),
                 worker_timeout_s=float(env.get("WORKER_TIMEOUT_S", "40")),
                 retry_base_s=float(env.get("RETRY_BASE_S", "10")),
                 retry_max_s=float(env.get("RETRY_MAX_S", "900")),

@@ -105,7 +105,7 @@ def test_the_schedule_has_no_async_retries_and_the_throttler_its_concurrency_tim
     }]
     throttler = template["Resources"]["ThrottlerLambdaFunction"]["Properties"]
     env = throttler["Environment"]["Variables"]
-    assert (throttler["ReservedConcurrentExecutions"], throttler["Timeout"], env["RUN_BUDGET_S"]) == (2, 170, "110")
+    assert (throttler["ReservedConcurrentExecutions"], throttler["Timeout"], env["RUN_BUDGET_S"]) == (2, 350, "290")
     assert throttler["Timeout"] > float(env["RUN_BUDGET_S"]) + float(env["WORKER_TIMEOUT_S"])
     assert env["DEFAULT_LATENCY"] == ("low" if stage == "prod" else "cost")
     assert (env["RESPONSE_MAX_BYTES"], env["WORKER_MAX_PARALLEL"]) == ("1048576", "256")

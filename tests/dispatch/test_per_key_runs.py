@@ -58,10 +58,10 @@ def test_overlapping_runs_keep_both_levels_within_their_limits(make_world: MakeW
     world = make_world(quotas={"second": 8, "per_key": {"second": 3}, "margin_ms": 20}, api_tiers=[(1, 8)])
 
     class LeaseAlwaysGranted(MemoryStateStore):
-        def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+        def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
             return LeaseState(owner, now + ttl_s)
 
-        def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+        def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
             return True
 
     assert isinstance(world.store, MemoryStateStore)

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 
 from tests.conftest import World, job_body
 from throttler.core.protocol import BatchRequest
-from throttler.store.base import LeaseState, OpenBatch
+from throttler.dispatch.timing import CONTROL_REFRESH_S, QUIET_REFRESH_S
+from throttler.store.base import Control, LeaseState, OpenBatch
 from throttler.store.memory import MemoryStateStore
 from throttler_tools.fakeapi import max_in_window
 
@@ -110,10 +111,10 @@ def test_quota_never_exceeded_with_two_overlapping_runs(make_world: MakeWorld) -
     world = make_world(quotas={"second": 4, "minute": 60, "margin_ms": 50}, api_tiers=[(1, 4), (60, 60)])
 
     class LeaseAlwaysGranted(MemoryStateStore):
-        def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+        def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
             return LeaseState(owner, now + ttl_s)
 
-        def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+        def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
             return True
 
     shared = world.store
@@ -165,9 +166,9 @@ def test_hand_overs_cost_no_recovery_of_batches_their_own_run_settled(make_world
         mark_done(job_ids, ttl_at)
 
     world.store.mark_done = spy  # type: ignore[method-assign]
-    world.enqueue([(job_body("/ok", f"g{i % 20}", i), f"g{i % 20}", f"j-{i}") for i in range(1500)])
+    world.enqueue([(job_body("/ok", f"g{i % 20}", i), f"g{i % 20}", f"j-{i}") for i in range(4500)])
     world.start_schedule()
-    world.run_for(190)
+    world.run_for(430)
     assert len(world.summaries) >= 3 and any(s.handed_over_to for s in world.summaries)
     assert marked == []
     assert world.api.violations == 0 and all(n == 1 for n in world.api.successes_by_key().values())
@@ -226,6 +227,59 @@ def test_quota_change_mid_run_takes_effect_within_five_seconds(make_world: MakeW
     assert max_in_window(after, 1) <= 2
     before = [c.at for c in world.api.calls if c.at <= changed_at[0]]
     assert max_in_window(before, 1) > 2  # it was faster before
+
+
+def spent_minute_world(make_world: MakeWorld) -> World:
+    """A minute tier spent in 30 s of bursts at the second tier: the next 30 s the stage cannot send."""
+    world = make_world(quotas={"second": 20, "minute": 600, "margin_ms": 10}, api_tiers=[])
+    world.enqueue([(job_body("/ok", f"g{i % 100}", i), f"g{i % 100}", f"w-{i}") for i in range(1500)])
+    return world
+
+
+def test_a_long_wait_reads_the_configuration_less_often_and_a_quota_raise_still_counts_within_five_seconds(
+    make_world: MakeWorld,
+) -> None:
+    """Issue 12: while the stage cannot send and nothing is in flight, the run reads the configuration every
+    QUIET_REFRESH_S instead of every CONTROL_REFRESH_S; an operator's raise still takes effect within 5 s of
+    the write (SPEC)."""
+    world = spent_minute_world(make_world)
+    reads: list[float] = []
+    read_control = world.store.read_control
+
+    def count_reads() -> Control:
+        reads.append(world.loop.now)
+        return read_control()
+
+    world.store.read_control = count_reads  # type: ignore[method-assign]
+    start = world.loop.now
+    world.start_run()
+    world.run_for(50)
+    assert len(world.api.calls) == 600  # the minute went in bursts; the rest waits for it
+    waiting = [t for t in reads if start + 36 <= t < start + 50]
+    assert len(waiting) <= 14 / QUIET_REFRESH_S + 1 < 14 / CONTROL_REFRESH_S
+    world.store.put_quotas({"second": 20, "minute": 1200, "margin_ms": 10})
+    raised_at = world.loop.now
+    world.run_for(10)
+    assert min(c.at for c in world.api.calls[600:]) <= raised_at + 5.0
+    assert world.api.violations == 0
+
+
+def test_messages_held_through_a_spent_window_need_no_visibility_change(make_world: MakeWorld) -> None:
+    """Issue 12: a message is received invisible for as long as the stage may take to send what is held
+    (a spent window counted), so the wait for the next minute costs next to no ChangeMessageVisibility."""
+    world = spent_minute_world(make_world)
+    changes: list[int] = []
+    change_visibility = world.queue.change_visibility
+
+    def count_changes(changed: Sequence[tuple[str, float]]) -> list[str]:
+        changes.append(len(changed))
+        return change_visibility(changed)
+
+    world.queue.change_visibility = count_changes  # type: ignore[method-assign]
+    world.start_run()
+    world.run_for(80)
+    assert 600 < len(world.api.calls) <= 1200 and world.api.violations == 0
+    assert sum(changes) <= 5  # 61 messages when the wait counted the long-run rate only
 
 
 def test_crash_after_successful_calls_before_delete_does_not_call_the_api_again(make_world: MakeWorld) -> None:

@@ -539,6 +539,22 @@ class Scope:
             return 0.0
         return min(min(lim.limit / lim.span_s for lim in limits), 1.0 / self.spacing_s(limits))
 
+    def wait_for(self, now: float, calls: int) -> float:
+        """About how long until `calls` more calls can all have gone (how long a message received now may
+        wait): at the fastest rate, and for each window whose room they exceed, whole windows more."""
+        rate = self.rate_per_s(now)
+        if rate <= 0:
+            return math.inf
+        longest = calls / rate if not math.isinf(rate) else 0.0
+        for lim in self.limits(now):
+            ledger = lim.ledger
+            # Slots already reserved ahead of now count too: they will use this window's room first.
+            used = ledger.count_at(ledger.index(now)) if lim.aligned else ledger.used(now + lim.span_s, 2 * lim.span_s)
+            over = calls - max(0, lim.limit - used)
+            if over > 0:
+                longest = max(longest, lim.span_s * math.ceil(over / lim.limit))
+        return longest
+
     def usage(self, now: float) -> dict[str, dict[str, Any]]:
         """Units counted in each window's current span (aligned: this period), with the limit in force."""
         report: dict[str, dict[str, Any]] = {}

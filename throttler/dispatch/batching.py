@@ -74,6 +74,8 @@ class Batcher:
         )
         plan = planner.plan(self.inbox, request)
         self.receiver.hide_waiting(plan.key_next, now, frozenset(plan.by_group()))
+        quiet = not plan.jobs and not self.outbox.in_flight and plan.stage_next is not None and plan.stage_next > start
+        self.t.quiet_until = plan.stage_next - self.t.lead_s if quiet and plan.stage_next is not None else -math.inf
         if not plan.jobs:
             # Nothing could go: the stage's next slot is later, or every held group waits for a batch in flight
             # (its settling wakes the run), or a key's own next slot (held for at most HOLD_MAX_S).

@@ -34,8 +34,9 @@ class InForce:
     def config(self) -> QuotaConfig | None:
         return self.quota.config if self.quota is not None else None
 
-    def apply(self, control: Control, now: float) -> None:
-        """Take what a control read found: publish the stage's settings, resolve the quota, remember a good one."""
+    def apply(self, control: Control, now: float) -> bool:
+        """Take what a control read found: publish the stage's settings, resolve the quota, remember a good one.
+        True when the quotas in force changed."""
         wanted = self.s.published()
         stored = control.stage_settings
         if stored is None or {k: v for k, v in stored.items() if k != "written_at"} != wanted:
@@ -49,7 +50,7 @@ class InForce:
         self.quota = quota
         if quota.config is None:
             self.pacer = self.planner = None
-            return
+            return previous is not None
         if (
             quota.source == STATE_TABLE
             and quota.item is not None
@@ -61,8 +62,11 @@ class InForce:
             if previous is not None:
                 logger.info("quota configuration changed", extra={"quotas": quota.config.describe()})
             self.rebuild()
-        elif quota.source == LAST_GOOD and previous is None:
+            return True
+        if quota.source == LAST_GOOD and previous is None:
             self.rebuild()
+            return True
+        return False
 
     def rebuild(self) -> None:
         """A pacer and planner on the current meters (after a change, or after the meters were reloaded)."""

@@ -42,6 +42,7 @@ class Inbox:
     by_message: dict[str, Held] = field(default_factory=dict)
     group_keys: dict[str, set[str]] = field(default_factory=dict)
     pending_deletes: list[str] = field(default_factory=list)
+    deletes_sent: int = 0  # receipts taken from pending_deletes so far (oldest first)
     succeeded_by_receipt: dict[str, str] = field(default_factory=dict)  # pending deletes of successes: job ids
 
     def __len__(self) -> int:

@@ -287,12 +287,15 @@ class Outbox:
             pacer.correct(slot, held.key, result.cost_used - held.cost)
 
     # ------------------------------------------------------------------ deletes
-    def flush_deletes(self) -> list[str]:
-        """Delete what is done; returns the job ids of successes whose delete failed (their receipt lapsed: the
+    def flush_deletes(self, whole_tens: bool = False) -> list[str]:
+        """Delete what is done (with `whole_tens`, only full requests of ten, the oldest first: the rest goes
+        with the next); returns the job ids of successes whose delete failed (their receipt lapsed: the
         message will be received again, so the caller records them as done for good)."""
-        if not self.inbox.pending_deletes:
+        count = len(self.inbox.pending_deletes) // 10 * 10 if whole_tens else len(self.inbox.pending_deletes)
+        if not count:
             return []
-        receipts, self.inbox.pending_deletes = self.inbox.pending_deletes, []
+        receipts, self.inbox.pending_deletes = self.inbox.pending_deletes[:count], self.inbox.pending_deletes[count:]
+        self.inbox.deletes_sent += count
         jobs = {r: self.inbox.succeeded_by_receipt.pop(r) for r in receipts if r in self.inbox.succeeded_by_receipt}
         failed = self.queue.delete(receipts)
         if failed:

@@ -29,6 +29,7 @@ MAX_HELD = 3000
 RECEIVES_PER_STEP = 30
 BATCH_TARGET_JOBS = 20  # a batch spans up to 2 s at low rates, so that its fixed cost is shared
 MAX_HORIZON_S = 5.0
+HOLD_AT_MOST_S = 3600.0
 DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
 
 
@@ -55,7 +56,7 @@ class Receiver:
         self.keys_written_at = -math.inf
         # Settled batches stay listed as open until their successes are deleted: if the run dies before the
         # deletes, a later run reads their records and never calls those jobs again.
-        self.settled: list[str] = []
+        self.settled: list[tuple[str, int]] = []  # (batch, deletes_sent once its successes are deleted)
         self.close_settled: Callable[[list[str]], None] = lambda batch_ids: None
 
     # ------------------------------------------------------------------ how much, how long
@@ -77,9 +78,14 @@ class Receiver:
         return min(MAX_HELD, math.ceil(rate * (2 * self.horizon() + 1)) + 10)
 
     def visibility(self, now: float, unfiled: int = 0) -> int:
-        rate = max(0.1, min(1000.0, self.in_force.rate(now, unbounded=1000.0)))
-        ahead = (len(self.inbox) + unfiled + 10) / rate
-        return math.ceil(min(max(0.0, self.t.deadline - now), ahead) + 2 * self.horizon() + self.s.worker_timeout_s + 5)
+        """Long enough for every message held to be sent (a spent window counted: no change to extend it
+        when the stage pauses), and for its worker to finish. Groups take turns, so a message may be sent
+        after those held now and as many received later: twice what is held."""
+        pacer = self.in_force.pacer
+        assert pacer is not None
+        ahead = pacer.stage.wait_for(now, 2 * (len(self.inbox) + unfiled) + 10)
+        ahead = min(max(0.0, self.t.deadline - now), ahead, HOLD_AT_MOST_S)  # a run releases what it holds at its end
+        return math.ceil(ahead + 2 * self.horizon() + self.s.worker_timeout_s + 5)
 
     # ------------------------------------------------------------------ receiving
     def top_up(self, now: float) -> None:
@@ -125,8 +131,8 @@ class Receiver:
                 self.in_force.note_key(key)
         self.balance(now)
 
-    def flush(self, now: float) -> None:
-        undeleted = self.outbox.flush_deletes()
+    def flush(self, now: float, whole_tens: bool = False) -> None:
+        undeleted = self.outbox.flush_deletes(whole_tens)
         if undeleted:
             # Succeeded, but the message could not be deleted (its visibility lapsed first): it comes back, and
             # these records make the next run delete it instead of calling it again.
@@ -134,9 +140,16 @@ class Receiver:
             self.usage.done_until = now + DONE_TTL_S
             self.usage.known_done |= set(undeleted)
         self.t.last_flush = now
-        closing, self.settled = self.settled, []
+        # A settled batch leaves the open list once all its successes are deleted (deletes go oldest first).
+        closing = [b for b, due in self.settled if due <= self.inbox.deletes_sent]
         if closing:
+            self.settled = [(b, due) for b, due in self.settled if due > self.inbox.deletes_sent]
             self.close_settled(closing)
+
+    def note_settled(self, batch_ids: list[str]) -> None:
+        """These batches settled: their successes are the newest pending deletes."""
+        due = self.inbox.deletes_sent + len(self.inbox.pending_deletes)
+        self.settled += [(b, due) for b in batch_ids]
 
     def known_done(self, again: list[Held], now: float) -> set[str]:
         """Which of these messages received before belong to jobs that already succeeded: in a batch of

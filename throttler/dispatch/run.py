@@ -135,6 +135,7 @@ class ThrottlerRun:
     # ------------------------------------------------------------------ the state machine
     def start(self, deadline: float) -> None:
         self.t.deadline = deadline
+        self.lease.runs_until = deadline
         self.summary.started_at = self.clock.now()
 
     def step(self, now: float) -> Wake | None:
@@ -171,9 +172,11 @@ class ThrottlerRun:
             self.usage.load()
             self._refresh(now)
             return Wake(now)
-        if outcome is LeaseOutcome.REFUSED or now >= self.t.deadline:
+        if outcome is not LeaseOutcome.WAITING or now >= self.t.deadline:
+            holder = self.lease.holder
             logger.info(
-                "lease held elsewhere, giving up", extra={"holder": self.lease.holder.owner if self.lease.holder else None}
+                "the run holding the lease goes on" if outcome is LeaseOutcome.NOT_NEEDED else "lease held elsewhere, giving up",
+                extra={"holder": holder.owner if holder else None, "holder_runs_until": holder.runs_until if holder else None},
             )
             self.summary.lease_held_elsewhere = True
             self.phase = Phase.DONE
@@ -190,7 +193,8 @@ class ThrottlerRun:
             self.lease_lost = True
             self._begin_end("lease lost")
             return
-        self.in_force.apply(control, now)
+        if self.in_force.apply(control, now):
+            self.t.next_plan_at, self.t.quiet_until = min(self.t.next_plan_at, now), -math.inf  # plan with it now
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
         self.pauses.from_control(control, now, self.in_force.auto_window(None), streak)
@@ -246,8 +250,10 @@ class ThrottlerRun:
                     return Wake(now + 0.001)
             self.batcher.plan_and_send(self.clock.now())
         now = self.clock.now()
-        if self.inbox.pending_deletes and (now - t.last_flush >= DELETE_FLUSH_S or len(self.inbox.pending_deletes) >= 10):
+        if self.inbox.pending_deletes and now - t.last_flush >= DELETE_FLUSH_S:
             self.receiver.flush(now)
+        elif len(self.inbox.pending_deletes) >= 10:
+            self.receiver.flush(now, whole_tens=True)  # the rest goes with the next ten, or within DELETE_FLUSH_S
         return Wake(self._next_wake(now, stage_next, target))
 
     def _hold_through(self, paused_until: float, now: float) -> bool:
@@ -288,7 +294,7 @@ class ThrottlerRun:
         done = self.outbox.settle_finished(now, self.pacer, self.pauses, self.in_force.auto_window)
         if not done:
             return
-        self.receiver.settled += done  # closed once their successes are deleted (the next flush)
+        self.receiver.note_settled(done)  # closed once their successes are deleted
         if self.phase is not Phase.RUNNING:
             # Not attempted jobs of the last batches went back to the inbox: nobody here will send them now.
             self.summary.released += self.intake.release_all()

@@ -69,6 +69,7 @@ class LeaseState:
     expires_at: float
     successor: str | None = None
     successor_until: float | None = None
+    runs_until: float | None = None  # the holder's deadline: no successor is needed long before it
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,9 @@ class StateStore(ABC):
 
     # ------------------------------------------------------------------ lease and hand-over
     @abstractmethod
-    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
-        """Take the stage's run lease if it is free, expired or already ours; returns the lease as it now
-        stands (`owner == owner` when taken)."""
+    def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
+        """Take the stage's run lease if it is free, expired or already ours (noting until when our run may
+        go on); returns the lease as it now stands (`owner == owner` when taken)."""
 
     @abstractmethod
     def request_handover(self, owner: str, holder: str, now: float, wait_s: float) -> bool:
@@ -167,7 +168,7 @@ class StateStore(ABC):
         """Give the lease to the waiting successor (only if we hold it and it is still that successor)."""
 
     @abstractmethod
-    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+    def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
         """Extend our lease; False if we no longer hold it."""
 
     @abstractmethod

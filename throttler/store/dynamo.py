@@ -196,19 +196,22 @@ class _DynamoControl(_Table):
         DynamoWorkerRecords(self._client, self._table).throttle(signal, now)
 
     # ------------------------------------------------------------------ lease
-    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+    def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
+        lease: dict[str, Any] = {"pk": LEASE_KEY, "owner": owner, "expires_at": now + ttl_s}
+        if runs_until is not None:
+            lease["runs_until"] = runs_until
         taken = self._conditional(
             "put_item",
             TableName=self._table,
-            Item=_item({"pk": LEASE_KEY, "owner": owner, "expires_at": now + ttl_s}),
+            Item=_item(lease),
             ConditionExpression="attribute_not_exists(pk) OR #owner = :owner OR expires_at < :now",
             ExpressionAttributeNames={"#owner": "owner"},
             ExpressionAttributeValues={":owner": {"S": owner}, ":now": _n(now)},
         )
         if taken:
-            return LeaseState(owner, now + ttl_s)
+            return LeaseState(owner, now + ttl_s, runs_until=runs_until)
         current = _lease(self._get_many([LEASE_KEY]).get(LEASE_KEY))
-        return current or self.acquire_lease(owner, now, ttl_s)
+        return current or self.acquire_lease(owner, now, ttl_s, runs_until)
 
     def request_handover(self, owner: str, holder: str, now: float, wait_s: float) -> bool:
         return self._conditional(
@@ -238,15 +241,18 @@ class _DynamoControl(_Table):
             ExpressionAttributeValues={":me": {"S": owner}, ":successor": {"S": successor}},
         )
 
-    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+    def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
+        values = {":me": {"S": owner}, ":until": _n(now + ttl_s)}
+        if runs_until is not None:
+            values[":runs"] = _n(runs_until)
         return self._conditional(
             "update_item",
             TableName=self._table,
             Key={"pk": {"S": LEASE_KEY}},
-            UpdateExpression="SET expires_at = :until",
+            UpdateExpression="SET expires_at = :until" + (", runs_until = :runs" if runs_until is not None else ""),
             ConditionExpression="#owner = :me",
             ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues={":me": {"S": owner}, ":until": _n(now + ttl_s)},
+            ExpressionAttributeValues=values,
         )
 
     def release_lease(self, owner: str) -> None:
@@ -513,11 +519,13 @@ def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
         return None
     until = item.get("successor_until")
     successor = item.get("successor")
+    runs_until = item.get("runs_until")
     return LeaseState(
         str(item["owner"]),
         float(item["expires_at"]),
         str(successor) if successor else None,
         float(until) if until is not None else None,
+        float(runs_until) if runs_until is not None else None,
     )
 
 

@@ -95,7 +95,7 @@ class _MemoryControl:
             }
 
     # ------------------------------------------------------------------ lease
-    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+    def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
         with self._lock:
             lease = self.items.get(LEASE_KEY)
             if lease and lease["owner"] != owner and float(lease["expires_at"]) > now:
@@ -103,7 +103,9 @@ class _MemoryControl:
                 assert state is not None
                 return state
             self.items[LEASE_KEY] = {"pk": LEASE_KEY, "owner": owner, "expires_at": now + ttl_s}
-            return LeaseState(owner, now + ttl_s)
+            if runs_until is not None:
+                self.items[LEASE_KEY]["runs_until"] = runs_until
+            return LeaseState(owner, now + ttl_s, runs_until=runs_until)
 
     def request_handover(self, owner: str, holder: str, now: float, wait_s: float) -> bool:
         with self._lock:
@@ -124,12 +126,14 @@ class _MemoryControl:
             self.items[LEASE_KEY] = {"pk": LEASE_KEY, "owner": successor, "expires_at": now + ttl_s}
             return True
 
-    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+    def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
         with self._lock:
             lease = self.items.get(LEASE_KEY)
             if not lease or lease["owner"] != owner:
                 return False
             lease["expires_at"] = now + ttl_s
+            if runs_until is not None:
+                lease["runs_until"] = runs_until
             return True
 
     def release_lease(self, owner: str) -> None:
@@ -291,9 +295,13 @@ def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:
     if not item:
         return None
-    until = item.get("successor_until")
+    until, runs_until = item.get("successor_until"), item.get("runs_until")
     return LeaseState(
-        str(item["owner"]), float(item["expires_at"]), item.get("successor"), float(until) if until is not None else None
+        str(item["owner"]),
+        float(item["expires_at"]),
+        item.get("successor"),
+        float(until) if until is not None else None,
+        float(runs_until) if runs_until is not None else None,
     )
 
 

@@ -194,10 +194,10 @@ class CountingStateStore(MemoryStateStore):
         self._write("PutItem", THROTTLE_KEY, before)
 
     # -- lease
-    def acquire_lease(self, owner: str, now: float, ttl_s: float) -> LeaseState:
+    def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
         before = self._size(LEASE_KEY)
         with self.meter.section(TWIN):
-            state = super().acquire_lease(owner, now, ttl_s)
+            state = super().acquire_lease(owner, now, ttl_s, runs_until)
         self._write("PutItem", LEASE_KEY, before)  # conditional: a failed condition costs the write too
         if state.owner != owner:
             self._batch_get([LEASE_KEY])
@@ -217,10 +217,10 @@ class CountingStateStore(MemoryStateStore):
         self._write("PutItem", LEASE_KEY, before)
         return done
 
-    def renew_lease(self, owner: str, now: float, ttl_s: float) -> bool:
+    def renew_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> bool:
         before = self._size(LEASE_KEY)
         with self.meter.section(TWIN):
-            done = super().renew_lease(owner, now, ttl_s)
+            done = super().renew_lease(owner, now, ttl_s, runs_until)
         self._write("UpdateItem", LEASE_KEY, before)
         return done
 

@@ -84,8 +84,8 @@ class WorldConfig:
     # before it does the same); skipping it keeps an idle day cheap.
     skip_idle_runs: bool = False
     schedule_jitter_s: tuple[float, float] = (0.05, 0.6)  # EventBridge starts a run this late
-    run_budget_s: float = 110.0
-    throttler_timeout_s: float = 170.0  # the function's timeout: Lambda kills a run still going then
+    run_budget_s: float = 290.0  # serverless.yml's RUN_BUDGET_S
+    throttler_timeout_s: float = 350.0  # the function's timeout: Lambda kills a run still going then
     throttler_concurrency: int = 2  # reservedConcurrency
     max_event_age_s: float = 60.0  # a throttled scheduled event is retried this long, then dropped
     worker_timeout_s: float = 40.0
