@@ -58,15 +58,16 @@ class Ledger:
         return math.floor(t / self.bucket_s + _EPS)
 
     def add(self, t: float, n: int = 1) -> None:
-        self.add_index(self.index(t), n)
+        self.add_index(math.floor(t / self.bucket_s + _EPS), n)  # self.index(t), inline: once per ledger per call
 
     def add_index(self, idx: int, n: int) -> None:
         entries = self.entries
-        if entries and entries[-1][0] == idx:
-            before = entries[-1][1]
-            entries[-1][1] = max(0, before + n)
-            self.total += entries[-1][1] - before
-        elif not entries or entries[-1][0] < idx:
+        last = entries[-1] if entries else None
+        if last is not None and last[0] == idx:
+            before = last[1]
+            last[1] = max(0, before + n)
+            self.total += last[1] - before
+        elif last is None or last[0] < idx:
             if n > 0:
                 entries.append([idx, n])
                 self.total += n
