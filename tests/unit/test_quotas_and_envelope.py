@@ -95,6 +95,17 @@ def test_bad_message_refused_with_a_readable_reason(body: object, reason: str) -
         job(body)
 
 
+def test_nesting_and_surrogates_are_refused_exactly_at_their_bounds() -> None:
+    # The envelope and the payload are two levels: 62 lists make 64 (sent), 63 make 65 (refused).
+    assert job('{"task": "custom", "payload": {"x": ' + "[" * 62 + "]" * 62 + "}}").task == "custom"
+    with pytest.raises(InvalidJob, match="nested deeper than 64"):
+        job('{"task": "custom", "payload": {"x": ' + "[" * 63 + "]" * 63 + "}}")
+    with pytest.raises(InvalidJob, match="lone surrogate"):
+        job('{"task": "custom", "payload": {"\\udfff": 1}}')
+    escaped_and_paired = job('{"task": "custom", "payload": {"x": "\\\\ud800 \\u00e9 \\ud83d\\ude00"}}')
+    assert escaped_and_paired.payload["x"] == "\\ud800 \u00e9 \U0001f600"
+
+
 def test_message_over_the_size_limit_is_a_bad_message() -> None:
     body = {"task": "custom", "payload": {"blob": "x" * 2000}}
     with pytest.raises(InvalidJob, match="over the 1000-byte limit"):

@@ -7,6 +7,8 @@ checked against urllib3's reading of the prepared URL.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 from hypothesis import HealthCheck, example, given, settings
@@ -15,7 +17,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
 from throttler.core.errors import ConfigError, InvalidJob
-from throttler.tasks.url import AllowedHost, AllowList, check_url, endpoint_target
+from throttler.tasks.url import AllowedHost, AllowList, check_url, connect_target, endpoint_target
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PROD = AllowList.parse(["api.example.com", "partner.example:8443"], "prod")
@@ -244,6 +246,20 @@ def test_the_table_is_large_enough() -> None:
     assert len(REFUSED_OR_CONNECTS) >= 40
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://api.example.com/a b\\c", "whitespace or a control character (U+0020) at position 25"),
+        ("https://api.example.com/a\\b c", "backslash at position 25"),
+        ("https://api.example.com/\u00e4\x7f\\", "whitespace or a control character (U+007F) at position 25"),
+        ("https://api.example.com/\u00e4\\\x7f", "backslash at position 25"),
+    ],
+)
+def test_the_first_unfit_character_is_named_with_its_position(url: str, reason: str) -> None:
+    with pytest.raises(InvalidJob, match=re.escape(reason)):
+        check_url(url, PROD)
+
+
 def test_the_url_sent_is_rebuilt_from_the_checked_parts() -> None:
     checked = check_url("HTTPS://API.example.com:443/a/./b/../c?x=1&y=@z#frag", PROD)
     assert checked.url == "https://api.example.com/a/c?x=1&y=@z"
@@ -313,6 +329,8 @@ def test_any_accepted_url_connects_to_an_allowed_host_port_and_scheme(url: str) 
         return
     scheme, host, port = where_requests_connects(checked.url)
     assert (scheme, host, port) == (checked.scheme, checked.host, checked.port)
+    # The check reads a target's authority once for all its jobs: the whole rebuilt URL reads the same.
+    assert connect_target(checked.url) == (scheme, host, port)
     allowed_ports = ORACLE[(scheme, host)]  # KeyError: a host or scheme that no entry allows
     assert allowed_ports is None or port in allowed_ports
     # And requests, given the job's own URL, would have gone to the same place: the check does not "repair" a

@@ -90,7 +90,8 @@ def parse_job(
         raise InvalidJob(f"body is not valid JSON: {str(exc)[:120]}") from exc
     if not isinstance(data, dict):
         raise InvalidJob("body must be a JSON object with task and payload")
-    check_sendable(data)
+    if _may_be_unsendable(body):
+        check_sendable(data)
     try:
         envelope = Envelope.model_validate(data)
     except ValidationError as exc:
@@ -108,6 +109,12 @@ def parse_job(
         except Exception as exc:
             raise InvalidJob(f"{envelope.task} payload refused: {type(exc).__name__}: {str(exc)[:120]!r}") from exc
     return Job(envelope.id or default_id, group, envelope.task, envelope.payload, envelope.key, envelope.cost)
+
+
+def _may_be_unsendable(body: str) -> bool:
+    """Whether `check_sendable` could refuse what this body decodes to. The body itself encoded as UTF-8, so a lone
+    surrogate can only come from a `\\u` escape; and nesting N levels deep takes at least N brackets."""
+    return "\\u" in body or body.count("{") + body.count("[") > MAX_JSON_DEPTH
 
 
 def check_sendable(data: Any) -> None:

@@ -58,15 +58,16 @@ class Ledger:
         return math.floor(t / self.bucket_s + _EPS)
 
     def add(self, t: float, n: int = 1) -> None:
-        self.add_index(self.index(t), n)
+        self.add_index(math.floor(t / self.bucket_s + _EPS), n)  # self.index(t), inline: once per ledger per call
 
     def add_index(self, idx: int, n: int) -> None:
         entries = self.entries
-        if entries and entries[-1][0] == idx:
-            before = entries[-1][1]
-            entries[-1][1] = max(0, before + n)
-            self.total += entries[-1][1] - before
-        elif not entries or entries[-1][0] < idx:
+        last = entries[-1] if entries else None
+        if last is not None and last[0] == idx:
+            before = last[1]
+            last[1] = max(0, before + n)
+            self.total += last[1] - before
+        elif last is None or last[0] < idx:
             if n > 0:
                 entries.append([idx, n])
                 self.total += n
@@ -321,6 +322,38 @@ class Limit:
     learned: bool = False  # an auto tier: never below one call per window, whatever the call's cost
 
 
+class _InForce:
+    """The limits in force for one state of the learned limits and the API's policies, with what pacing derives
+    from them alone: built once per change of that state (the planner asks several times per slot)."""
+
+    __slots__ = ("counted", "key", "learned", "ledger_ids", "limits", "lowest", "rate_per_s", "spacing_s")
+
+    def __init__(self, key: tuple[Any, ...], limits: list[Limit]):
+        self.key = key
+        self.limits = limits
+        self.spacing_s = Scope._spacing(limits)
+        self.learned = any(lim.learned for lim in limits)
+        self.lowest = min((lim.limit for lim in limits), default=None)
+        self.ledger_ids = frozenset(id(lim.ledger) for lim in limits)
+        # Each ledger once (a configured tier and the API's policy of the same window share one): the first
+        # limit's period rule, and pruned at the widest margin of the limits counted in it.
+        counted: dict[int, tuple[Ledger, bool, float, float]] = {}
+        for lim in limits:
+            if id(lim.ledger) not in counted:
+                widest = max(m.margin_s for m in limits if m.ledger is lim.ledger)
+                counted[id(lim.ledger)] = (lim.ledger, lim.aligned, lim.margin_s, widest)
+        self.counted = tuple(counted.values())
+        if not limits:
+            self.rate_per_s = math.inf
+        elif self.lowest is not None and self.lowest <= 0:
+            self.rate_per_s = 0.0
+        else:
+            self.rate_per_s = min(min(lim.limit / lim.span_s for lim in limits), 1.0 / self.spacing_s)
+
+
+_NOTHING_LEARNED_OR_SAID = ((), ())  # the key of the limits in force without auto tiers or the API's policies
+
+
 class Meter:
     """One scope's pacing state: ledgers, the last slot and its cost, learned limits, the API's word."""
 
@@ -402,21 +435,26 @@ class Scope:
         keep |= {ledger_key(int(p.window_s), False) for p in meter.api.policies}
         meter.forget_except(keep)
         self._auto = [t for t in tiers if t.limit is None]
-        # The limits in force only change with a learned limit or the API's policies: built once per change
-        # (the planner asks several times per slot).
-        self._limits_cache: tuple[tuple[Any, ...], list[Limit], float] | None = None
+        self._standing_keys = tuple(ledger_key(w, False) for w in standing)
+        # The limits in force only change with a learned limit or the API's policies: built once per change.
+        self._in_force_cache: _InForce | None = None
 
     def limits(self, now: float) -> list[Limit]:
         """Every window in force: configured tiers (learned limits resolved) and the API's policies."""
+        return self._in_force(now).limits
+
+    def _in_force(self, now: float) -> _InForce:
         api = self.meter.api
         policies = api.active_policies(now) if api.policies else []
-        key = (tuple(self.meter.learned_for(t).limit for t in self._auto), tuple((p.limit, p.window_s) for p in policies))
-        cached = self._limits_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        out = self._build_limits(policies)
-        self._limits_cache = (key, out, self._spacing(out))
-        return out
+        if self._auto or policies:
+            key = (tuple(self.meter.learned_for(t).limit for t in self._auto), tuple((p.limit, p.window_s) for p in policies))
+        else:
+            key = _NOTHING_LEARNED_OR_SAID
+        cached = self._in_force_cache
+        if cached is not None and cached.key == key:
+            return cached
+        self._in_force_cache = _InForce(key, self._build_limits(policies))
+        return self._in_force_cache
 
     def _build_limits(self, policies: list[ApiPolicy]) -> list[Limit]:
         out = []
@@ -442,9 +480,9 @@ class Scope:
 
     def spacing_s(self, limits: list[Limit]) -> float:
         """Seconds per unit at the finest window's rate (even spacing); 0 without limits."""
-        cached = self._limits_cache
-        if cached is not None and limits is cached[1]:
-            return cached[2]
+        cached = self._in_force_cache
+        if cached is not None and limits is cached.limits:
+            return cached.spacing_s
         return self._spacing(limits)
 
     @staticmethod
@@ -456,12 +494,18 @@ class Scope:
 
     def earliest(self, t: float, cost: int) -> float:
         """The earliest time >= t this scope allows a call of `cost` units (inf: never, at these limits)."""
-        limits = [replace(lim, limit=max(lim.limit, cost)) if lim.learned else lim for lim in self.limits(t)]
-        if any(lim.limit < cost for lim in limits):
+        force = self._in_force(t)
+        limits = force.limits
+        if force.learned:
+            limits = [replace(lim, limit=max(lim.limit, cost)) if lim.learned else lim for lim in limits]
+            if any(lim.limit < cost for lim in limits):
+                return math.inf
+        elif force.lowest is not None and cost > force.lowest:
             return math.inf
         meter = self.meter
         if meter.last_slot is not None:
-            t = max(t, meter.last_slot + meter.last_cost * self.spacing_s(limits))
+            spacing_s = self._spacing(limits) if force.learned else force.spacing_s
+            t = max(t, meter.last_slot + meter.last_cost * spacing_s)
         t = self._api_budget(t, cost)
         for _ in range(10_000):
             moved = False
@@ -497,22 +541,17 @@ class Scope:
 
     def take(self, slot: float, cost: int) -> None:
         meter = self.meter
-        limits = self.limits(slot)
-        in_use = {id(lim.ledger) for lim in limits}
-        for window_s in self.standing:
-            ledger = meter.ledgers[ledger_key(window_s, False)]
-            if id(ledger) not in in_use:
+        force = self._in_force(slot)
+        for key in self._standing_keys:
+            ledger = meter.ledgers[key]
+            if id(ledger) not in force.ledger_ids:
                 ledger.add(slot, cost)
                 ledger.prune(slot)
-        counted: set[int] = set()
-        for lim in limits:
-            if id(lim.ledger) in counted:
-                continue  # a configured tier and the API's policy of the same window share one ledger
-            counted.add(id(lim.ledger))
-            lim.ledger.add(slot, cost)
-            if lim.aligned and lim.ledger.index(slot + lim.margin_s) != lim.ledger.index(slot):
-                lim.ledger.add(slot + lim.margin_s, cost)  # it may arrive in the next period: count it there too
-            lim.ledger.prune(slot, max(m.margin_s for m in limits if m.ledger is lim.ledger))
+        for ledger, aligned, margin_s, widest_margin_s in force.counted:
+            ledger.add(slot, cost)
+            if aligned and ledger.index(slot + margin_s) != ledger.index(slot):
+                ledger.add(slot + margin_s, cost)  # it may arrive in the next period: count it there too
+            ledger.prune(slot, widest_margin_s)
         meter.last_slot, meter.last_cost = slot, cost
         meter.recent.append((slot, cost))
         if meter.api.budget is not None:
@@ -532,12 +571,7 @@ class Scope:
         self.meter.dirty = True
 
     def rate_per_s(self, now: float) -> float:
-        limits = self.limits(now)
-        if not limits:
-            return math.inf
-        if any(lim.limit <= 0 for lim in limits):
-            return 0.0
-        return min(min(lim.limit / lim.span_s for lim in limits), 1.0 / self.spacing_s(limits))
+        return self._in_force(now).rate_per_s
 
     def wait_for(self, now: float, calls: int) -> float:
         """About how long until `calls` more calls can all have gone (how long a message received now may
@@ -602,19 +636,27 @@ class Pacer:
 
     def next_slot(self, earliest: float, key: str | None = None, cost: int = 1) -> float | None:
         """The earliest time >= `earliest` a call of this key and cost may be sent; None: never at these limits."""
+        return self.next_slot_and_stage(earliest, key, cost)[0]
+
+    def next_slot_and_stage(self, earliest: float, key: str | None = None, cost: int = 1) -> tuple[float | None, float]:
+        """`next_slot`, and the earliest time >= `earliest` the stage alone allows (the planner sets a key aside
+        when its own tiers hold the call later than that): one pass instead of asking the stage twice."""
         t = earliest
         key_scope = self.key_scope(key)
+        stage_alone: float | None = None
         for _ in range(10_000):
             t_stage = self.stage.earliest(t, cost)
+            if stage_alone is None:
+                stage_alone = t_stage
             if math.isinf(t_stage):
-                return None
+                return None, stage_alone
             if key_scope is None:
-                return t_stage
+                return t_stage, stage_alone
             t_key = key_scope.earliest(t_stage, cost)
             if math.isinf(t_key):
-                return None
+                return None, stage_alone
             if t_key <= t_stage + _EPS:
-                return t_stage
+                return t_stage, stage_alone
             t = t_key
         raise RuntimeError("pacing did not converge")  # pragma: no cover
 

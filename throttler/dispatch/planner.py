@@ -123,11 +123,11 @@ class Planner:
         if plan.bytes + held.spec_bytes > request.max_bytes:
             plan.full = True
             return _STOP
-        slot = self.pacer.next_slot(stage_slot, held.key, held.cost)
+        slot, stage_alone = self.pacer.next_slot_and_stage(stage_slot, held.key, held.cost)
         if slot is None:
             plan.key_next[key] = None
             return None
-        if slot > self.pacer.stage.earliest(stage_slot, held.cost) + _EPS:  # the key's own tiers: set it aside
+        if slot > stage_alone + _EPS:  # the key's own tiers: set it aside
             if slot >= request.end:
                 plan.key_next[key] = slot
             else:

@@ -133,22 +133,26 @@ class CountingStateStore(MemoryStateStore):
         self.requests = requests
         self.meter = meter
 
-    # -- helpers
+    # -- helpers (sizing items for request units is the table's side of the bill: charged to the twin)
     def _size(self, pk: str) -> int:
-        return item_size(self.items.get(pk))
+        with self.meter.section(TWIN):
+            return item_size(self.items.get(pk))
 
     def _batch_get(self, pks: Sequence[str]) -> None:
-        unique = list(dict.fromkeys(pks))
-        for start in range(0, len(unique), 100):
-            chunk = unique[start : start + 100]
-            self.requests.add("dynamodb", "BatchGetItem", rru=sum(read_units(self._size(pk)) for pk in chunk))
+        with self.meter.section(TWIN):
+            unique = list(dict.fromkeys(pks))
+            for start in range(0, len(unique), 100):
+                chunk = unique[start : start + 100]
+                self.requests.add("dynamodb", "BatchGetItem", rru=sum(read_units(self._size(pk)) for pk in chunk))
 
     def _batch_write(self, pks: Sequence[str], sizes: Sequence[int]) -> None:
-        for start in range(0, len(pks), 25):
-            self.requests.add("dynamodb", "BatchWriteItem", wru=sum(write_units(s) for s in sizes[start : start + 25]))
+        with self.meter.section(TWIN):
+            for start in range(0, len(pks), 25):
+                self.requests.add("dynamodb", "BatchWriteItem", wru=sum(write_units(s) for s in sizes[start : start + 25]))
 
     def _write(self, action: str, pk: str, before: int) -> None:
-        self.requests.add("dynamodb", action, wru=write_units(max(before, self._size(pk))))
+        with self.meter.section(TWIN):
+            self.requests.add("dynamodb", action, wru=write_units(max(before, self._size(pk))))
 
     # -- control
     def read_control(self) -> Control:
