@@ -281,6 +281,7 @@ class LocalStack:
         return Settings.from_env(self.env)
 
     def _provision(self) -> None:
+        from throttler.dispatch.handover import SUCCESSION_AHEAD_S
         from throttler_tools.provision import provision
         from throttler_tools.stackdef import stage_definition
 
@@ -294,9 +295,9 @@ class LocalStack:
         self.env.update(provision(self.client("sqs"), self.client("dynamodb"), STAGE))
         if self.env.get("DEFAULT_QUOTAS") and "margin_ms" not in self.env["DEFAULT_QUOTAS"]:
             self.env["DEFAULT_QUOTAS"] += f" margin_ms={LOCAL_MARGIN_MS}"
-        # Each run lasts about one tick (SPEC): its budget ends before the run two ticks later, so the next
-        # tick's run always asks for the lease (runs on AWS last their 290 s budget, to save hand-overs).
-        budget = min(float(self.env.get("RUN_BUDGET_S", "290")), 2 * self.tick_s)
+        # Each run lasts about one tick (SPEC): with a budget under SUCCESSION_AHEAD_S the next tick's run always
+        # asks for the lease (runs on AWS last their 290 s budget, to save hand-overs).
+        budget = min(float(self.env.get("RUN_BUDGET_S", "290")), SUCCESSION_AHEAD_S - 10)
         self.env["RUN_BUDGET_S"] = f"{budget:g}"
         self.env.update(self.extra_env)
 
