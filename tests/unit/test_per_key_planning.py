@@ -100,6 +100,29 @@ def test_backlogged_keys_share_the_stage_in_proportion_to_their_weights(key_weig
         assert abs(share - weight / total_w) <= 0.05 * weight / total_w + 0.002, (key, share, weight / total_w)
 
 
+def test_heavier_keys_keep_their_weight_when_their_own_tier_spaces_their_calls() -> None:
+    # Issue 13 bench: each key's second=25 spaces its calls 40 ms apart, so a key weighing 2 cannot take two
+    # slots in a row; set aside, it lost its credit each time and every key got the same share.
+    keys = {"a": 1, "b": 2, "c": 2, "d": 1}
+    item = {"second": 60, "per_key": {"second": 25}, "keys": {k: {"weight": w} for k, w in keys.items()}}
+    bench = Bench(item, {k: 3000 for k in keys}, groups_per_key=20)
+    bench.run(30)
+    counts = Counter(k for k, _ in bench.sent)
+    for key, weight in keys.items():  # 10 and 20 calls/s: below each key's own 25/s
+        share = counts[key] / len(bench.sent)
+        assert abs(share - weight / 6) <= 0.05 * weight / 6, (key, share, weight / 6)
+
+
+def test_a_key_capped_by_its_own_tier_takes_its_cap_and_the_rest_follow_their_weights() -> None:
+    keys = {"capped": 3, "a": 1, "b": 2}
+    item = {"second": 60, "keys": {"capped": {"second": 5, "weight": 3}, "a": {"weight": 1}, "b": {"weight": 2}}}
+    bench = Bench(item, {k: 3000 for k in keys}, groups_per_key=20)
+    bench.run(30)
+    rate = {k: n / 30 for k, n in Counter(k for k, _ in bench.sent).items()}
+    assert 4.7 <= rate["capped"] <= 5.0, rate
+    assert abs(rate["b"] / rate["a"] - 2) <= 0.1, rate
+
+
 def test_a_key_without_room_does_not_hold_the_others_back() -> None:
     bench = Bench({"second": 20, "keys": {"slow": {"minute": 2}}}, {"slow": 50, "fast": 50})
     bench.run(10)

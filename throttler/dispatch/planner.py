@@ -81,7 +81,9 @@ class Planner:
 
     def plan(self, inbox: Inbox, request: PlanRequest) -> Plan:
         walk = _Walk(inbox, request, KeyQueue(self.fair))
-        for fair_key in inbox.keys():
+        keys = inbox.keys()
+        self.fair.backlogged(keys)
+        for fair_key in keys:
             paused = request.key_paused_until.get(fair_key)
             if paused is not None and paused > request.start:
                 walk.plan.key_next[fair_key] = paused
@@ -139,7 +141,7 @@ class Planner:
         if group not in walk.cursor:
             walk.budget -= 1
         self.pacer.take(slot, held.key, held.cost)
-        self.fair.served(key, held.cost, self.weight(key))
+        self.fair.served(key, held.cost, self.weight(key), slot)
         plan.jobs.append((held, slot))
         plan.bytes += held.spec_bytes
         walk.cursor[group] = walk.cursor.get(group, 0) + 1

@@ -112,7 +112,8 @@ def render(report: dict[str, Any], console: Any) -> None:
         other.add_row(
             f"keys: {int(count):,}",
             f"violations {r['violations_stage']}+{r['violations_key']}, global use "
-            f"{_fmt(r['global_quota_use'], 4)}, Jain {_fmt(r['fairness_jain'], 3)}, light p99 {_fmt(r['light_wait_p99_s'])} s, "
+            f"{_fmt(r['global_quota_use'], 4)} (steady {_fmt(r['global_quota_use_steady'], 4)}), "
+            f"Jain {_fmt(r['fairness_jain'], 3)}, light p99 {_fmt(r['light_wait_p99_s'])} s, "
             f"{_fmt(r['reservation_writes_per_s'])} reservations/s, ${_fmt(r['usd_per_million_jobs'], 3)}/M",
         )
     steady, halved = report["adaptive"]["steady"], report["adaptive"]["halved"]
