@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter, defaultdict
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from throttler.core.fairness import NO_KEY, FairShare
@@ -60,6 +60,9 @@ weights = st.lists(st.integers(1, 5), min_size=2, max_size=5)
 
 @settings(max_examples=40, deadline=None)
 @given(stage=tiers, per_key=tiers, key_weights=weights)
+# Found by this test (on 3ef82af too): keys bursting through `second` together all waited out `5s` at once.
+@example(stage={"second": 7}, per_key={"5s": 9, "second": 3}, key_weights=[1, 2, 2, 2])
+@example(stage={"second": 7}, per_key={"5s": 9, "second": 3}, key_weights=[1, 1, 2, 2])
 def test_no_window_over_its_limit_at_either_level_and_the_stage_is_used(
     stage: dict, per_key: dict, key_weights: list[int]
 ) -> None:

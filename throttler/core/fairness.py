@@ -20,7 +20,9 @@ import itertools
 from collections.abc import Iterable
 
 NO_KEY = ""  # jobs without a key share the stage as one more key (weight 1)
-CREDIT_S = 2.0  # a backlogged key's credit spans about a batch and a call: the gaps its groups leave
+# A backlogged key keeps its credit across the gaps its own tier's spacing leaves (25/s: 40 ms), not across
+# a spent window: that would bunch the keys' windows and leave the stage idle (test_per_key_planning).
+CREDIT_S = 0.1
 
 
 class FairShare:

@@ -328,10 +328,10 @@ class _InForce:
 
     __slots__ = ("counted", "key", "learned", "ledger_ids", "limits", "lowest", "rate_per_s", "spacing_s")
 
-    def __init__(self, key: tuple[Any, ...], limits: list[Limit]):
+    def __init__(self, key: tuple[Any, ...], limits: list[Limit], steady: bool = False):
         self.key = key
         self.limits = limits
-        self.spacing_s = Scope._spacing(limits)
+        self.spacing_s = Scope._spacing(limits, steady)
         self.learned = any(lim.learned for lim in limits)
         self.lowest = min((lim.limit for lim in limits), default=None)
         self.ledger_ids = frozenset(id(lim.ledger) for lim in limits)
@@ -423,8 +423,19 @@ class Meter:
 class Scope:
     """A meter bound to the tiers that apply to it under one configuration."""
 
-    def __init__(self, meter: Meter, tiers: tuple[Tier, ...], standing: tuple[int, ...] = (), donors: Iterable[Ledger] = ()):
+    def __init__(
+        self,
+        meter: Meter,
+        tiers: tuple[Tier, ...],
+        standing: tuple[int, ...] = (),
+        donors: Iterable[Ledger] = (),
+        steady: bool = False,
+    ):
         self.meter = meter
+        # A key's calls are spaced at its slowest window's rate, not in bursts at its finest: keys bursting
+        # through their short windows together would all wait out their longer ones at once, and leave the
+        # stage idle (test_per_key_planning). The stage's own calls burst as its finest tier allows.
+        self.steady = steady
         self.tiers = tiers
         self.standing = standing
         donor_list = list(donors)
@@ -453,7 +464,7 @@ class Scope:
         cached = self._in_force_cache
         if cached is not None and cached.key == key:
             return cached
-        self._in_force_cache = _InForce(key, self._build_limits(policies))
+        self._in_force_cache = _InForce(key, self._build_limits(policies), self.steady)
         return self._in_force_cache
 
     def _build_limits(self, policies: list[ApiPolicy]) -> list[Limit]:
@@ -483,14 +494,18 @@ class Scope:
         cached = self._in_force_cache
         if cached is not None and limits is cached.limits:
             return cached.spacing_s
-        return self._spacing(limits)
+        return self._spacing(limits, self.steady)
 
     @staticmethod
-    def _spacing(limits: list[Limit]) -> float:
+    def _spacing(limits: list[Limit], steady: bool = False) -> float:
         if not limits:
             return 0.0
+        if any(lim.limit <= 0 for lim in limits):
+            return math.inf
+        if steady:
+            return max(lim.span_s / lim.limit for lim in limits)
         finest = min(limits, key=lambda lim: (lim.window_s, lim.limit))
-        return finest.span_s / finest.limit if finest.limit > 0 else math.inf
+        return finest.span_s / finest.limit
 
     def earliest(self, t: float, cost: int) -> float:
         """The earliest time >= t this scope allows a call of `cost` units (inf: never, at these limits)."""
@@ -504,7 +519,7 @@ class Scope:
             return math.inf
         meter = self.meter
         if meter.last_slot is not None:
-            spacing_s = self._spacing(limits) if force.learned else force.spacing_s
+            spacing_s = self._spacing(limits, self.steady) if force.learned else force.spacing_s
             t = max(t, meter.last_slot + meter.last_cost * spacing_s)
         t = self._api_budget(t, cost)
         for _ in range(10_000):
@@ -620,7 +635,7 @@ class Pacer:
         assert key is not None
         scope = self._key_scopes.get(key)
         if scope is None:
-            scope = self._key_scopes[key] = Scope(self._key_meter(key), self.config.key_quota(key).tiers)
+            scope = self._key_scopes[key] = Scope(self._key_meter(key), self.config.key_quota(key).tiers, steady=True)
         return scope
 
     def forget_key(self, key: str) -> None:

@@ -95,6 +95,17 @@ class InForce:
         config = self.config
         return (config.latency if config is not None and config.latency else None) or self.s.default_latency
 
+    def burst_rate(self, now: float, unbounded: float = 100.0) -> float:
+        """The stage's calls per second while its finest window has room (a minute tier may go at the second
+        tier's rate for a while, then wait)."""
+        assert self.pacer is not None
+        stage = self.pacer.stage
+        limits = stage.limits(now)
+        spacing = stage.spacing_s(limits) if limits else 0.0
+        if any(lim.limit <= 0 for lim in limits):
+            return 0.0
+        return 1.0 / spacing if spacing > 0 else unbounded
+
     def rate(self, now: float, unbounded: float = 100.0) -> float:
         """The stage's long-run calls per second (`unbounded` when no tier bounds it)."""
         assert self.pacer is not None

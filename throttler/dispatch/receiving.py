@@ -74,7 +74,9 @@ class Receiver:
         return base
 
     def held_target(self) -> int:
-        rate = self.in_force.rate(self.clock.now())
+        """Enough for the next batches at the rate the stage sends while its windows have room: a batch
+        planned short of ready jobs costs as many requests as a full one."""
+        rate = self.in_force.burst_rate(self.clock.now())
         return min(MAX_HELD, math.ceil(rate * (2 * self.horizon() + 1)) + 10)
 
     def visibility(self, now: float, unfiled: int = 0) -> int:
