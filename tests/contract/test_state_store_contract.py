@@ -89,6 +89,22 @@ def test_the_latest_429_is_kept_whoever_writes_last(records: WorkerRecords, stor
     assert signal == ThrottleSignal(20.0, None, "b2", "tenant")
 
 
+def test_a_second_stage_wide_429_with_a_shorter_retry_after_does_not_shorten_the_pause(
+    records: WorkerRecords, store: StateStore
+) -> None:
+    # Found by the review of issue 12: the 429 of a call already in flight (Retry-After 1) replaced the first
+    # (Retry-After 30) and batches went on calling 1.6-2.7 s after the first 429.
+    records.throttle(ThrottleSignal(31.915, 30.0, "b51"), now=31.915)
+    records.throttle(ThrottleSignal(31.965, 1.0, "b51"), now=31.965)
+    assert store.read_control().throttle == ThrottleSignal(31.915, 30.0, "b51")
+    records.throttle(ThrottleSignal(70.0, 1.0, "b60"), now=70.0)  # after that pause: the new one counts
+    assert store.read_control().throttle == ThrottleSignal(70.0, 1.0, "b60")
+    records.throttle(ThrottleSignal(70.5, None, "b61"), now=70.5)  # no Retry-After: ends before 71
+    assert store.read_control().throttle == ThrottleSignal(70.0, 1.0, "b60")
+    records.throttle(ThrottleSignal(72.0, None, "b62"), now=72.0)
+    assert store.read_control().throttle == ThrottleSignal(72.0, None, "b62")
+
+
 def test_a_throttle_record_dated_far_ahead_gives_way_to_a_real_429_and_is_bounded_when_read(
     records: WorkerRecords, store: StateStore
 ) -> None:

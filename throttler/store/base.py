@@ -47,6 +47,22 @@ class ThrottleSignal:
     batch_id: str
     key: str | None = None
 
+    @property
+    def ends_at(self) -> float:
+        """When its Retry-After ends (its time, without one). Of two stage-wide signals, the record keeps the
+        one that ends later: a second 429 with a shorter Retry-After must not shorten the pause."""
+        retry = self.retry_after_s
+        return self.at + (min(max(0.0, retry), MAX_THROTTLE_S) if retry is not None and math.isfinite(retry) else 0.0)
+
+    def replaces(self, stored: ThrottleSignal, now: float | None = None) -> bool:
+        """Whether this signal takes the shared record's place: a stage-wide one in place of a stage-wide one
+        that ends sooner; otherwise the newer one; always in place of a record dated implausibly far ahead."""
+        if stored.at > max(self.at, now or self.at) + THROTTLE_SKEW_S:
+            return True
+        if self.key is None and stored.key is None:
+            return self.ends_at > stored.ends_at
+        return self.at > stored.at
+
 
     def bounded(self, now: float) -> ThrottleSignal:
         """This signal as far as a reader may trust it: dated no later than now + THROTTLE_SKEW_S, and a

@@ -483,19 +483,30 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         )
 
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
-        body: dict[str, Any] = {"pk": THROTTLE_KEY, "at": signal.at, "batch": signal.batch_id}
+        body: dict[str, Any] = {"pk": THROTTLE_KEY, "at": signal.at, "batch": signal.batch_id, "ends": signal.ends_at}
         if signal.retry_after_s is not None:
             body["retry_after_s"] = signal.retry_after_s
         if signal.key is not None:
             body["key"] = signal.key
+        # ThrottleSignal.replaces, as a condition: a record dated implausibly far ahead (a clock gone wrong, a
+        # forged write) gives way to a real 429; of two stage-wide signals the later end stays; else the newer.
+        newer = "#at < :at"
+        if signal.key is None:
+            newer = (
+                "((attribute_exists(#key) OR attribute_not_exists(#ends)) AND #at < :at)"  # a key's, or an older format
+                " OR (attribute_not_exists(#key) AND #ends < :ends)"
+            )
         self._conditional(
             "put_item",
             TableName=self._table,
             Item=_item(body),
-            # A record dated implausibly far ahead (a clock gone wrong, a forged write) gives way to a real 429.
-            ConditionExpression="attribute_not_exists(pk) OR #at < :at OR #at > :ahead",
-            ExpressionAttributeNames={"#at": "at"},
-            ExpressionAttributeValues={":at": _n(signal.at), ":ahead": _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S)},
+            ConditionExpression=f"attribute_not_exists(pk) OR #at > :ahead OR {newer}",
+            ExpressionAttributeNames={"#at": "at", **({"#key": "key", "#ends": "ends"} if signal.key is None else {})},
+            ExpressionAttributeValues={
+                ":at": _n(signal.at),
+                ":ahead": _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S),
+                **({":ends": _n(signal.ends_at)} if signal.key is None else {}),
+            },
         )
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:

@@ -21,7 +21,6 @@ from throttler.store.base import (
     QUOTAS_KEY,
     STAGE_KEY,
     THROTTLE_KEY,
-    THROTTLE_SKEW_S,
     TTL_ATTRIBUTE,
     USAGE_KEY,
     BatchRecord,
@@ -84,10 +83,9 @@ class _MemoryControl:
             self.items.pop(THROTTLE_KEY, None)
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
-        ahead = max(signal.at, now or signal.at) + THROTTLE_SKEW_S
         with self._lock:
-            current = self.items.get(THROTTLE_KEY)
-            if current is not None and signal.at <= float(current["at"]) <= ahead:
+            current = _throttle(self.items.get(THROTTLE_KEY))
+            if current is not None and not signal.replaces(current, now):
                 return
             self.items[THROTTLE_KEY] = {
                 "pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
