@@ -88,8 +88,6 @@ def summary_fields(summary: dict[str, Any]) -> list[str]:
     parts = []
     if summary.get("end_reason"):
         parts.append(f"end={summary['end_reason']}")
-    if summary.get("lease_held_elsewhere"):
-        parts.append("lease held elsewhere")
     parts += [f"{name}={summary[name]}" for name in SUMMARY_FIELDS if summary.get(name)]
     if summary.get("handed_over_to"):
         parts.append("handed over")

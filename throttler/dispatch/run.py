@@ -179,7 +179,9 @@ class ThrottlerRun:
                 extra={"holder": holder.owner if holder else None, "holder_runs_until": holder.runs_until if holder else None},
             )
             self.summary.lease_held_elsewhere = True
+            self.summary.end_reason = "holder goes on" if outcome is LeaseOutcome.NOT_NEEDED else "lease held elsewhere"
             self.phase = Phase.DONE
+            self.summary.finish(self, now)
             return None
         self.phase = Phase.WAIT_LEASE
         return Wake(now + POLL_S)
