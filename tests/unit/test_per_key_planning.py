@@ -167,3 +167,13 @@ def test_a_batch_is_sized_in_the_bytes_lambda_counts() -> None:
         bench.inbox.add(Held(msg, f"j{n}", None, 1, JobSpec(f"j{n}", f"g{n}", body, 0.0, 0.0).size_bytes(), 1e12, 0.0))
     plan = bench.planner.plan(bench.inbox, PlanRequest(0.0, 1.0, latency_s=0.0))
     assert plan.full and 0 < plan.bytes <= MAX_BATCH_BYTES
+
+
+def test_a_key_with_a_day_tier_still_sends_a_few_jobs_at_its_finest_rate() -> None:
+    # Keys are paced evenly over their short windows only (pacing.STEADY_WINDOW_S): over a day tier, a key's
+    # ten jobs would go one every 8.6 s.
+    bench = Bench({"second": 100, "per_key": {"second": 5, "day": 10000}}, {"k0": 10}, groups_per_key=10)
+    bench.run(3)
+    times = sorted(t for _, t in bench.sent)
+    assert len(times) == 10 and times[-1] < 2.5
+    assert max_in_any_window(times, 1.0) <= 5

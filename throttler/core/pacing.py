@@ -31,6 +31,7 @@ RECENT_SLOTS_KEPT = 20_000  # for counting calls sent after the call an API head
 API_POLICY_TTL_S = 120.0  # the API's policy stays in force this long after a response last stated it
 MAX_API_POLICIES = 8  # policies the API stated that are followed at once (each has a ledger in the usage item)
 MAX_API_RESET_S = 86400.0
+STEADY_WINDOW_S = 10  # a key's calls are spaced evenly over its windows up to this long (Scope.steady)
 _EPS = 1e-9
 
 
@@ -432,9 +433,10 @@ class Scope:
         steady: bool = False,
     ):
         self.meter = meter
-        # A key's calls are spaced at its slowest window's rate, not in bursts at its finest: keys bursting
-        # through their short windows together would all wait out their longer ones at once, and leave the
-        # stage idle (test_per_key_planning). The stage's own calls burst as its finest tier allows.
+        # A key's calls are spaced at the rate of its slowest window of up to STEADY_WINDOW_S, not in bursts at
+        # its finest: keys bursting through `second` together would all wait out their `5s` at once and leave
+        # the stage idle (test_per_key_planning). Longer windows (a minute, a day) do not slow a key's bursts:
+        # a light key's few jobs still go at its finest rate. The stage's own calls burst as its finest tier allows.
         self.steady = steady
         self.tiers = tiers
         self.standing = standing
@@ -502,8 +504,9 @@ class Scope:
             return 0.0
         if any(lim.limit <= 0 for lim in limits):
             return math.inf
-        if steady:
-            return max(lim.span_s / lim.limit for lim in limits)
+        short = [lim for lim in limits if lim.window_s <= STEADY_WINDOW_S]
+        if steady and short:
+            return max(lim.span_s / lim.limit for lim in short)
         finest = min(limits, key=lambda lim: (lim.window_s, lim.limit))
         return finest.span_s / finest.limit
 
