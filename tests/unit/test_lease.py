@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from throttler.dispatch.handover import SUCCESSION_AHEAD_S, Lease, LeaseOutcome
+from throttler.dispatch.handover import FRESH_LEASE_S, SUCCESSION_AHEAD_S, Lease, LeaseOutcome
 from throttler.store.memory import MemoryStateStore
 
 
@@ -42,3 +42,15 @@ def test_a_renewal_keeps_the_deadline_and_an_expired_holder_is_replaced_at_once(
     assert lease is not None and lease.runs_until == 290.0 and lease.expires_at == 40.0
     # A holder that died stops renewing: after its lease expires the next run takes it, whatever it said.
     assert Lease(store, "run-2", runs_until=400.0).try_acquire(41.0) is LeaseOutcome.HELD
+
+
+def test_a_holder_that_missed_its_renewal_is_asked_for_the_lease_not_left_to_the_next_minute() -> None:
+    # Found by the review of issue 12: a dead holder's lease ran on for up to 30 s with its deadline far ahead,
+    # so the scheduled runs in between ended at once and dispatch waited for the next one (about 90 s in all).
+    store = MemoryStateStore()
+    holder = Lease(store, "run-1", runs_until=290.0)
+    assert holder.try_acquire(0.0) is LeaseOutcome.HELD  # then it dies: no renewal at 10 s
+    assert Lease(store, "run-2", runs_until=350.0).try_acquire(0.0 + 30.0 - FRESH_LEASE_S - 0.1) is LeaseOutcome.NOT_NEEDED
+    late = Lease(store, "run-3", runs_until=360.0)
+    assert late.try_acquire(30.0 - FRESH_LEASE_S + 0.1) is LeaseOutcome.WAITING  # renewal overdue: it asks and waits
+    assert late.try_acquire(30.1) is LeaseOutcome.HELD  # and takes the lease when it expires

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from throttler.dispatch.timing import QUIET_REFRESH_S
 from throttler.store.base import LeaseState, StateStore
 
 LEASE_TTL_S = 30.0
@@ -24,6 +25,10 @@ WAIT_GRACE_S = 5.0
 # A holder with longer than this to go needs no successor yet: the schedule (every minute) brings another
 # run before it must stop, with one to spare should a scheduled run come late or not at all.
 SUCCESSION_AHEAD_S = 120.0
+# A live holder renews within LEASE_RENEW_S plus one control read (at most 4 s apart): a lease with less left
+# than this was not renewed on time, and its holder may be dead: ask for it (and take it when it expires)
+# rather than leave the stage to the next scheduled run.
+FRESH_LEASE_S = LEASE_TTL_S - LEASE_RENEW_S - QUIET_REFRESH_S - 0.5
 
 
 class LeaseOutcome(StrEnum):
@@ -48,7 +53,8 @@ class Lease:
             self.renewed_at, self.waiting_since, self.holder = now, None, None
             return LeaseOutcome.HELD
         self.holder = state
-        if self.waiting_since is None and state.successor is None and (state.runs_until or 0.0) > now + SUCCESSION_AHEAD_S:
+        goes_on = (state.runs_until or 0.0) > now + SUCCESSION_AHEAD_S and state.expires_at - now >= FRESH_LEASE_S
+        if self.waiting_since is None and state.successor is None and goes_on:
             return LeaseOutcome.NOT_NEEDED
         if self.waiting_since is None:
             self.waiting_since = now
