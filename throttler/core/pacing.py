@@ -591,6 +591,12 @@ class Scope:
     def rate_per_s(self, now: float) -> float:
         return self._in_force(now).rate_per_s
 
+    def burst_rate_per_s(self, now: float) -> float:
+        """Calls per second while the finest window has room (a minute tier may go at the second tier's rate
+        for a while, then wait); inf without limits."""
+        spacing = self._in_force(now).spacing_s
+        return 1.0 / spacing if spacing > 0 else math.inf
+
     def wait_for(self, now: float, calls: int) -> float:
         """About how long until `calls` more calls can all have gone (how long a message received now may
         wait): at the fastest rate, and for each window whose room they exceed, whole windows more."""

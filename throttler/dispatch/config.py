@@ -96,15 +96,10 @@ class InForce:
         return (config.latency if config is not None and config.latency else None) or self.s.default_latency
 
     def burst_rate(self, now: float, unbounded: float = 100.0) -> float:
-        """The stage's calls per second while its finest window has room (a minute tier may go at the second
-        tier's rate for a while, then wait)."""
+        """The stage's calls per second while its finest window has room (`unbounded` when no tier bounds it)."""
         assert self.pacer is not None
-        stage = self.pacer.stage
-        limits = stage.limits(now)
-        spacing = stage.spacing_s(limits) if limits else 0.0
-        if any(lim.limit <= 0 for lim in limits):
-            return 0.0
-        return 1.0 / spacing if spacing > 0 else unbounded
+        rate = self.pacer.stage.burst_rate_per_s(now)
+        return unbounded if math.isinf(rate) else rate
 
     def rate(self, now: float, unbounded: float = 100.0) -> float:
         """The stage's long-run calls per second (`unbounded` when no tier bounds it)."""
