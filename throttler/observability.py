@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -16,6 +17,12 @@ from typing import Any, TypeVar, cast
 from aws_lambda_powertools import Logger, Metrics
 
 SERVICE = "throttler"
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB.
+VCPU_MB = 1769
+# An invocation that keeps more of its CPU share busy than this is close to falling behind its quota.
+CPU_SHARE_WARN = 0.7
+# Shorter invocations say nothing about a rate (start-up, an idle run's first look).
+CPU_WATCH_MIN_S = 5.0
 NAMESPACE = "Throttler"
 # Every metric carries `service` (Powertools) and `stage`, so that two stages in one account keep separate
 # series and the alarms of serverless.yml (dimensions service + stage) see only their own stage.
@@ -88,9 +95,36 @@ def composed_handler(compose: Callable[[], Any], body: Callable[[Any, Any, Any],
         if not built:
             built.append(compose())
         set_stage_dimension(built[0].settings.stage)
-        return body(built[0], event, context)
+        cpu, wall = time.process_time(), time.monotonic()
+        try:
+            return body(built[0], event, context)
+        finally:
+            warn_when_cpu_bound(time.process_time() - cpu, time.monotonic() - wall, context)
 
     return handler
+
+
+def cpu_share_used(cpu_s: float, wall_s: float, memory_mb: int) -> float:
+    """The part of its CPU share (from its memory size) an invocation kept busy."""
+    return cpu_s / (wall_s * memory_mb / VCPU_MB)
+
+
+def warn_when_cpu_bound(cpu_s: float, wall_s: float, context: Any) -> float | None:
+    """Log a warning when the function's memory size gives it too little CPU for its rate: the throttler
+    would plan late and the worker call late, so the stage falls short of its quota (never over it)."""
+    memory = getattr(context, "memory_limit_in_mb", None)
+    if not memory or wall_s < CPU_WATCH_MIN_S:
+        return None
+    used = cpu_share_used(cpu_s, wall_s, int(memory))
+    if used > CPU_SHARE_WARN:
+        logger.warning(
+            "CPU-bound: this invocation kept %d%% of its %s MB's CPU share busy; raise the function's memory "
+            "(serverless.yml params throttlerMemory, workerMemory; README, section Cost)",
+            round(100 * used),
+            memory,
+            extra={"cpu_s": round(cpu_s, 3), "wall_s": round(wall_s, 3), "cpu_share_used": round(used, 3)},
+        )
+    return used
 
 
 def remaining_s(context: Any) -> float | None:

@@ -60,7 +60,8 @@ class FakeLambdaContext:
 
     function_name: str
     timeout_s: float
-    memory_limit_in_mb: int = 512
+    # None: both functions share this process with the emulator, so its CPU says nothing of a function's share.
+    memory_limit_in_mb: int | None = None
     aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = field(default_factory=time.monotonic)
     # Once this is set, report at most `remaining_when_cut_s` left: a run starting during shutdown ends at once.

@@ -49,11 +49,25 @@ def test_zipf_backlog_and_percentiles() -> None:
 
 
 def test_the_bill_of_a_run() -> None:
-    one_gb_hour = cost.bill(sqs_chunks=0, rru=0, wru=0, lambda_invocations=0, billed_s=7200)  # 512 MB for 2 h
+    one_gb_hour = cost.bill(sqs_chunks=0, rru=0, wru=0, lambda_invocations=0, gb_s=3600)
     assert one_gb_hour.lambda_gb_s == pytest.approx(3600 * cost.LAMBDA_GB_S)
-    requests = cost.bill(sqs_chunks=2_000_000, rru=8_000_000, wru=1_600_000, lambda_invocations=5_000_000, billed_s=0)
+    requests = cost.bill(sqs_chunks=2_000_000, rru=8_000_000, wru=1_600_000, lambda_invocations=5_000_000, gb_s=0)
     assert requests.total == pytest.approx(1.0 + 1.0 + 1.0 + 1.0)
     assert cost.api_destinations(1_000_000).total == pytest.approx(1.2)
+
+
+def test_a_function_is_billed_at_its_configured_memory_unless_its_cpu_share_cannot_carry_the_rate() -> None:
+    configured = cost.configured_memory_mb("throttler")
+    assert 128 <= configured <= 10240
+    share = configured / cost.VCPU_MB
+    light = cost.Sizing(configured, busy_vcpu=0.1 * share)
+    assert light.billed_mb == configured and light.share_used == pytest.approx(0.1)
+    # Busier than the headroom allows: billed at the next 64 MB step that brings it back to half its share.
+    busy = cost.Sizing(configured, busy_vcpu=0.8 * share)
+    assert busy.billed_mb > configured and busy.billed_mb % cost.MEMORY_STEP_MB == 0
+    assert busy.busy_vcpu / (busy.billed_mb / cost.VCPU_MB) <= cost.CPU_HEADROOM
+    assert busy.busy_vcpu / ((busy.billed_mb - cost.MEMORY_STEP_MB) / cost.VCPU_MB) > cost.CPU_HEADROOM
+    assert cost.Sizing(128, busy_vcpu=0.0).needed_mb == 128  # Lambda's smallest size
 
 
 def test_cpu_meter_charges_nested_sections_exclusively() -> None:

@@ -13,6 +13,8 @@ no free tier counted):
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +27,60 @@ DDB_WRU = 0.625e-6
 DDB_RRU = 0.125e-6
 EVENTBRIDGE_EVENT = 1.00e-6
 API_DESTINATION_INVOCATION = 0.20e-6
-MEMORY_GB = 0.5  # serverless.yml: memorySize 512, architecture arm64 (both functions)
+SEED_MEMORY_GB = 0.5  # the 2019 design's functions, as the old bench billed them
 SECONDS_PER_MONTH = 30 * 86400
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB.
+VCPU_MB = 1769
+# A function should use at most half its CPU share while it runs: the bench measures CPU on this machine's
+# cores, and Lambda's (Graviton) cores, a noisy neighbour or a burst of requests may be slower.
+CPU_HEADROOM = 0.5
+MEMORY_STEP_MB = 64
+
+
+@functools.cache
+def configured_memory_mb(function: str, stage: str = "prod") -> int:
+    """A function's memorySize in serverless.yml for `stage` (params resolved)."""
+    from throttler_tools import stackdef
+
+    raw = stackdef.load_raw()
+    size = raw["functions"][function].get("memorySize", raw["provider"].get("memorySize", 1024))
+    return int(stackdef.resolve(size, stage, raw))
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """One function's memory: what serverless.yml configures, the CPU it was measured to use while it ran
+    (in vCPUs, on this machine), and the memory it is billed at: the configured size, or more when that
+    size's CPU share would be more than CPU_HEADROOM busy (the rate needs a bigger function)."""
+
+    configured_mb: int
+    busy_vcpu: float
+
+    @property
+    def needed_mb(self) -> int:
+        raw = self.busy_vcpu / CPU_HEADROOM * VCPU_MB
+        return max(128, math.ceil(raw / MEMORY_STEP_MB) * MEMORY_STEP_MB)
+
+    @property
+    def billed_mb(self) -> int:
+        return max(self.configured_mb, self.needed_mb)
+
+    @property
+    def share_used(self) -> float:
+        """How busy the configured size's CPU share is (at most CPU_HEADROOM to carry the rate)."""
+        return self.busy_vcpu / (self.configured_mb / VCPU_MB)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "configured_mb": self.configured_mb,
+            "busy_vcpu": round(self.busy_vcpu, 4),
+            "share_used": round(self.share_used, 3),
+            "billed_mb": self.billed_mb,
+        }
+
+
+def sizing(function: str, cpu_s: float, billed_s: float) -> Sizing:
+    return Sizing(configured_memory_mb(function), cpu_s / billed_s if billed_s > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -62,12 +116,13 @@ class Bill:
 
 
 def bill(
-    *, sqs_chunks: int, rru: float, wru: float, lambda_invocations: int, billed_s: float, producer_sqs_requests: int = 0
+    *, sqs_chunks: int, rru: float, wru: float, lambda_invocations: int, gb_s: float, producer_sqs_requests: int = 0
 ) -> Bill:
-    """The bill of a run of the throttler or of seed-2019 (both on SQS, Lambda and, for the throttler, DynamoDB)."""
+    """The bill of a run of the throttler or of seed-2019 (both on SQS, Lambda and, for the throttler, DynamoDB);
+    `gb_s`: each function's billed seconds times its memory in GB."""
     return Bill(
         lambda_requests=lambda_invocations * LAMBDA_REQUEST,
-        lambda_gb_s=billed_s * MEMORY_GB * LAMBDA_GB_S,
+        lambda_gb_s=gb_s * LAMBDA_GB_S,
         sqs=sqs_chunks * SQS_FIFO_REQUEST,
         dynamodb=rru * DDB_RRU + wru * DDB_WRU,
         producers=producer_sqs_requests * SQS_FIFO_REQUEST,
@@ -101,5 +156,8 @@ def prices() -> dict[str, Any]:
         "dynamodb_per_million_rru": DDB_RRU * 1e6,
         "eventbridge_per_million_events": EVENTBRIDGE_EVENT * 1e6,
         "api_destinations_per_million_invocations": API_DESTINATION_INVOCATION * 1e6,
-        "memory_gb": MEMORY_GB,
+        "memory_mb": {f: configured_memory_mb(f) for f in ("throttler", "worker")},
+        "seed_2019_memory_gb": SEED_MEMORY_GB,
+        "vcpu_mb": VCPU_MB,
+        "cpu_headroom": CPU_HEADROOM,
     }

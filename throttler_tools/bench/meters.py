@@ -72,6 +72,8 @@ class CpuMeter:
         self.mark = now
         return dict(self.totals)
 
+# Client CPU per request when moto is not run (smoke tests only): this machine's figures, rounded.
+FALLBACK_CLIENT_MS = 1.0
 
 @dataclass
 class Requests:

@@ -8,7 +8,9 @@
   builds, validates and signs the request and parses the response; moto's own work, between
   `before-send` and `before-parse`, is taken out), per action, measured over a few hundred requests with
   payloads like the benchmark's. The CPU per job of every strategy is its own code (measured in the
-  simulation, twins excluded) plus its requests at these prices.
+  simulation, twins excluded) plus its requests at these prices. `http:call` is the worker's side of one
+  call to the API (requests and urllib3 on a kept-alive connection, against a local server; the server's
+  own thread is not counted): the simulation's fake API has no client side to measure.
 """
 
 from __future__ import annotations
@@ -261,7 +263,47 @@ def client_cpu_ms(repeat: int = 200, batch_payload: bytes | None = None) -> dict
         out[name] = round(1000 * spent / hooks.client_calls[(_caller, action)], 4)
     # The two kinds of invoke went through one action name: split them by measuring again, apart.
     out.update(_invoke_costs(repeat, payload))
+    out["http:call"] = _http_call_ms(10 * repeat)
     return dict(sorted(out.items()))
+
+
+def _http_call_ms(repeat: int) -> float:
+    """Client-side CPU ms of one POST with a small JSON body on a kept-alive requests Session."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    class Api(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = b'{"ok":true}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/calibrate"
+    body = json.dumps({"group": "g00001", "seq": 1, "payload": "x" * 200}).encode()
+    try:
+        with requests.Session() as session:
+            for _ in range(20):  # the connection and the session's first-call set-up are not per call
+                session.post(url, data=body, headers={"content-type": "application/json"}, timeout=5)
+            started = time.thread_time()
+            for _ in range(repeat):
+                response = session.post(url, data=body, headers={"content-type": "application/json"}, timeout=5)
+                response.content  # noqa: B018 - read the body, as the http task does
+            return round(1000 * (time.thread_time() - started) / repeat, 4)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _invoke_costs(repeat: int, payload: bytes) -> dict[str, float]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from throttler_tools.bench import cost, scenarios
+from throttler_tools.bench.meters import FALLBACK_CLIENT_MS
 from throttler_tools.bench.model import ApiLatency, Tiers, parse_tiers, tiers_text
 from throttler_tools.bench.strategies import ThrottlerSpec, request_count_check, run_floor, run_seed_2019, run_throttler
 
@@ -22,8 +23,6 @@ SLOW_TIER_SETS = ("minute=600", "second=10")
 SLOW_TIER_SECONDS = 300.0  # five runs: each hand-over counts
 TARGETS = {"quota_use": 0.99, "aws_requests_per_job": 0.5, "cpu_vs_floor": 2.0, "idle_p99_low_s": 2.0, "slow_api_quota_use": 0.99}
 KEYS_TARGETS = {"fairness_jain": 0.99, "global_quota_use_steady": 0.99}  # issue 13, at every keys count run
-# Client CPU per request when moto is not run (smoke tests only): this machine's figures, rounded.
-FALLBACK_CLIENT_MS = 1.0
 
 
 @dataclass
@@ -82,7 +81,7 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     progress("slow API: second=200, 250 ms ...")
     slow_ms = max(250.0, opts.api_latency_ms)
     slow_seconds = 8.0 if small else (180.0 if opts.full else 60.0)
-    slow = scenarios.slow_api(slow_ms, seconds=slow_seconds)
+    slow = scenarios.slow_api(slow_ms, seconds=slow_seconds, client_ms=client)
     report["slow_api"] = {k: v for k, v in slow.items() if not k.startswith("_")}
     report["_slow_calls"] = slow["_calls"]
     # Full use across the runs' hand-overs with one tier alone (issue 11: minute=600 and second=10 were at
@@ -92,7 +91,7 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     for text in tier_sets:
         span = 20.0 if small else SLOW_TIER_SECONDS
         progress(f"slow API: {text}, {slow_ms:g} ms, {span:g} virtual s ...")
-        run = scenarios.slow_api(slow_ms, parse_tiers(text), seconds=span)
+        run = scenarios.slow_api(slow_ms, parse_tiers(text), seconds=span, client_ms=client)
         report["slow_api_tiers"].append({k: v for k, v in run.items() if not k.startswith("_")})
     # (jobs per group, WORKER_MAX_PARALLEL, network jitter ms, margin_ms): what each assumption is worth (--full)
     variants = (
@@ -104,7 +103,7 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     for depth, parallel, jitter, margin in variants:
         progress(f"slow API: {depth} jobs per group, WORKER_MAX_PARALLEL={parallel}, jitter {jitter} ms, margin_ms {margin} ...")
         variant = scenarios.slow_api(
-            slow_ms, seconds=20.0, depth=depth, max_parallel=parallel, jitter_ms=jitter, margin_ms=margin
+            slow_ms, seconds=20.0, depth=depth, max_parallel=parallel, jitter_ms=jitter, margin_ms=margin, client_ms=client
         )
         report["slow_api_variants"].append({k: v for k, v in variant.items() if not k.startswith("_")})
 
@@ -115,7 +114,7 @@ def run_bench(opts: Options, progress: Callable[[str], None] = lambda _line: Non
     for count in key_counts:
         progress(f"keys: {count:,} keys, Zipf backlog ...")
         heaviest = 40 if small else 1000
-        result = scenarios.keys_scenario(count, heaviest)
+        result = scenarios.keys_scenario(count, heaviest, client_ms=client)
         report["keys"][str(count)] = {k: v for k, v in result.items() if not k.startswith("_")}
 
     progress("adaptive: a hidden limit of 6/s, second=auto:20 ...")
@@ -193,7 +192,7 @@ def _strategies(
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     progress(f"throttler: {size:,} jobs over {groups} groups ...")
-    figures, _world = run_throttler(ThrottlerSpec(size, groups, tiers, latency, seed=opts.seed))
+    figures, _world = run_throttler(ThrottlerSpec(size, groups, tiers, latency, seed=opts.seed, client_ms=client))
     results["throttler"] = _finish(figures, client, "throttler")
     progress(f"seed-2019: {size:,} jobs ...")
     results["seed-2019"] = _finish(run_seed_2019(size, groups, tiers, latency, seed=opts.seed), client, "seed-2019")

@@ -68,8 +68,9 @@ def idle_cost(mode: str, span_s: float = 1800.0) -> dict[str, Any]:
     open_runs = [r for r in world.runs if r.summary.ended_at == 0.0]
     billed += sum(world.loop.now - r.summary.started_at for r in open_runs if r.summary.started_at)
     requests = world.requests
+    gb_s = billed * cost.configured_memory_mb("throttler") / 1024
     bill = cost.bill(
-        sqs_chunks=requests.sqs_chunks, rru=requests.rru, wru=requests.wru, lambda_invocations=len(world.runs), billed_s=billed
+        sqs_chunks=requests.sqs_chunks, rru=requests.rru, wru=requests.wru, lambda_invocations=len(world.runs), gb_s=gb_s
     )
     month = cost.monthly(bill, span_s)
     return {
@@ -91,6 +92,7 @@ def slow_api(
     seed: int = 3,
     jitter_ms: float = 0.25,
     margin_ms: float | None = None,
+    client_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A backlog at the finest tier's rate for `seconds`, over groups `depth` jobs deep, against an API with
     a median latency of `median_ms` and a long tail: the steady dispatch rate against the binding rate."""
@@ -101,7 +103,9 @@ def slow_api(
     quotas: dict[str, Any] = {name: limit for name, _, limit in tiers}
     if margin_ms is not None:
         quotas["margin_ms"] = margin_ms
-    spec = ThrottlerSpec(jobs, groups, tiers, latency, seed=seed, max_parallel=max_parallel, quotas=quotas)
+    spec = ThrottlerSpec(
+        jobs, groups, tiers, latency, seed=seed, max_parallel=max_parallel, quotas=quotas, client_ms=client_ms
+    )
     figures, world = run_throttler(spec)
     start = world.config.start
     ok = sorted(c.at - start for c in world.api.calls if c.status == 200)
@@ -128,6 +132,7 @@ def slow_api(
         "late_sends": figures["late_sends"],
         "aws_requests_per_job": figures["aws_requests_per_job"],
         "usd_per_million_jobs": figures["usd"].per_million(figures["completed"])["total"],
+        "memory": figures["memory"],
         "_calls": ok,
     }
 
@@ -148,7 +153,12 @@ KEYS_PER_KEY = (("second", 1, 25),)
 
 
 def keys_scenario(
-    keys: int, heaviest: int = 2000, seed: int = 5, api_latency: ApiLatency | None = None, jobs_per_group: int = 2
+    keys: int,
+    heaviest: int = 2000,
+    seed: int = 5,
+    api_latency: ApiLatency | None = None,
+    jobs_per_group: int = 2,
+    client_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A Zipf backlog over `keys` keys (heaviest / rank jobs each, at least one) with a stage tier and a
     per-key tier, some keys weighing 2 or 3; jobs enqueued shuffled (each group's order kept)."""
@@ -185,6 +195,7 @@ def keys_scenario(
         quotas=quotas,
         key_tiers=[(float(w), limit) for _, w, limit in KEYS_PER_KEY],
         jobs_list=jobs,
+        client_ms=client_ms,
     )
     figures, world = run_throttler(spec)
     start = world.config.start
@@ -251,6 +262,7 @@ def keys_scenario(
         "dynamodb_rru_per_job": figures["dynamodb_rru_per_job"],
         "dynamodb_wru_per_job": figures["dynamodb_wru_per_job"],
         "usd_per_million_jobs": money["total"],
+        "memory": figures["memory"],
         "wall_s": figures["wall_s"],
     }
 

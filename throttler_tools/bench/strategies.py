@@ -23,8 +23,8 @@ from typing import Any
 
 from throttler.dispatch.run import Phase
 from throttler.queue import MemorySqs
-from throttler_tools.bench.cost import bill
-from throttler_tools.bench.meters import STRATEGY, THROTTLER, TWIN, WORKER, CpuMeter, Requests
+from throttler_tools.bench.cost import SEED_MEMORY_GB, bill, sizing
+from throttler_tools.bench.meters import FALLBACK_CLIENT_MS, STRATEGY, THROTTLER, TWIN, WORKER, CpuMeter, Requests
 from throttler_tools.bench.model import SHIPPED_MAX_PARALLEL, ApiLatency, Tiers, ideal, tiers_text
 from throttler_tools.bench.stage import BenchApi, BenchWorld, bench_job
 from throttler_tools.bench.twins import CountingJobQueue
@@ -81,6 +81,8 @@ class ThrottlerSpec:
     max_virtual_s: float | None = None
     stop_at_s: float | None = None  # stop at this virtual time even with a backlog left (adaptive runs)
     profile: bool = False
+    # Client-side CPU ms per request by action, and of one API call (`http:call`): see moto.client_cpu_ms.
+    client_ms: dict[str, float] | None = None
 
 
 def throttler_world(spec: ThrottlerSpec) -> BenchWorld:
@@ -141,12 +143,23 @@ def throttler_figures(
     invocations = len(w.run_stats) + w.workers.stats.invocations
     requests = w.requests
     producer = sum(n for (s, _), n in requests.counts.items() if s == "producer")
+    # Each function is billed at its configured memory, or at more if its CPU share could not carry the rate.
+    client = spec.client_ms or {}
+    client_s = {caller: 0.0 for caller in (THROTTLER, WORKER)}
+    for (caller, action), n in requests.by_caller_action.items():
+        if caller in client_s:
+            client_s[caller] += n * client.get(action, FALLBACK_CLIENT_MS) / 1000
+    http_s = len(api.calls) * client.get("http:call", FALLBACK_CLIENT_MS) / 1000
+    memory = {
+        "throttler": sizing("throttler", cpu.get(THROTTLER, 0.0) + client_s[THROTTLER], runs_billed),
+        "worker": sizing("worker", cpu.get(WORKER, 0.0) + client_s[WORKER] + http_s, workers_billed),
+    }
     money = bill(
         sqs_chunks=requests.sqs_chunks,
         rru=requests.rru,
         wru=requests.wru,
         lambda_invocations=invocations,
-        billed_s=runs_billed + workers_billed,
+        gb_s=runs_billed * memory["throttler"].billed_mb / 1024 + workers_billed * memory["worker"].billed_mb / 1024,
         producer_sqs_requests=producer,
     )
     return {
@@ -188,6 +201,7 @@ def throttler_figures(
         "lambda_invocations": invocations,
         "throttler_billed_s": round(runs_billed, 2),
         "worker_billed_s": round(workers_billed, 2),
+        "memory": {name: m.describe() for name, m in memory.items()},
         "invoke_bytes_per_batch": round(requests.invoke_bytes / max(1, w.workers.stats.invocations)),
         "usd": money,
         "wall_s": round(wall_s, 1),
@@ -301,7 +315,7 @@ def run_seed_2019(jobs: int, groups: int, tiers: Tiers, api_latency: ApiLatency,
         rru=0.0,
         wru=0.0,
         lambda_invocations=invocations,
-        billed_s=state["scheduler_s"] + state["worker_s"],
+        gb_s=(state["scheduler_s"] + state["worker_s"]) * SEED_MEMORY_GB,
         producer_sqs_requests=round(producer * done / jobs),  # only the completed jobs are billed to the run
     )
     return {

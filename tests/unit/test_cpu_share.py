@@ -1,0 +1,65 @@
+"""A function whose memory size gives it too little CPU for its rate says so in its logs."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from throttler import observability
+from throttler.observability import CPU_SHARE_WARN, composed_handler, cpu_share_used, warn_when_cpu_bound
+
+
+def lambda_context(memory_mb: int | None) -> Any:
+    return SimpleNamespace(
+        function_name="throttler-test-throttler",
+        aws_request_id="r1",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:throttler-test-throttler",
+        memory_limit_in_mb=memory_mb,
+        get_remaining_time_in_millis=lambda: 60_000,
+    )
+
+
+def warnings_in(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    found = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "throttler"]
+    caplog.clear()
+    return found
+
+
+def test_the_share_is_cpu_time_over_what_the_memory_size_gives() -> None:
+    # 1,769 MB is one vCPU: half a second of CPU in a second is half the share.
+    assert cpu_share_used(0.5, 1.0, 1769) == pytest.approx(0.5)
+    assert cpu_share_used(0.5, 10.0, 256) == pytest.approx(0.5 / (10 * 256 / 1769))
+
+
+def test_a_busy_invocation_warns_and_a_light_one_does_not(caplog: pytest.LogCaptureFixture) -> None:
+    share = 256 / observability.VCPU_MB
+    light = warn_when_cpu_bound(0.5 * CPU_SHARE_WARN * share * 60, 60.0, lambda_context(256))
+    assert light is not None and light < CPU_SHARE_WARN
+    assert warnings_in(caplog) == []
+    busy = warn_when_cpu_bound(0.9 * share * 60, 60.0, lambda_context(256))
+    assert busy == pytest.approx(0.9)
+    [warning] = warnings_in(caplog)
+    assert "CPU-bound" in warning.getMessage() and "throttlerMemory" in warning.getMessage()
+    assert warning.cpu_share_used == pytest.approx(0.9)
+
+
+def test_short_invocations_and_contexts_without_a_memory_size_say_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    assert warn_when_cpu_bound(1.0, observability.CPU_WATCH_MIN_S / 2, lambda_context(128)) is None
+    assert warn_when_cpu_bound(100.0, 60.0, lambda_context(None)) is None
+    assert warnings_in(caplog) == []
+
+
+def test_every_handler_watches_its_cpu(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The body took 10 s of wall time and 9 s of CPU at 128 MB (0.07 vCPU): far past its share.
+    cpu, wall = itertools.count(0.0, 9.0), itertools.count(0.0, 10.0)
+    monkeypatch.setattr(observability.time, "process_time", lambda: next(cpu))
+    monkeypatch.setattr(observability.time, "monotonic", lambda: next(wall))
+    composition = SimpleNamespace(settings=SimpleNamespace(stage="test"))
+    handler = composed_handler(lambda: composition, lambda c, event, context: {"ok": True})
+    assert handler({}, lambda_context(128)) == {"ok": True}
+    [warning] = warnings_in(caplog)
+    assert warning.cpu_share_used > 1
