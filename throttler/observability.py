@@ -112,10 +112,13 @@ def cpu_share_used(cpu_s: float, wall_s: float, memory_mb: int) -> float:
 def warn_when_cpu_bound(cpu_s: float, wall_s: float, context: Any) -> float | None:
     """Log a warning when the function's memory size gives it too little CPU for its rate: the throttler
     would plan late and the worker call late, so the stage falls short of its quota (never over it)."""
-    memory = getattr(context, "memory_limit_in_mb", None)
-    if not memory or wall_s < CPU_WATCH_MIN_S:
+    try:
+        memory = int(getattr(context, "memory_limit_in_mb", None) or 0)
+    except (TypeError, ValueError):  # a stand-in context: nothing to compare with
         return None
-    used = cpu_share_used(cpu_s, wall_s, int(memory))
+    if memory <= 0 or wall_s < CPU_WATCH_MIN_S:
+        return None
+    used = cpu_share_used(cpu_s, wall_s, memory)
     if used > CPU_SHARE_WARN:
         logger.warning(
             "CPU-bound: this invocation kept %d%% of its %s MB's CPU share busy; raise the function's memory "

@@ -13,7 +13,7 @@ from throttler import observability
 from throttler.observability import CPU_SHARE_WARN, composed_handler, cpu_share_used, warn_when_cpu_bound
 
 
-def lambda_context(memory_mb: int | None) -> Any:
+def lambda_context(memory_mb: int | str | None) -> Any:
     return SimpleNamespace(
         function_name="throttler-test-throttler",
         aws_request_id="r1",
@@ -50,6 +50,7 @@ def test_a_busy_invocation_warns_and_a_light_one_does_not(caplog: pytest.LogCapt
 def test_short_invocations_and_contexts_without_a_memory_size_say_nothing(caplog: pytest.LogCaptureFixture) -> None:
     assert warn_when_cpu_bound(1.0, observability.CPU_WATCH_MIN_S / 2, lambda_context(128)) is None
     assert warn_when_cpu_bound(100.0, 60.0, lambda_context(None)) is None
+    assert warn_when_cpu_bound(100.0, 60.0, SimpleNamespace(memory_limit_in_mb="n/a")) is None
     assert warnings_in(caplog) == []
 
 
