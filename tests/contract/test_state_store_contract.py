@@ -19,6 +19,7 @@ from throttler.store import (
     ThrottleSignal,
     WorkerRecords,
 )
+from throttler.store.base import OPERATOR_SIGNAL
 from throttler_tools.provision import provision
 
 
@@ -82,11 +83,45 @@ def test_pause_only_extends_unless_told_otherwise_and_resume_forgets_the_latest_
     assert control.pause_until is None and control.throttle is None
 
 
-def test_the_latest_429_is_kept_whoever_writes_last(records: WorkerRecords, store: StateStore) -> None:
-    records.throttle(ThrottleSignal(20.0, None, "b2", "tenant"))
-    records.throttle(ThrottleSignal(10.0, 5.0, "b1"), now=20.5)  # older (written late): ignored
-    signal = store.read_control().throttle
-    assert signal == ThrottleSignal(20.0, None, "b2", "tenant")
+def test_each_scope_keeps_its_own_429_a_key_never_takes_another_keys_or_the_stages_place(
+    records: WorkerRecords, store: StateStore
+) -> None:
+    # Found by the review of issue 12 (1a, 1c): the record held one signal, so key B's 429 took the place of key
+    # A's (A's calls went on up to 4.3 s after its 429) or of the operator's pause mirrored there.
+    store.publish_throttle(ThrottleSignal(5.0, 86_000.0, OPERATOR_SIGNAL))
+    records.throttle(ThrottleSignal(20.0, 30.0, "b2", "A"))
+    records.throttle(ThrottleSignal(20.5, 2.0, "b3", "B"))
+    records.throttle(ThrottleSignal(21.0, 1.0, "b4", "A"), now=21.0)  # ends sooner than A's first: A's stays
+    control = store.read_control()
+    assert control.throttle == ThrottleSignal(5.0, 86_000.0, OPERATOR_SIGNAL)
+    assert control.key_throttles == {
+        "A": ThrottleSignal(20.0, 30.0, "b2", "A"),
+        "B": ThrottleSignal(20.5, 2.0, "b3", "B"),
+    }
+    signals, _ = records.watch([])
+    assert sorted(signals, key=lambda s: s.at) == [
+        ThrottleSignal(5.0, 86_000.0, OPERATOR_SIGNAL),
+        ThrottleSignal(20.0, 30.0, "b2", "A"),
+        ThrottleSignal(20.5, 2.0, "b3", "B"),
+    ]
+    records.throttle(ThrottleSignal(60.0, None, "b9", "A"), now=60.0)  # after A's pause: the new one counts
+    assert store.read_control().key_throttles["A"] == ThrottleSignal(60.0, None, "b9", "A")
+
+
+def test_ended_key_signals_are_forgotten_only_while_unchanged(records: WorkerRecords, store: StateStore) -> None:
+    records.throttle(ThrottleSignal(20.0, 1.0, "b2", "A"))
+    records.throttle(ThrottleSignal(20.0, 1.0, "b3", "B"))
+    records.throttle(ThrottleSignal(30.0, None, "b1"))
+    read = store.read_control().key_throttles
+    records.throttle(ThrottleSignal(90.0, 5.0, "b7", "B"), now=90.0)  # B's new 429 after the read
+    store.forget_key_throttles([read["A"], read["B"]])  # B changed: nothing is removed
+    assert set(store.read_control().key_throttles) == {"A", "B"}
+    store.forget_key_throttles([read["A"]])
+    control = store.read_control()
+    assert set(control.key_throttles) == {"B"} and control.throttle == ThrottleSignal(30.0, None, "b1")
+    store.clear_pause()  # `resume` forgets every 429
+    control = store.read_control()
+    assert control.throttle is None and control.key_throttles == {}
 
 
 def test_a_second_stage_wide_429_with_a_shorter_retry_after_does_not_shorten_the_pause(
@@ -168,5 +203,5 @@ def test_success_records_and_batch_records(store: StateStore, records: WorkerRec
     records.record("b1", ["j2"], ["j3"], True, throttled_at=5.0)
     batch = store.read_batches(["b1", "nope"])["b1"]
     assert batch.succeeded == {"j1", "j2"} and batch.called == {"j3"} and batch.final and batch.throttled_at == 5.0
-    signal, final = records.watch(["b1", "b9"])
-    assert signal is None and final == {"b1"}
+    signals, final = records.watch(["b1", "b9"])
+    assert signals == [] and final == {"b1"}

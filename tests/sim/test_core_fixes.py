@@ -3,7 +3,11 @@ whose message starts with "core fix:")."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from tests.conftest import World, WorldConfig, job_body
+from throttler.store.base import OPERATOR_SIGNAL, ThrottleSignal
 
 MAX_EVENTS = 5000  # a run wakes a few times a second at most; far more means it spins at one instant
 
@@ -116,3 +120,76 @@ def test_a_dropped_invoke_connection_keeps_the_jobs_with_the_worker_that_still_r
     assert world.api.order_violations == 0
     assert set(world.api.successes_by_key().values()) == {1}
     assert len(world.api.successes_by_key()) == 300
+
+
+def _keyed_jobs(key: str, count: int, groups: int) -> list[tuple[str, str, str]]:
+    return [
+        (job_body("/ok", f"{key}-g{i % groups}", i // groups, key=key, job_id=f"{key}-{i}"), f"{key}-g{i % groups}", f"{key}-{i}")
+        for i in range(count)
+    ]
+
+
+def test_a_keys_429_is_not_hidden_by_another_keys_429() -> None:
+    """SPEC promise 6 with `signals_scope=key` (issue 12's review, 1c). The shared record held one signal:
+    key B's 429 (Retry-After 2) took the place of key A's (Retry-After 30), and batches that looked after
+    that went on calling A up to 1.5 s after A's 429 reached a worker (seeds 1, 4 and 5 of the review's
+    script). Each key now keeps its own signal."""
+    late = []
+    for seed in (1, 4, 5):
+        world = World(WorldConfig(seed=seed, quotas={"second": 20, "margin_ms": 20, "signals_scope": "key"}, api_tiers=[],
+                                  default_latency="low"))
+        t0 = world.config.start + 30 + seed * 0.37
+        first: dict[str, float] = {}
+        default = world.api._behave
+
+        def behave(path: str, job_id: str | None, now: float, t0: float = t0, first: dict[str, float] = first,
+                   default: Any = default) -> Any:
+            key = (job_id or "").split("-")[0]
+            if now >= t0 and key == "A" and "A" not in first:
+                first["A"] = now
+                return 429, {"Retry-After": "30"}, now + 30, "delta"
+            if "A" in first and "B" not in first and key == "B" and now > first["A"] + 0.01:
+                first["B"] = now
+                return 429, {"Retry-After": "2"}, now + 2, "delta"
+            return default(path, job_id, now)
+
+        world.api._behave = behave  # type: ignore[method-assign]
+        world.enqueue(_keyed_jobs("A", 1500, 20) + _keyed_jobs("B", 1500, 20))
+        world.start_schedule()
+        world.run_for(120)
+        assert set(first) == {"A", "B"}, "the scenario needs B's 429 just after A's"
+        [reached] = [c.answered_at for c in world.workers.sent if c.status == 429 and c.job_id.startswith("A-")]
+        assert reached is not None
+        late += [
+            c.job_id for c in world.workers.sent if c.job_id.startswith("A-") and reached + 1.0 < c.sent_at < first["A"] + 30
+        ]
+    assert late == [], f"{len(late)} calls of key A left more than 1 s after A's 429 reached a worker"
+
+
+def test_a_keys_429_does_not_hide_the_operators_pause_from_long_batches() -> None:
+    """The operator's pause within 5 s, with `signals_scope=key` (issue 12's review, 1a). The run mirrors a
+    pause into the shared record once; a key's 429 written after that took its place, and a long batch that
+    had not looked yet read only the key's 429 and went on calling to its last slot (up to 5.6 s after the
+    pause in the review's script; these are its tries 28-35)."""
+    from throttler_tools.fakeapi import Storm
+
+    late = 0
+    for k in range(28, 36):
+        world = World(WorldConfig(seed=k + 1, quotas={"second": 10, "margin_ms": 20, "signals_scope": "key"},
+                                  api_tiers=[(1, 10)], default_latency="low"))
+        start = world.loop.now
+        paused_at = start + 40.0 + k * 0.1
+        publish = world.store.publish_throttle
+
+        def mirrored(signal: ThrottleSignal, now: float | None = None, world: World = world, publish: Any = publish) -> None:
+            if signal.batch_id == OPERATOR_SIGNAL:  # from then on, key B's calls meet 429s for 1.5 s
+                world.api.storms.append(Storm(world.loop.now + 0.01, world.loop.now + 1.5, delay_s=1.0, key="B"))
+            publish(signal, now)
+
+        world.store.publish_throttle = mirrored  # type: ignore[method-assign]
+        world.loop.at(paused_at, functools.partial(world.store.set_pause, start + 86400, "operator", extend_only=False))
+        world.enqueue(_keyed_jobs("A", 1000, 3) + _keyed_jobs("B", 1000, 2))
+        world.start_schedule()
+        world.run_for(70)
+        late += sum(1 for _, at in world.calls if at > paused_at + 5.0)
+    assert late == 0, f"{late} calls left more than 5 s after the operator's pause"

@@ -61,14 +61,14 @@ def test_a_429_published_by_another_batch_stops_this_one_at_its_next_look() -> N
     ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 1.5), spec("c1", "c", 2.5), watch=("b0",)))
     step = ex.step(1.0)
     assert step.poll_watch and step.start == []  # look before the first call
-    ex.on_watch(None, set(), 1.0)
+    ex.on_watch([], set(), 1.0)
     assert [s.id for s in ex.step(1.0).start] == ["a1"]
     ex.on_result(ok("a1", 1.0), 1.02)
     assert [s.id for s in ex.step(1.5).start] == ["b1"]  # the last look is recent enough
     ex.on_result(ok("b1", 1.5), 1.52)
     step = ex.step(2.5)
     assert step.poll_watch  # more than WATCH_EVERY_S since the last look
-    ex.on_watch(ThrottleSignal(2.0, 10.0, "b0"), set(), 2.5)
+    ex.on_watch([ThrottleSignal(2.0, 10.0, "b0")], set(), 2.5)
     step = ex.step(2.5)
     assert step.start == [] and ex.results["c1"].outcome is Outcome.SKIPPED
     assert WATCH_EVERY_S < 1.0
@@ -77,7 +77,7 @@ def test_a_429_published_by_another_batch_stops_this_one_at_its_next_look() -> N
 def test_watching_stops_once_the_watched_batches_are_final() -> None:
     ex = BatchExecution(request(spec("a1", "a", 1.0), spec("b1", "b", 3.0), watch=("b0",)))
     assert ex.step(1.0).poll_watch
-    ex.on_watch(None, {"b0"}, 1.0)
+    ex.on_watch([], {"b0"}, 1.0)
     ex.step(1.0)
     ex.on_result(ok("a1", 1.0), 1.01)
     assert not ex.step(3.0).poll_watch and ex.watched_final == {"b0"}
@@ -90,7 +90,7 @@ def looks(ex: BatchExecution, until: float, step_s: float = 0.05) -> list[float]
         step = ex.step(now)
         if step.poll_watch:
             seen.append(round(now, 3))
-            ex.on_watch(None, set(), now)
+            ex.on_watch([], set(), now)
             continue
         for started in step.start:
             ex.on_result(ok(started.id, now), now)

@@ -6,6 +6,8 @@ disagree about which configuration applies or whether the stage is paused.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,8 @@ STORM_AFTER = 4
 STORM_MAX_S = 1800.0
 # An operator's pause without an end is stored as this far ahead ("until resume").
 INDEFINITE_PAUSE_S = 10 * 365 * 86400.0
+# A key's auto-tier window (for a 429 without Retry-After), by key.
+KeyWindow = Callable[[str], float | None] | None
 
 
 @dataclass(frozen=True)
@@ -74,18 +78,28 @@ class Pauses:
     consecutive_429: int = 0
     last_signal_at: float = 0.0
     keys: dict[str, float] = field(default_factory=dict)
+    key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal seen, by key
 
-    def from_control(self, control: Control, now: float, auto_window_s: float | None, streak: int = 0) -> None:
+    def from_control(
+        self, control: Control, now: float, auto_window_s: float | None, streak: int = 0, key_window_s: KeyWindow = None
+    ) -> None:
         self.operator_until = control.pause_until if control.pause_until is not None and control.pause_until > now else None
         self.operator_reason = control.pause_reason or ""
-        if control.throttle is None:
-            # `resume` forgets the latest 429: so does the run.
+        if control.throttle is None and not control.key_throttles:
+            # `resume` forgets the 429s: so does the run.
             self.api_until = None
             self.keys.clear()
-        elif control.throttle.batch_id != OPERATOR_SIGNAL:
+            self.key_signal_at.clear()
+            return
+        if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
             signal = control.throttle.bounded(now)
             if signal.at > self.last_signal_at:
                 self.on_429(signal, auto_window_s, streak)
+        for key, stored in control.key_throttles.items():
+            signal = stored.bounded(now)
+            if signal.at > self.key_signal_at.get(key, -math.inf):
+                self.key_signal_at[key] = signal.at
+                self.on_429(signal, key_window_s(key) if key_window_s is not None else auto_window_s, streak)
 
     def on_429(self, signal: ThrottleSignal, auto_window_s: float | None, streak: int = 0) -> float:
         """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end.

@@ -21,6 +21,7 @@ from enum import StrEnum
 
 from throttler.core.clock import Clock
 from throttler.core.envelope import Job
+from throttler.core.errors import StoreError
 from throttler.core.fairness import FairShare
 from throttler.core.pacing import Pacer
 from throttler.dispatch.batching import Batcher
@@ -35,11 +36,13 @@ from throttler.dispatch.summary import RunSettings, RunSummary
 from throttler.dispatch.timing import DELETE_FLUSH_S, RECEIVE_AHEAD_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue, QueuedMessage
-from throttler.store.base import OPERATOR_SIGNAL, StateStore, ThrottleSignal
+from throttler.store.base import KEY_SIGNAL_KEEP_S, OPERATOR_SIGNAL, Control, StateStore, ThrottleSignal
 from throttler.worker.invoker import Invoker
 
 logger = logging.getLogger(__name__)
 LONG_POLL_S = 2.0
+# Ended key signals removed from the shared record per control read (one conditional write).
+FORGET_AT_ONCE = 50
 
 
 class Phase(StrEnum):
@@ -199,7 +202,8 @@ class ThrottlerRun:
             self.t.next_plan_at, self.t.quiet_until = min(self.t.next_plan_at, now), -math.inf  # plan with it now
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
-        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak)
+        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
+        self._forget_ended_key_signals(control, now)
         if newly_paused and self.outbox.in_flight:
             # Workers of long batches look at the shared throttle record: tell them too.
             self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))
@@ -209,6 +213,16 @@ class ThrottlerRun:
         if successor is not None:
             self.successor = successor
             self._begin_end("successor")
+
+    def _forget_ended_key_signals(self, control: Control, now: float) -> None:
+        """Key-scoped 429s ended a while ago leave the shared record, a few at a time, so that it stays small
+        whatever the number of keys (each is removed only if it is still the one read)."""
+        ended = [s for s in control.key_throttles.values() if s.bounded(now).ends_at + KEY_SIGNAL_KEEP_S < now]
+        if ended:
+            try:
+                self.store.forget_key_throttles(ended[:FORGET_AT_ONCE])
+            except StoreError as exc:  # the next read tries again
+                logger.warning("could not forget ended key signals", extra={"error": str(exc)})
 
     # ------------------------------------------------------------------ dispatching
     def _run(self, now: float) -> Wake:

@@ -28,6 +28,11 @@ DONE_PREFIX = "done#"
 WORKER_PREFIX = "worker#"
 BATCH_PREFIX = "worker#batch#"
 THROTTLE_KEY = "worker#throttle"
+# In the throttle item, beside the stage-wide signal: one attribute per key whose 429 is key-scoped, so that
+# one key's 429 never takes the place of another key's, nor of the stage's (or the operator's pause).
+KEY_SIGNAL_PREFIX = "key#"
+# A key's signal is forgotten this long after it ended (the item stays far below DynamoDB's 400 KB).
+KEY_SIGNAL_KEEP_S = 60.0
 TTL_ATTRIBUTE = "ttl"
 # The batch id of a throttle signal that mirrors an operator's pause (not a 429: no backoff, no learning).
 OPERATOR_SIGNAL = "operator"
@@ -55,13 +60,11 @@ class ThrottleSignal:
         return self.at + (min(max(0.0, retry), MAX_THROTTLE_S) if retry is not None and math.isfinite(retry) else 0.0)
 
     def replaces(self, stored: ThrottleSignal, now: float | None = None) -> bool:
-        """Whether this signal takes the shared record's place: a stage-wide one in place of a stage-wide one
-        that ends sooner; otherwise the newer one; always in place of a record dated implausibly far ahead."""
+        """Whether this signal takes the place of the stored one of its scope (the stage, or its key): the one
+        that ends later stays; a record dated implausibly far ahead always gives way."""
         if stored.at > max(self.at, now or self.at) + THROTTLE_SKEW_S:
             return True
-        if self.key is None and stored.key is None:
-            return self.ends_at > stored.ends_at
-        return self.at > stored.at
+        return self.ends_at > stored.ends_at
 
 
     def bounded(self, now: float) -> ThrottleSignal:
@@ -77,6 +80,37 @@ class ThrottleSignal:
 # How far a worker's clock may run ahead of a reader's; a throttle record dated later is not believed.
 THROTTLE_SKEW_S = 5.0
 MAX_THROTTLE_S = 86_400.0 + 300.0
+
+
+def throttle_fields(signal: ThrottleSignal) -> dict[str, Any]:
+    """A signal as stored (at the throttle item's top level for the stage, in a key's attribute for a key)."""
+    fields: dict[str, Any] = {"at": signal.at, "batch": signal.batch_id, "ends": signal.ends_at}
+    if signal.retry_after_s is not None:
+        fields["retry_after_s"] = signal.retry_after_s
+    return fields
+
+
+def read_throttle_item(item: Mapping[str, Any] | None) -> tuple[ThrottleSignal | None, dict[str, ThrottleSignal]]:
+    """The stage-wide signal and the key-scoped ones of a throttle item (plain values)."""
+    if not item:
+        return None, {}
+    stage, keys = None, {}
+    if item.get("at") is not None:
+        old_key = item.get("key")  # the format before key attributes: one signal, of a key or of the stage
+        if old_key:
+            keys[str(old_key)] = _stored_signal(item, str(old_key))
+        else:
+            stage = _stored_signal(item, None)
+    for name, value in item.items():
+        if name.startswith(KEY_SIGNAL_PREFIX) and isinstance(value, Mapping) and value.get("at") is not None:
+            key = name[len(KEY_SIGNAL_PREFIX) :]
+            keys[key] = _stored_signal(value, key)
+    return stage, keys
+
+
+def _stored_signal(fields: Mapping[str, Any], key: str | None) -> ThrottleSignal:
+    retry = fields.get("retry_after_s")
+    return ThrottleSignal(float(fields["at"]), float(retry) if retry is not None else None, str(fields.get("batch", "")), key)
 
 
 @dataclass(frozen=True)
@@ -96,9 +130,10 @@ class Control:
     last_good: dict[str, Any] | None
     pause_until: float | None
     pause_reason: str | None
-    throttle: ThrottleSignal | None = None
+    throttle: ThrottleSignal | None = None  # the stage-wide signal (a 429, or the operator's pause mirrored)
     lease: LeaseState | None = None
     stage_settings: dict[str, Any] | None = None  # default_quotas, allowed_hosts, max_message_bytes, default_latency
+    key_throttles: Mapping[str, ThrottleSignal] = field(default_factory=dict)  # key-scoped 429s, by key
 
 
 @dataclass(frozen=True)
@@ -167,6 +202,10 @@ class StateStore(ABC):
     @abstractmethod
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         """Write the shared throttle record the workers watch (the throttler mirrors an operator's pause there)."""
+
+    @abstractmethod
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+        """Remove these key-scoped signals from the throttle record, each only if it is still the one stored."""
 
     # ------------------------------------------------------------------ lease and hand-over
     @abstractmethod
@@ -263,9 +302,10 @@ class WorkerRecords(ABC):
 
     @abstractmethod
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
-        """Publish a 429 to every worker and run: keeps the latest one, unless the record is dated more than
-        THROTTLE_SKEW_S ahead of the writer's clock `now` (default: the signal's time): then this one replaces it."""
+        """Publish a 429 to every worker and run, in its scope (the stage, or its key): of two signals of one
+        scope the one that ends later stays, unless the stored one is dated more than THROTTLE_SKEW_S ahead of
+        the writer's clock `now` (default: the signal's time): then this one replaces it."""
 
     @abstractmethod
-    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
-        """The latest 429, and which of these batches are final, in one read."""
+    def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
+        """The stored 429s (the stage's, then each key's), and which of these batches are final, in one read."""

@@ -20,6 +20,7 @@ from throttler.store.base import (
     ATTEMPTS_PREFIX,
     BATCH_PREFIX,
     DONE_PREFIX,
+    KEY_SIGNAL_PREFIX,
     KEY_USAGE_PREFIX,
     LAST_GOOD_KEY,
     LEASE_KEY,
@@ -40,6 +41,8 @@ from throttler.store.base import (
     ThrottleSignal,
     UsageRecord,
     WorkerRecords,
+    read_throttle_item,
+    throttle_fields,
 )
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -156,14 +159,16 @@ class _DynamoControl(_Table):
         pause = found.get(PAUSE_KEY)
         last_good = found.get(LAST_GOOD_KEY)
         quotas = found.get(QUOTAS_KEY)
+        stage_signal, key_signals = read_throttle_item(found.get(THROTTLE_KEY))
         return Control(
             {k: v for k, v in quotas.items() if k != "pk"} if quotas else None,
             json.loads(last_good["item"]) if last_good else None,
             float(pause["until"]) if pause else None,
             str(pause.get("reason")) if pause else None,
-            _throttle(found.get(THROTTLE_KEY)),
+            stage_signal,
             _lease(found.get(LEASE_KEY)),
             json.loads(found[STAGE_KEY]["settings"]) if STAGE_KEY in found else None,
+            key_signals,
         )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -194,6 +199,26 @@ class _DynamoControl(_Table):
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         DynamoWorkerRecords(self._client, self._table).throttle(signal, now)
+
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+        names: dict[str, str] = {"#at": "at"}
+        values: dict[str, Any] = {}
+        removes, conditions = [], []
+        for i, signal in enumerate(s for s in signals if s.key is not None):
+            names[f"#k{i}"] = KEY_SIGNAL_PREFIX + str(signal.key)
+            values[f":a{i}"] = _n(signal.at)
+            removes.append(f"#k{i}")
+            conditions.append(f"#k{i}.#at = :a{i}")  # still the signal read: a newer 429 of the key stays
+        if removes:
+            self._conditional(
+                "update_item",
+                TableName=self._table,
+                Key={"pk": {"S": THROTTLE_KEY}},
+                UpdateExpression="REMOVE " + ", ".join(removes),
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -483,46 +508,47 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         )
 
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
-        body: dict[str, Any] = {"pk": THROTTLE_KEY, "at": signal.at, "batch": signal.batch_id, "ends": signal.ends_at}
-        if signal.retry_after_s is not None:
-            body["retry_after_s"] = signal.retry_after_s
-        if signal.key is not None:
-            body["key"] = signal.key
-        # ThrottleSignal.replaces, as a condition: a record dated implausibly far ahead (a clock gone wrong, a
-        # forged write) gives way to a real 429; of two stage-wide signals the later end stays; else the newer.
-        newer = "#at < :at"
+        # ThrottleSignal.replaces, as a condition on the signal's own scope: of two the later end stays; one
+        # dated implausibly far ahead (a clock gone wrong, a forged write) gives way to a real 429.
+        fields = {f"#{name}": name for name in throttle_fields(signal)}
+        values = {f":{name}": _SER.serialize(_ddb(v)) for name, v in throttle_fields(signal).items()}
+        ahead = _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S)
         if signal.key is None:
-            newer = (
-                "((attribute_exists(#key) OR attribute_not_exists(#ends)) AND #at < :at)"  # a key's, or an older format
-                " OR (attribute_not_exists(#key) AND #ends < :ends)"
+            # The stage's signal is the item's top level (an older format's key signal there gives way).
+            sets = ", ".join(f"#{name} = :{name}" for name in throttle_fields(signal))
+            removes = " REMOVE #key" + ("" if signal.retry_after_s is not None else ", #retry_after_s")
+            self._conditional(
+                "update_item",
+                TableName=self._table,
+                Key={"pk": {"S": THROTTLE_KEY}},
+                UpdateExpression=f"SET {sets}{removes}",
+                ConditionExpression=(
+                    "attribute_not_exists(#at) OR #at > :ahead OR attribute_exists(#key)"
+                    " OR attribute_not_exists(#ends) OR #ends < :ends"
+                ),
+                ExpressionAttributeNames={**fields, "#key": "key", "#retry_after_s": "retry_after_s", "#ends": "ends"},
+                ExpressionAttributeValues={**values, ":ahead": ahead},
             )
+            return
         self._conditional(
-            "put_item",
+            "update_item",
             TableName=self._table,
-            Item=_item(body),
-            ConditionExpression=f"attribute_not_exists(pk) OR #at > :ahead OR {newer}",
-            ExpressionAttributeNames={"#at": "at", **({"#key": "key", "#ends": "ends"} if signal.key is None else {})},
+            Key={"pk": {"S": THROTTLE_KEY}},
+            UpdateExpression="SET #k = :signal",
+            ConditionExpression="attribute_not_exists(#k) OR #k.#at > :ahead OR #k.#ends < :ends",
+            ExpressionAttributeNames={"#k": KEY_SIGNAL_PREFIX + signal.key, "#at": "at", "#ends": "ends"},
             ExpressionAttributeValues={
-                ":at": _n(signal.at),
-                ":ahead": _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S),
-                **({":ends": _n(signal.ends_at)} if signal.key is None else {}),
+                ":signal": _SER.serialize(_ddb(throttle_fields(signal))),
+                ":ahead": ahead,
+                ":ends": _n(signal.ends_at),
             },
         )
 
-    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
+    def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
         found = self._get_many([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
         final = {b for b in batch_ids if (found.get(BATCH_PREFIX + b) or {}).get("final")}
-        return _throttle(found.get(THROTTLE_KEY)), final
-
-
-def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
-    if not item:
-        return None
-    retry = item.get("retry_after_s")
-    key = item.get("key")
-    return ThrottleSignal(
-        float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), str(key) if key else None
-    )
+        stage, keys = read_throttle_item(found.get(THROTTLE_KEY))
+        return [*([stage] if stage else []), *keys.values()], final
 
 
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:

@@ -13,6 +13,7 @@ from throttler.store.base import (
     ATTEMPTS_PREFIX,
     BATCH_PREFIX,
     DONE_PREFIX,
+    KEY_SIGNAL_PREFIX,
     KEY_USAGE_PREFIX,
     LAST_GOOD_KEY,
     LEASE_KEY,
@@ -32,6 +33,8 @@ from throttler.store.base import (
     ThrottleSignal,
     UsageRecord,
     WorkerRecords,
+    read_throttle_item,
+    throttle_fields,
 )
 
 
@@ -48,14 +51,16 @@ class _MemoryControl:
             pause = self.items.get(PAUSE_KEY)
             last_good = self.items.get(LAST_GOOD_KEY)
             quotas = self.items.get(QUOTAS_KEY)
+            stage_signal, key_signals = read_throttle_item(self.items.get(THROTTLE_KEY))
             return Control(
                 copy.deepcopy({k: v for k, v in quotas.items() if k != "pk"}) if quotas else None,
                 json.loads(last_good["item"]) if last_good else None,
                 float(pause["until"]) if pause else None,
                 pause.get("reason") if pause else None,
-                _throttle(self.items.get(THROTTLE_KEY)),
+                stage_signal,
                 _lease(self.items.get(LEASE_KEY)),
                 json.loads(self.items[STAGE_KEY]["settings"]) if STAGE_KEY in self.items else None,
+                key_signals,
             )
 
     def put_quotas(self, item: Mapping[str, Any]) -> None:
@@ -84,13 +89,30 @@ class _MemoryControl:
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         with self._lock:
-            current = _throttle(self.items.get(THROTTLE_KEY))
+            item = self.items.setdefault(THROTTLE_KEY, {"pk": THROTTLE_KEY})
+            stage, keys = read_throttle_item(item)
+            current = stage if signal.key is None else keys.get(signal.key)
             if current is not None and not signal.replaces(current, now):
                 return
-            self.items[THROTTLE_KEY] = {
-                "pk": THROTTLE_KEY, "at": signal.at, "retry_after_s": signal.retry_after_s,
-                "batch": signal.batch_id, "key": signal.key,
-            }
+            if signal.key is None:
+                for name in ("at", "batch", "ends", "retry_after_s", "key"):
+                    item.pop(name, None)
+                item.update(throttle_fields(signal))
+            else:
+                if item.get("key") == signal.key:  # the older format's one signal was this key's: it moves
+                    for name in ("at", "batch", "ends", "retry_after_s", "key"):
+                        item.pop(name, None)
+                item[KEY_SIGNAL_PREFIX + signal.key] = throttle_fields(signal)
+
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+        with self._lock:
+            item = self.items.get(THROTTLE_KEY)
+            if item is None:
+                return
+            _, keys = read_throttle_item(item)
+            if all(s.key is not None and keys.get(s.key) == s for s in signals):
+                for s in signals:
+                    item.pop(KEY_SIGNAL_PREFIX + str(s.key), None)
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -275,19 +297,11 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         self.publish_throttle(signal, now)
 
-    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
+    def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
         with self._lock:
             final = {b for b in batch_ids if self.items.get(BATCH_PREFIX + b, {}).get("final")}
-            return _throttle(self.items.get(THROTTLE_KEY)), final
-
-
-def _throttle(item: Mapping[str, Any] | None) -> ThrottleSignal | None:
-    if not item:
-        return None
-    retry = item.get("retry_after_s")
-    return ThrottleSignal(
-        float(item["at"]), float(retry) if retry is not None else None, str(item.get("batch", "")), item.get("key")
-    )
+            stage, keys = read_throttle_item(self.items.get(THROTTLE_KEY))
+            return [*([stage] if stage else []), *keys.values()], final
 
 
 def _lease(item: Mapping[str, Any] | None) -> LeaseState | None:

@@ -14,6 +14,7 @@ simulation in virtual time) does the I/O and feeds results back with `on_result`
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from throttler.core.outcome import JobResult, Outcome
@@ -131,13 +132,14 @@ class BatchExecution:
             else:
                 self.stop_all = self.stop_all or "the API answered 429 to another job of the batch"
 
-    def on_watch(self, signal: ThrottleSignal | None, final: set[str], now: float) -> None:
+    def on_watch(self, signals: Sequence[ThrottleSignal], final: set[str], now: float) -> None:
         self._last_watch = now
         self.watched_final |= final & self._watching
         self._watching -= final
-        if signal is not None:
-            signal = signal.bounded(now)  # another worker wrote it: not believed further ahead than the skew
-        if signal is not None and signal.at > self.request.planned_at and signal.batch_id != self.request.batch_id:
+        for stored in signals:
+            signal = stored.bounded(now)  # another worker wrote it: not believed further ahead than the skew
+            if signal.at <= self.request.planned_at or signal.batch_id == self.request.batch_id:
+                continue
             if signal.key is not None:
                 self.stopped_keys.setdefault(signal.key, "the API answered 429 to another batch (same key)")
             else:

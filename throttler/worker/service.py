@@ -169,13 +169,13 @@ class WorkerService:
                 logger.error("could not publish a 429", extra={"attempts": PUBLISH_ATTEMPTS})
         if step.poll_watch:
             try:
-                signal, final = self.records.watch(sorted(execution.watching))
+                signals, final = self.records.watch(sorted(execution.watching))
             except StoreError as exc:
                 # Cannot see the other batches: stop rather than risk calls after their 429.
                 logger.error("could not read the throttle record", extra={"error": str(exc)})
                 execution.abandon("the shared throttle record could not be read")
                 return
-            execution.on_watch(signal, final, self.clock.now())
+            execution.on_watch(signals, final, self.clock.now())
         if step.record is not None:
             self._record(execution.request.batch_id, *step.record, False, None)
 

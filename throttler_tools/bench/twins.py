@@ -191,11 +191,17 @@ class CountingStateStore(MemoryStateStore):
         self._batch_write([PAUSE_KEY, THROTTLE_KEY], sizes)
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
-        """The shared throttle record's PutItem (the memory store's `throttle` writes through here)."""
+        """The shared throttle record's UpdateItem (the memory store's `throttle` writes through here)."""
         before = self._size(THROTTLE_KEY)
         with self.meter.section(TWIN):
             super().publish_throttle(signal, now)
-        self._write("PutItem", THROTTLE_KEY, before)
+        self._write("UpdateItem", THROTTLE_KEY, before)
+
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+        before = self._size(THROTTLE_KEY)
+        with self.meter.section(TWIN):
+            super().forget_key_throttles(signals)
+        self._write("UpdateItem", THROTTLE_KEY, before)
 
     # -- lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -333,7 +339,7 @@ class CountingStateStore(MemoryStateStore):
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         super().throttle(signal, now)  # counted in publish_throttle
 
-    def watch(self, batch_ids: Sequence[str]) -> tuple[ThrottleSignal | None, set[str]]:
+    def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
         self._batch_get([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
         with self.meter.section(TWIN):
             return super().watch(batch_ids)

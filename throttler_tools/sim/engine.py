@@ -386,11 +386,11 @@ class _SimBatch:
             publish_429(lambda: w.store(lambda: w.records.throttle(publish, now)))  # as the service does
         if step.poll_watch:
             try:
-                signal, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
+                signals, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
             except StoreError:
                 ex.abandon("the shared throttle record could not be read")
                 return
-            ex.on_watch(signal, final, self.local(w.loop.now))
+            ex.on_watch(signals, final, self.local(w.loop.now))
         if step.record is not None:
             self._record(*step.record, False, None)
 
