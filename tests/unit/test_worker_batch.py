@@ -52,9 +52,20 @@ def test_a_429_stops_every_later_call_of_the_batch_at_once_and_is_published() ->
     ex.step(1.0)
     ex.on_result(JobResult("a1", Outcome.THROTTLED, retry_after_s=30, sent_at=1.0), 1.0005)
     step = ex.step(1.001)
-    assert step.start == [] and step.publish is not None and step.publish.retry_after_s == 30
+    assert step.start == [] and [s.retry_after_s for s in step.publish] == [30]
     assert all(r.outcome is not Outcome.SUCCEEDED for r in ex.ordered_results())
     assert ex.done
+
+
+def test_two_keys_429s_met_before_one_step_are_both_published() -> None:
+    # Found by the review of the key-scoped record: the batch kept one 429 to publish, the last one met, so a
+    # key's 429 (or the stage's) answered in the same instant as another key's never reached the record.
+    ex = BatchExecution(request(spec("a1", "a", 1.0, key="A"), spec("b1", "b", 1.0, key="B"), key_scoped=True))
+    ex.step(1.0)
+    ex.on_result(JobResult("a1", Outcome.THROTTLED, retry_after_s=30, sent_at=1.0), 1.05)
+    ex.on_result(JobResult("b1", Outcome.THROTTLED, retry_after_s=2, sent_at=1.0), 1.05)
+    assert [(s.key, s.retry_after_s) for s in ex.step(1.05).publish] == [("A", 30), ("B", 2)]
+    assert ex.step(1.06).publish == []
 
 
 def test_a_429_published_by_another_batch_stops_this_one_at_its_next_look() -> None:

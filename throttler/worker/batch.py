@@ -41,7 +41,9 @@ WATCH_LEAD_S = 0.1
 class Step:
     start: list[JobSpec] = field(default_factory=list)
     poll_watch: bool = False  # read the throttle record (and the watched batches) before going on
-    publish: ThrottleSignal | None = None  # a 429 met here: publish it to every worker and run at once
+    # 429s met here: publish them to every worker and run at once (each in its scope: two keys' 429s, or a
+    # key's and the stage's, met before one step are both published)
+    publish: list[ThrottleSignal] = field(default_factory=list)
     record: tuple[list[str], list[str]] | None = None  # (succeeded, called) ids to add to the batch record
     wake_at: float | None = None  # call step again then (None: only when a call finishes)
     finished: bool = False
@@ -62,7 +64,7 @@ class BatchExecution:
         self.throttled_at: float | None = None
         self._unrecorded_ok: list[tuple[float, str]] = []
         self._unrecorded_called: list[str] = []
-        self._to_publish: ThrottleSignal | None = None
+        self._to_publish: list[ThrottleSignal] = []
         self._watching = set(request.watch)
         self.watched_final: set[str] = set()
         self._last_watch: float | None = None
@@ -72,8 +74,7 @@ class BatchExecution:
     # ------------------------------------------------------------------ the driver calls these
     def step(self, now: float) -> Step:
         out = Step()
-        if self._to_publish is not None:
-            out.publish, self._to_publish = self._to_publish, None
+        out.publish, self._to_publish = self._to_publish, []
         wake: float | None = None
         for group in list(self.pending):
             queue = self.pending[group]
@@ -124,7 +125,7 @@ class BatchExecution:
             at = result.sent_at if result.sent_at is not None else now
             scoped = self.request.key_scoped_429 and spec.key is not None
             signal = ThrottleSignal(now, result.retry_after_s, self.request.batch_id, spec.key if scoped else None)
-            self._to_publish = signal
+            self._to_publish.append(signal)
             self.throttled_at = self.throttled_at or at
             if scoped:
                 assert spec.key is not None

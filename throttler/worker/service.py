@@ -8,6 +8,7 @@ record before returning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 from collections.abc import Callable
@@ -163,9 +164,8 @@ class WorkerService:
                 result = self._next_result(finished, 0.0)
 
     def _act(self, execution: BatchExecution, step: Step) -> None:
-        if step.publish is not None:
-            publish = step.publish
-            if not publish_429(lambda: self.records.throttle(publish, self.clock.now())):
+        for publish in step.publish:
+            if not publish_429(functools.partial(self.records.throttle, publish, self.clock.now())):
                 logger.error("could not publish a 429", extra={"attempts": PUBLISH_ATTEMPTS})
         if step.poll_watch:
             try:

@@ -11,6 +11,7 @@ Everything is deterministic for a given seed.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -23,7 +24,7 @@ from typing import Any
 from throttler.core.errors import StoreError
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import LAMBDA_PAYLOAD_LIMIT, BatchRequest, BatchResponse, BatchStatus, JobSpec
-from throttler.store.base import ThrottleSignal, WorkerRecords
+from throttler.store.base import WorkerRecords
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
 from throttler.worker.invoker import WorkerFailed, WorkerLost, WorkerNotRun
@@ -380,10 +381,9 @@ class _SimBatch:
 
     def _act(self, step: Step) -> None:
         w, ex = self.w, self.execution
-        if step.publish is not None:
-            publish: ThrottleSignal = step.publish
+        for publish in step.publish:
             now = self.local(w.loop.now)
-            publish_429(lambda: w.store(lambda: w.records.throttle(publish, now)))  # as the service does
+            publish_429(functools.partial(w.store, functools.partial(w.records.throttle, publish, now)))  # as the service does
         if step.poll_watch:
             try:
                 signals, final = w.store(lambda: w.records.watch(sorted(ex.watching)))
