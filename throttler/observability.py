@@ -7,6 +7,7 @@ adding `aws-xray-sdk` to requirements.txt, a Tracer here, and `tracing` plus X-R
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -99,7 +100,8 @@ def composed_handler(compose: Callable[[], Any], body: Callable[[Any, Any, Any],
         try:
             return body(built[0], event, context)
         finally:
-            warn_when_cpu_bound(time.process_time() - cpu, time.monotonic() - wall, context)
+            with contextlib.suppress(Exception):  # a diagnostic: it must never change the handler's outcome
+                warn_when_cpu_bound(time.process_time() - cpu, time.monotonic() - wall, context)
 
     return handler
 

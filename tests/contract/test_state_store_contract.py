@@ -108,15 +108,23 @@ def test_each_scope_keeps_its_own_429_a_key_never_takes_another_keys_or_the_stag
     assert store.read_control().key_throttles["A"] == ThrottleSignal(60.0, None, "b9", "A")
 
 
+@pytest.mark.parametrize("key", ['q"uote', "a#b.c d", "key#x", ":a0", "[0]", "k" * 128])
+def test_any_printable_key_keeps_its_own_signal(records: WorkerRecords, store: StateStore, key: str) -> None:
+    records.throttle(ThrottleSignal(20.0, 3.0, "b1", key))
+    assert store.read_control().key_throttles == {key: ThrottleSignal(20.0, 3.0, "b1", key)}
+    assert store.forget_key_throttles([ThrottleSignal(20.0, 3.0, "b1", key)])
+    assert store.read_control().key_throttles == {}
+
+
 def test_ended_key_signals_are_forgotten_only_while_unchanged(records: WorkerRecords, store: StateStore) -> None:
     records.throttle(ThrottleSignal(20.0, 1.0, "b2", "A"))
     records.throttle(ThrottleSignal(20.0, 1.0, "b3", "B"))
     records.throttle(ThrottleSignal(30.0, None, "b1"))
     read = store.read_control().key_throttles
     records.throttle(ThrottleSignal(90.0, 5.0, "b7", "B"), now=90.0)  # B's new 429 after the read
-    store.forget_key_throttles([read["A"], read["B"]])  # B changed: nothing is removed
+    assert not store.forget_key_throttles([read["A"], read["B"]])  # B changed: nothing is removed
     assert set(store.read_control().key_throttles) == {"A", "B"}
-    store.forget_key_throttles([read["A"]])
+    assert store.forget_key_throttles([read["A"]])
     control = store.read_control()
     assert set(control.key_throttles) == {"B"} and control.throttle == ThrottleSignal(30.0, None, "b1")
     store.clear_pause()  # `resume` forgets every 429
@@ -205,3 +213,25 @@ def test_success_records_and_batch_records(store: StateStore, records: WorkerRec
     assert batch.succeeded == {"j1", "j2"} and batch.called == {"j3"} and batch.final and batch.throttled_at == 5.0
     signals, final = records.watch(["b1", "b9"])
     assert signals == [] and final == {"b1"}
+
+
+def test_a_record_left_in_the_format_before_key_items_neither_pauses_the_stage_nor_blocks_forgetting(
+    records: WorkerRecords, store: StateStore
+) -> None:
+    # Found by the review of the key-scoped record: the previous version kept a key's 429 at the item's top
+    # level; read as a key's signal, it could never be removed, and every forget that included it failed.
+    old = {"pk": "worker#throttle", "at": 100.0, "retry_after_s": 1.0, "batch": "old", "key": "OLD"}
+    if isinstance(store, MemoryStateStore):
+        store.items["worker#throttle"] = dict(old)
+    else:
+        assert isinstance(store, DynamoStateStore)
+        store._client.put_item(TableName=store._table, Item={  # the raw item, as the old version wrote it
+            "pk": {"S": "worker#throttle"}, "at": {"N": "100"}, "retry_after_s": {"N": "1"}, "batch": {"S": "old"},
+            "key": {"S": "OLD"},
+        })
+    control = store.read_control()
+    assert control.throttle is None and control.key_throttles == {}
+    records.throttle(ThrottleSignal(120.0, 1.0, "b1", "N0"))
+    assert store.forget_key_throttles(list(store.read_control().key_throttles.values()))
+    records.throttle(ThrottleSignal(130.0, 2.0, "b2"))  # the stage's first signal takes the old item's place
+    assert store.read_control().throttle == ThrottleSignal(130.0, 2.0, "b2")

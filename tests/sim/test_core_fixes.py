@@ -193,3 +193,31 @@ def test_a_keys_429_does_not_hide_the_operators_pause_from_long_batches() -> Non
         world.run_for(70)
         late += sum(1 for _, at in world.calls if at > paused_at + 5.0)
     assert late == 0, f"{late} calls left more than 5 s after the operator's pause"
+
+
+def test_a_pause_that_cannot_be_mirrored_at_once_is_mirrored_at_the_next_read_and_the_run_goes_on() -> None:
+    """Found by the review of the key-scoped record: a failed write of the pause's mirror (the record over
+    DynamoDB's item size, a throttled request) raised out of the run's refresh and the run died."""
+    from throttler.core.errors import StoreError
+
+    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 20}, api_tiers=[(1, 10)], default_latency="low"))
+    start = world.loop.now
+    publish = world.store.publish_throttle
+    mirrors: list[str] = []
+
+    def flaky(signal: ThrottleSignal, now: float | None = None) -> None:
+        if signal.batch_id == OPERATOR_SIGNAL:
+            mirrors.append("failed" if not mirrors else "written")
+            if mirrors[-1] == "failed":
+                raise StoreError("dynamodb update_item failed: ValidationException")
+        publish(signal, now)
+
+    world.store.publish_throttle = flaky  # type: ignore[method-assign]
+    paused_at = start + 40.0
+    world.loop.at(paused_at, functools.partial(world.store.set_pause, start + 86400, "operator", extend_only=False))
+    world.enqueue(_keyed_jobs("A", 1000, 3))
+    world.start_schedule()
+    world.run_for(70)
+    assert mirrors[:2] == ["failed", "written"]
+    assert world.deaths == []
+    assert [at for _, at in world.calls if at > paused_at + 5.0] == []

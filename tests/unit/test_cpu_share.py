@@ -64,3 +64,19 @@ def test_every_handler_watches_its_cpu(monkeypatch: pytest.MonkeyPatch, caplog: 
     assert handler({}, lambda_context(128)) == {"ok": True}
     [warning] = warnings_in(caplog)
     assert warning.cpu_share_used > 1
+
+
+@pytest.mark.parametrize("context", [lambda_context(float("inf")), lambda_context("1e999")])  # type: ignore[arg-type]
+def test_the_watch_never_changes_what_a_handler_returns_or_raises(monkeypatch: pytest.MonkeyPatch, context: Any) -> None:
+    # Found by the review: an infinite memory size raised OverflowError in the handler's `finally`.
+    cpu, wall = itertools.count(0.0, 9.0), itertools.count(0.0, 10.0)
+    monkeypatch.setattr(observability.time, "process_time", lambda: next(cpu))
+    monkeypatch.setattr(observability.time, "monotonic", lambda: next(wall))
+    composition = SimpleNamespace(settings=SimpleNamespace(stage="test"))
+    assert composed_handler(lambda: composition, lambda c, event, ctx: {"ok": True})({}, context) == {"ok": True}
+
+    def fails(c: Any, event: Any, ctx: Any) -> Any:
+        raise KeyError("the handler's own error")
+
+    with pytest.raises(KeyError, match="the handler's own error"):
+        composed_handler(lambda: composition, fails)({}, context)

@@ -78,7 +78,8 @@ class Pauses:
     consecutive_429: int = 0
     last_signal_at: float = 0.0
     keys: dict[str, float] = field(default_factory=dict)
-    key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal seen, by key
+    stage_signal_at: float = -math.inf  # the latest stage-wide signal read from the shared record
+    key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal read, by key
 
     def from_control(
         self, control: Control, now: float, auto_window_s: float | None, streak: int = 0, key_window_s: KeyWindow = None
@@ -90,10 +91,14 @@ class Pauses:
             self.api_until = None
             self.keys.clear()
             self.key_signal_at.clear()
+            self.stage_signal_at = -math.inf
             return
         if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
+            # Not compared with `last_signal_at`: a key's 429 dated later (another worker's clock runs ahead)
+            # must not hide the stage's (found by the review of the key-scoped record: calls went on 6 s).
             signal = control.throttle.bounded(now)
-            if signal.at > self.last_signal_at:
+            if signal.at > self.stage_signal_at:
+                self.stage_signal_at = signal.at
                 self.on_429(signal, auto_window_s, streak)
         for key, stored in control.key_throttles.items():
             signal = stored.bounded(now)

@@ -42,7 +42,8 @@ from throttler.worker.invoker import Invoker
 logger = logging.getLogger(__name__)
 LONG_POLL_S = 2.0
 # Ended key signals removed from the shared record per control read (one conditional write).
-FORGET_AT_ONCE = 50
+FORGET_AT_ONCE = 100
+FORGET_ONE_BY_ONE = 5
 
 
 class Phase(StrEnum):
@@ -124,6 +125,7 @@ class ThrottlerRun:
         self.receiver.close_settled = self._close_settled
         self.successor: str | None = None
         self.lease_lost = False
+        self.pause_unmirrored = False  # the operator's pause could not be written to the shared record yet
         self.released_for_pause = False
         self.end_reason = ""
 
@@ -204,9 +206,15 @@ class ThrottlerRun:
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
         self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
         self._forget_ended_key_signals(control, now)
-        if newly_paused and self.outbox.in_flight:
+        still_paused = self.pauses.operator_until is not None
+        if (newly_paused or (self.pause_unmirrored and still_paused)) and self.outbox.in_flight:
             # Workers of long batches look at the shared throttle record: tell them too.
-            self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))
+            try:
+                self.store.publish_throttle(ThrottleSignal(now, (control.pause_until or now) - now, OPERATOR_SIGNAL))
+                self.pause_unmirrored = False
+            except StoreError as exc:  # tried again at the next read; the run itself is paused already
+                logger.error("could not mirror the pause to the workers", extra={"error": str(exc)})
+                self.pause_unmirrored = True
         if self.pacer is not None:
             self.pacer.expire(now)
         self.receiver.recover_foreign(now)
@@ -218,11 +226,13 @@ class ThrottlerRun:
         """Key-scoped 429s ended a while ago leave the shared record, a few at a time, so that it stays small
         whatever the number of keys (each is removed only if it is still the one read)."""
         ended = [s for s in control.key_throttles.values() if s.bounded(now).ends_at + KEY_SIGNAL_KEEP_S < now]
-        if ended:
-            try:
-                self.store.forget_key_throttles(ended[:FORGET_AT_ONCE])
-            except StoreError as exc:  # the next read tries again
-                logger.warning("could not forget ended key signals", extra={"error": str(exc)})
+        try:
+            if ended and not self.store.forget_key_throttles(ended[:FORGET_AT_ONCE]):
+                # One of them changed since the read (a new 429 of its key): the others one by one, a few.
+                for signal in ended[:FORGET_ONE_BY_ONE]:
+                    self.store.forget_key_throttles([signal])
+        except StoreError as exc:  # the next read tries again
+            logger.warning("could not forget ended key signals", extra={"error": str(exc)})
 
     # ------------------------------------------------------------------ dispatching
     def _run(self, now: float) -> Wake:

@@ -27,12 +27,13 @@ ATTEMPTS_PREFIX = "attempts#"
 DONE_PREFIX = "done#"
 WORKER_PREFIX = "worker#"
 BATCH_PREFIX = "worker#batch#"
-THROTTLE_KEY = "worker#throttle"
-# In the throttle item, beside the stage-wide signal: one attribute per key whose 429 is key-scoped, so that
-# one key's 429 never takes the place of another key's, nor of the stage's (or the operator's pause).
+THROTTLE_KEY = "worker#throttle"  # the stage-wide signal (a 429, or the operator's pause mirrored)
+# Key-scoped 429s (signals_scope=key): one attribute per key in an item of their own, so that one key's 429
+# never takes the place of another key's, and however many keys 429 at once the stage's item stays small.
+KEY_THROTTLE_KEY = "worker#throttle#keys"
 KEY_SIGNAL_PREFIX = "key#"
-# A key's signal is forgotten this long after it ended (the item stays far below DynamoDB's 400 KB).
-KEY_SIGNAL_KEEP_S = 60.0
+# A key's signal is forgotten this long after it ended: every batch that watches looks within a second.
+KEY_SIGNAL_KEEP_S = 10.0
 TTL_ATTRIBUTE = "ttl"
 # The batch id of a throttle signal that mirrors an operator's pause (not a 429: no backoff, no learning).
 OPERATOR_SIGNAL = "operator"
@@ -90,18 +91,17 @@ def throttle_fields(signal: ThrottleSignal) -> dict[str, Any]:
     return fields
 
 
-def read_throttle_item(item: Mapping[str, Any] | None) -> tuple[ThrottleSignal | None, dict[str, ThrottleSignal]]:
-    """The stage-wide signal and the key-scoped ones of a throttle item (plain values)."""
-    if not item:
-        return None, {}
-    stage, keys = None, {}
-    if item.get("at") is not None:
-        old_key = item.get("key")  # the format before key attributes: one signal, of a key or of the stage
-        if old_key:
-            keys[str(old_key)] = _stored_signal(item, str(old_key))
-        else:
-            stage = _stored_signal(item, None)
-    for name, value in item.items():
+def read_throttle_items(
+    stage_item: Mapping[str, Any] | None, keys_item: Mapping[str, Any] | None
+) -> tuple[ThrottleSignal | None, dict[str, ThrottleSignal]]:
+    """The stage-wide signal and the key-scoped ones (plain values of the two throttle items). A stage item in
+    the format before key items (a top-level `key`) holds a key's signal from before an upgrade: not the
+    stage's, and not kept as a key's either (the run that met it paused the key from its own results)."""
+    stage = None
+    if stage_item and stage_item.get("at") is not None and not stage_item.get("key"):
+        stage = _stored_signal(stage_item, None)
+    keys = {}
+    for name, value in (keys_item or {}).items():
         if name.startswith(KEY_SIGNAL_PREFIX) and isinstance(value, Mapping) and value.get("at") is not None:
             key = name[len(KEY_SIGNAL_PREFIX) :]
             keys[key] = _stored_signal(value, key)
@@ -204,8 +204,9 @@ class StateStore(ABC):
         """Write the shared throttle record the workers watch (the throttler mirrors an operator's pause there)."""
 
     @abstractmethod
-    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
-        """Remove these key-scoped signals from the throttle record, each only if it is still the one stored."""
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> bool:
+        """Remove these key-scoped signals from the shared record if each is still the one stored (else none:
+        False)."""
 
     # ------------------------------------------------------------------ lease and hand-over
     @abstractmethod

@@ -21,6 +21,7 @@ from throttler.store.base import (
     BATCH_PREFIX,
     DONE_PREFIX,
     KEY_SIGNAL_PREFIX,
+    KEY_THROTTLE_KEY,
     KEY_USAGE_PREFIX,
     LAST_GOOD_KEY,
     LEASE_KEY,
@@ -41,7 +42,7 @@ from throttler.store.base import (
     ThrottleSignal,
     UsageRecord,
     WorkerRecords,
-    read_throttle_item,
+    read_throttle_items,
     throttle_fields,
 )
 
@@ -155,11 +156,11 @@ class _DynamoControl(_Table):
 
     # ------------------------------------------------------------------ control
     def read_control(self) -> Control:
-        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
+        found = self._get_many([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, KEY_THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
         pause = found.get(PAUSE_KEY)
         last_good = found.get(LAST_GOOD_KEY)
         quotas = found.get(QUOTAS_KEY)
-        stage_signal, key_signals = read_throttle_item(found.get(THROTTLE_KEY))
+        stage_signal, key_signals = read_throttle_items(found.get(THROTTLE_KEY), found.get(KEY_THROTTLE_KEY))
         return Control(
             {k: v for k, v in quotas.items() if k != "pk"} if quotas else None,
             json.loads(last_good["item"]) if last_good else None,
@@ -195,12 +196,12 @@ class _DynamoControl(_Table):
         )
 
     def clear_pause(self) -> None:
-        self._write_many([{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in (PAUSE_KEY, THROTTLE_KEY)])
+        self._write_many([{"DeleteRequest": {"Key": {"pk": {"S": k}}}} for k in (PAUSE_KEY, THROTTLE_KEY, KEY_THROTTLE_KEY)])
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         DynamoWorkerRecords(self._client, self._table).throttle(signal, now)
 
-    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> bool:
         names: dict[str, str] = {"#at": "at"}
         values: dict[str, Any] = {}
         removes, conditions = [], []
@@ -209,16 +210,17 @@ class _DynamoControl(_Table):
             values[f":a{i}"] = _n(signal.at)
             removes.append(f"#k{i}")
             conditions.append(f"#k{i}.#at = :a{i}")  # still the signal read: a newer 429 of the key stays
-        if removes:
-            self._conditional(
-                "update_item",
-                TableName=self._table,
-                Key={"pk": {"S": THROTTLE_KEY}},
-                UpdateExpression="REMOVE " + ", ".join(removes),
-                ConditionExpression=" AND ".join(conditions),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
+        if not removes:
+            return True
+        return self._conditional(
+            "update_item",
+            TableName=self._table,
+            Key={"pk": {"S": KEY_THROTTLE_KEY}},
+            UpdateExpression="REMOVE " + ", ".join(removes),
+            ConditionExpression=" AND ".join(conditions),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -533,8 +535,8 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         self._conditional(
             "update_item",
             TableName=self._table,
-            Key={"pk": {"S": THROTTLE_KEY}},
-            UpdateExpression="SET #k = :signal",
+            Key={"pk": {"S": KEY_THROTTLE_KEY}},
+            UpdateExpression="SET #k = :signal",  # an item of the keys' own (created by the first)
             ConditionExpression="attribute_not_exists(#k) OR #k.#at > :ahead OR #k.#ends < :ends",
             ExpressionAttributeNames={"#k": KEY_SIGNAL_PREFIX + signal.key, "#at": "at", "#ends": "ends"},
             ExpressionAttributeValues={
@@ -545,9 +547,9 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         )
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
-        found = self._get_many([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
+        found = self._get_many([THROTTLE_KEY, KEY_THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
         final = {b for b in batch_ids if (found.get(BATCH_PREFIX + b) or {}).get("final")}
-        stage, keys = read_throttle_item(found.get(THROTTLE_KEY))
+        stage, keys = read_throttle_items(found.get(THROTTLE_KEY), found.get(KEY_THROTTLE_KEY))
         return [*([stage] if stage else []), *keys.values()], final
 
 

@@ -14,6 +14,7 @@ from throttler.store.base import (
     BATCH_PREFIX,
     DONE_PREFIX,
     KEY_SIGNAL_PREFIX,
+    KEY_THROTTLE_KEY,
     KEY_USAGE_PREFIX,
     LAST_GOOD_KEY,
     LEASE_KEY,
@@ -33,7 +34,7 @@ from throttler.store.base import (
     ThrottleSignal,
     UsageRecord,
     WorkerRecords,
-    read_throttle_item,
+    read_throttle_items,
     throttle_fields,
 )
 
@@ -51,7 +52,7 @@ class _MemoryControl:
             pause = self.items.get(PAUSE_KEY)
             last_good = self.items.get(LAST_GOOD_KEY)
             quotas = self.items.get(QUOTAS_KEY)
-            stage_signal, key_signals = read_throttle_item(self.items.get(THROTTLE_KEY))
+            stage_signal, key_signals = read_throttle_items(self.items.get(THROTTLE_KEY), self.items.get(KEY_THROTTLE_KEY))
             return Control(
                 copy.deepcopy({k: v for k, v in quotas.items() if k != "pk"}) if quotas else None,
                 json.loads(last_good["item"]) if last_good else None,
@@ -86,33 +87,28 @@ class _MemoryControl:
         with self._lock:
             self.items.pop(PAUSE_KEY, None)
             self.items.pop(THROTTLE_KEY, None)
+            self.items.pop(KEY_THROTTLE_KEY, None)
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         with self._lock:
-            item = self.items.setdefault(THROTTLE_KEY, {"pk": THROTTLE_KEY})
-            stage, keys = read_throttle_item(item)
+            stage, keys = read_throttle_items(self.items.get(THROTTLE_KEY), self.items.get(KEY_THROTTLE_KEY))
             current = stage if signal.key is None else keys.get(signal.key)
             if current is not None and not signal.replaces(current, now):
                 return
             if signal.key is None:
-                for name in ("at", "batch", "ends", "retry_after_s", "key"):
-                    item.pop(name, None)
-                item.update(throttle_fields(signal))
+                self.items[THROTTLE_KEY] = {"pk": THROTTLE_KEY, **throttle_fields(signal)}
             else:
-                if item.get("key") == signal.key:  # the older format's one signal was this key's: it moves
-                    for name in ("at", "batch", "ends", "retry_after_s", "key"):
-                        item.pop(name, None)
+                item = self.items.setdefault(KEY_THROTTLE_KEY, {"pk": KEY_THROTTLE_KEY})
                 item[KEY_SIGNAL_PREFIX + signal.key] = throttle_fields(signal)
 
-    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> bool:
         with self._lock:
-            item = self.items.get(THROTTLE_KEY)
-            if item is None:
-                return
-            _, keys = read_throttle_item(item)
-            if all(s.key is not None and keys.get(s.key) == s for s in signals):
-                for s in signals:
-                    item.pop(KEY_SIGNAL_PREFIX + str(s.key), None)
+            _, keys = read_throttle_items(None, self.items.get(KEY_THROTTLE_KEY))
+            if not all(s.key is not None and keys.get(s.key) is not None and keys[s.key].at == s.at for s in signals):
+                return False
+            for s in signals:
+                self.items[KEY_THROTTLE_KEY].pop(KEY_SIGNAL_PREFIX + str(s.key), None)
+            return True
 
     # ------------------------------------------------------------------ lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -300,7 +296,7 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
     def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
         with self._lock:
             final = {b for b in batch_ids if self.items.get(BATCH_PREFIX + b, {}).get("final")}
-            stage, keys = read_throttle_item(self.items.get(THROTTLE_KEY))
+            stage, keys = read_throttle_items(self.items.get(THROTTLE_KEY), self.items.get(KEY_THROTTLE_KEY))
             return [*([stage] if stage else []), *keys.values()], final
 
 

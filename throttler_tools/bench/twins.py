@@ -24,6 +24,7 @@ from throttler.store.base import (
     ATTEMPTS_PREFIX,
     BATCH_PREFIX,
     DONE_PREFIX,
+    KEY_THROTTLE_KEY,
     KEY_USAGE_PREFIX,
     LAST_GOOD_KEY,
     LEASE_KEY,
@@ -156,7 +157,7 @@ class CountingStateStore(MemoryStateStore):
 
     # -- control
     def read_control(self) -> Control:
-        self._batch_get([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
+        self._batch_get([QUOTAS_KEY, LAST_GOOD_KEY, PAUSE_KEY, THROTTLE_KEY, KEY_THROTTLE_KEY, LEASE_KEY, STAGE_KEY])
         with self.meter.section(TWIN):
             return super().read_control()
 
@@ -185,23 +186,25 @@ class CountingStateStore(MemoryStateStore):
         self._write("PutItem", PAUSE_KEY, before)
 
     def clear_pause(self) -> None:
-        sizes = [self._size(PAUSE_KEY), self._size(THROTTLE_KEY)]
+        sizes = [self._size(PAUSE_KEY), self._size(THROTTLE_KEY), self._size(KEY_THROTTLE_KEY)]
         with self.meter.section(TWIN):
             super().clear_pause()
-        self._batch_write([PAUSE_KEY, THROTTLE_KEY], sizes)
+        self._batch_write([PAUSE_KEY, THROTTLE_KEY, KEY_THROTTLE_KEY], sizes)
 
     def publish_throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         """The shared throttle record's UpdateItem (the memory store's `throttle` writes through here)."""
-        before = self._size(THROTTLE_KEY)
+        item = THROTTLE_KEY if signal.key is None else KEY_THROTTLE_KEY
+        before = self._size(item)
         with self.meter.section(TWIN):
             super().publish_throttle(signal, now)
-        self._write("UpdateItem", THROTTLE_KEY, before)
+        self._write("UpdateItem", item, before)
 
-    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> None:
-        before = self._size(THROTTLE_KEY)
+    def forget_key_throttles(self, signals: Sequence[ThrottleSignal]) -> bool:
+        before = self._size(KEY_THROTTLE_KEY)
         with self.meter.section(TWIN):
-            super().forget_key_throttles(signals)
-        self._write("UpdateItem", THROTTLE_KEY, before)
+            removed = super().forget_key_throttles(signals)
+        self._write("UpdateItem", KEY_THROTTLE_KEY, before)
+        return removed
 
     # -- lease
     def acquire_lease(self, owner: str, now: float, ttl_s: float, runs_until: float | None = None) -> LeaseState:
@@ -340,6 +343,6 @@ class CountingStateStore(MemoryStateStore):
         super().throttle(signal, now)  # counted in publish_throttle
 
     def watch(self, batch_ids: Sequence[str]) -> tuple[list[ThrottleSignal], set[str]]:
-        self._batch_get([THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
+        self._batch_get([THROTTLE_KEY, KEY_THROTTLE_KEY, *(BATCH_PREFIX + b for b in batch_ids)])
         with self.meter.section(TWIN):
             return super().watch(batch_ids)
