@@ -36,6 +36,10 @@ class PlanRequest:
     # Groups in a batch still in flight may bring work soon: do not skip stage capacity that none of the
     # keys here can use (slots only move forward: skipping would keep it from them).
     others_pending: bool = False
+    # The keys of the jobs in flight (their groups' next jobs are most likely theirs): when each of them is set
+    # aside by its own tiers now, what they bring could not use the capacity skipped either, so it is skipped.
+    # Empty: any key may come (the rule above holds whoever is in flight).
+    pending_keys: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -99,7 +103,7 @@ class Planner:
                 walk.ready.push(heapq.heappop(walk.deferred)[1])
             key = walk.ready.pop()
             if key is None:
-                if walk.deferred and walk.deferred[0][0] < request.end and not request.others_pending:
+                if walk.deferred and walk.deferred[0][0] < request.end and not self._others_pending(walk):
                     t = max(t, walk.deferred[0][0])
                     continue
                 walk.plan.stage_next = stage_slot
@@ -110,6 +114,16 @@ class Planner:
             if isinstance(placed, float):
                 t = placed
         return walk.plan
+
+    @staticmethod
+    def _others_pending(walk: _Walk) -> bool:
+        request = walk.request
+        if not request.others_pending:
+            return False
+        if not request.pending_keys:
+            return True
+        set_aside = {key for _, key in walk.deferred}
+        return not request.pending_keys <= set_aside
 
     def _place(self, walk: _Walk, key: str, stage_slot: float) -> float | object | None:
         """Give the key's next ready job the earliest slot it may have; returns that slot, None when the key
