@@ -69,6 +69,7 @@ class _Walk:
     ready: KeyQueue
     plan: Plan = field(default_factory=Plan)
     deferred: list[tuple[float, str]] = field(default_factory=list)
+    capped: set[str] = field(default_factory=set)  # keys set aside by their own tiers (not by their groups' turns)
     cursor: dict[str, int] = field(default_factory=dict)
     free_at: dict[str, float] = field(default_factory=dict)
     budget: float = math.inf
@@ -122,7 +123,7 @@ class Planner:
             return False
         if not request.pending_keys:
             return True
-        set_aside = {key for _, key in walk.deferred}
+        set_aside = {key for _, key in walk.deferred if key in walk.capped}
         return not request.pending_keys <= set_aside
 
     def _place(self, walk: _Walk, key: str, stage_slot: float) -> float | object | None:
@@ -148,6 +149,7 @@ class Planner:
                 plan.key_next[key] = slot
             else:
                 heapq.heappush(walk.deferred, (slot, key))
+                walk.capped.add(key)
             return None
         if slot >= request.end:
             plan.stage_next = slot
