@@ -71,6 +71,7 @@ class Batcher:
             self.outbox.latency_s * 1.5,
             key_paused_until=self.pauses.key_paused(now),
             others_pending=bool(busy),
+            pending_keys=self.outbox.keys_in_flight(),
         )
         plan = planner.plan(self.inbox, request)
         self.receiver.hide_waiting(plan.key_next, now, frozenset(plan.by_group()))

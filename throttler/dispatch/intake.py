@@ -94,22 +94,29 @@ class Intake:
         return [h for h in fresh if h.job_id not in done]
 
     # ------------------------------------------------------------------ holding and hiding
-    def hide_groups(self, groups: Sequence[str], until: float | None, now: float, stagger_s: float = 0.0) -> None:
+    def hide_groups(
+        self, groups: Sequence[str], until: float | None, now: float, stagger_s: float = 0.0
+    ) -> list[tuple[float, str]]:
         """Hide these groups until `until` (None: re-check later, backing off): the head message waits in
         SQS (its whole group with it, FIFO); the rest are released at once (they stay behind it). With
         `stagger_s`, the n-th group comes back n x stagger_s later: when one key's groups wait for its slots,
-        each comes back near its own turn instead of all at the first slot (and all but one hidden again)."""
+        each comes back near its own turn instead of all at the first slot (and all but one hidden again).
+        Returns (hidden until, receipt) of each group's head: the run may make it visible sooner."""
         changes: list[tuple[str, float]] = []
+        heads: list[tuple[float, str]] = []
         for n, group in enumerate(groups):
             held = self.inbox.remove_group(group)
             if not held:
                 continue
             head, rest = held[0], held[1:]
             when = until + n * stagger_s if until is not None else None
-            changes.append((head.msg.receipt, hide_seconds(when, now, head.msg.receive_count)))
+            seconds = hide_seconds(when, now, head.msg.receive_count)
+            changes.append((head.msg.receipt, seconds))
             changes += [(h.msg.receipt, 0.0) for h in rest]
+            heads.append((now + seconds, head.msg.receipt))
         if changes:
             self.queue.change_visibility(changes)
+        return heads
 
     def release_all(self) -> int:
         """Make every held message visible again at once (end of run, a pause, a blocked stage)."""

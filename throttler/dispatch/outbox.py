@@ -115,6 +115,9 @@ class Outbox:
     def busy_groups(self) -> set[str]:
         return {g for f in self.in_flight.values() for g in f.sent.groups}
 
+    def keys_in_flight(self) -> frozenset[str]:
+        return frozenset(h.fair_key for f in self.in_flight.values() for h, _ in f.sent.jobs)
+
     def unsettled(self) -> list[str]:
         return list(self.in_flight)
 

@@ -36,6 +36,10 @@ class PlanRequest:
     # Groups in a batch still in flight may bring work soon: do not skip stage capacity that none of the
     # keys here can use (slots only move forward: skipping would keep it from them).
     others_pending: bool = False
+    # The keys of the jobs in flight (their groups' next jobs are most likely theirs): when each of them is set
+    # aside by its own tiers now, what they bring could not use the capacity skipped either, so it is skipped.
+    # Empty: any key may come (the rule above holds whoever is in flight).
+    pending_keys: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -65,6 +69,7 @@ class _Walk:
     ready: KeyQueue
     plan: Plan = field(default_factory=Plan)
     deferred: list[tuple[float, str]] = field(default_factory=list)
+    capped: set[str] = field(default_factory=set)  # keys set aside by their own tiers (not by their groups' turns)
     cursor: dict[str, int] = field(default_factory=dict)
     free_at: dict[str, float] = field(default_factory=dict)
     budget: float = math.inf
@@ -99,7 +104,7 @@ class Planner:
                 walk.ready.push(heapq.heappop(walk.deferred)[1])
             key = walk.ready.pop()
             if key is None:
-                if walk.deferred and walk.deferred[0][0] < request.end and not request.others_pending:
+                if walk.deferred and walk.deferred[0][0] < request.end and not self._others_pending(walk):
                     t = max(t, walk.deferred[0][0])
                     continue
                 walk.plan.stage_next = stage_slot
@@ -110,6 +115,16 @@ class Planner:
             if isinstance(placed, float):
                 t = placed
         return walk.plan
+
+    @staticmethod
+    def _others_pending(walk: _Walk) -> bool:
+        request = walk.request
+        if not request.others_pending:
+            return False
+        if not request.pending_keys:
+            return True
+        set_aside = {key for _, key in walk.deferred if key in walk.capped}
+        return not request.pending_keys <= set_aside
 
     def _place(self, walk: _Walk, key: str, stage_slot: float) -> float | object | None:
         """Give the key's next ready job the earliest slot it may have; returns that slot, None when the key
@@ -134,6 +149,7 @@ class Planner:
                 plan.key_next[key] = slot
             else:
                 heapq.heappush(walk.deferred, (slot, key))
+                walk.capped.add(key)
             return None
         if slot >= request.end:
             plan.stage_next = slot

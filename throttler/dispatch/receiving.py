@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from throttler.core.clock import Clock
 from throttler.core.fairness import NO_KEY
 from throttler.dispatch.config import InForce
+from throttler.dispatch.hidden import HiddenKeys
 from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.intake import HOLD_MAX_S, Intake
 from throttler.dispatch.outbox import Outbox
@@ -29,6 +31,15 @@ MAX_HELD = 3000
 RECEIVES_PER_STEP = 30
 BATCH_TARGET_JOBS = 20  # a batch spans up to 2 s at low rates, so that its fixed cost is shared
 MAX_HORIZON_S = 5.0
+# A key's surplus groups come back within this: its expected rate is a guess (keys drain, weights change), and a
+# group back too early costs one receive and one hide, one back too late may leave the stage idle.
+SURPLUS_HIDE_MAX_S = 60.0
+# ... and at twice its fair share of the stage: keys drain and leave their share to the rest, and a group back
+# too late leaves the stage idle (at the share itself: 93% of the stage used with 10 keys, 99.3% at twice).
+SURPLUS_RATE_SLACK = 2.0
+# Groups due back within this come back by themselves: not worth a request to bring them sooner.
+RECALL_MARGIN_S = 1.0
+RECALL_SCAN = 1000  # hidden groups looked at per recall, at most (those of keys held here are passed over)
 HOLD_AT_MOST_S = 3600.0
 DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
 
@@ -51,9 +62,12 @@ class Receiver:
     ):
         self.s, self.queue, self.store, self.inbox, self.intake = settings, queue, store, inbox, intake
         self.usage, self.in_force, self.outbox, self.t, self.summary, self.clock = usage, in_force, outbox, timing, summary, clock
-        self.hidden: dict[str, list[tuple[float, int]]] = {}  # fair key -> [(hidden until, messages)]
+        self.hidden = HiddenKeys()  # fair key -> its groups hidden in SQS, until when
         self.returns_at: dict[str, float] = {}  # fair key -> when its next hidden group is due back
         self.keys_written_at = -math.inf
+        self.surplus_back_at = -math.inf  # the last group hidden for its key's share is back then
+        # (back at, head's receipt, messages, key) of those groups
+        self.recallable: list[tuple[float, str, int, str]] = []
         # Settled batches stay listed as open until their successes are deleted: if the run dies before the
         # deletes, a later run reads their records and never calls those jobs again.
         self.settled: list[tuple[str, int]] = []  # (batch, deletes_sent once its successes are deleted)
@@ -106,8 +120,12 @@ class Receiver:
             if self.inbox.pending_deletes:
                 self.flush(now)  # FIFO shows a group's next message only once the finished ones are gone
             messages = self.queue.receive(10, visibility, wait_s=0)
+            if not messages and self.recall(now, self.recall_wanted(now, target, received)):
+                continue  # visible again: received next
             if not messages:
-                self.t.queue_empty = not self.inbox and not received and not self.outbox.in_flight
+                # Groups this run hid for their key's share come back soon: the queue only looks empty.
+                surplus_due = self.surplus_back_at > now
+                self.t.queue_empty = not self.inbox and not received and not self.outbox.in_flight and not surplus_due
                 self.t.receive_after = now + (CONTROL_REFRESH_S if self.t.queue_empty else 0.5)
                 break
             self.t.queue_empty = False
@@ -192,8 +210,11 @@ class Receiver:
     # ------------------------------------------------------------------ sharing and hiding
     def balance(self, now: float) -> None:
         """Only when the run holds all it may (it would receive nothing more): then a key past its share
-        hides the rest, until the soonest its held share can be sent (at its own fastest rate), so that
-        receives reach other keys, and nothing waits hidden while the stage has room for it."""
+        hides the rest, so that receives reach other keys, and nothing waits hidden while the stage has room
+        for it. Its groups come back one after another at the rate the key can expect while the keys known
+        to be backlogged share the stage (at most SURPLUS_HIDE_MAX_S ahead): hidden only until its fastest
+        rate could send its share, each came back within a second and was hidden again (40 Zipf keys: 350
+        AWS requests per job, the run receiving in a loop)."""
         keys = self.inbox.keys()
         target = self.held_target()
         if len(keys) < 2 or len(self.inbox) < target:
@@ -202,12 +223,66 @@ class Receiver:
         assert pacer is not None
         weights = {k: self.in_force.weight(k) for k in keys}
         total_w = sum(weights.values())
+        backlogged_w = total_w + self.hidden.weight_besides(now, weights)
+        stage_rate = pacer.stage.rate_per_s(now)
         for key in keys:
             share = max(1, math.floor(target * weights[key] / total_w))
             surplus = self.intake.surplus_groups(key, share)
-            if surplus:
-                fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
-                self.hide(key, surplus, now + share / min(fastest, 1000.0), now)
+            if not surplus:
+                continue
+            fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
+            fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
+            expected = min(fastest, 1000.0, max(0.01, fair))
+            per_group = sum(len(self.inbox.groups.get(g, ())) for g in surplus) / len(surplus)
+            stagger = min(per_group / expected, SURPLUS_HIDE_MAX_S / len(surplus))
+            first = max(now + share / expected, self._returns_at(key))
+            first = min(first, now + SURPLUS_HIDE_MAX_S - len(surplus) * stagger)
+            self.returns_at[key] = first + len(surplus) * stagger
+            self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
+            count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
+            for back_at, receipt in self.hide(key, surplus, first, now, stagger):
+                heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
+
+    def recall_wanted(self, now: float, target: int, received: list[QueuedMessage]) -> int:
+        """How many messages to bring back early when the queue looks empty: up to half the target while the
+        run holds less; or, when the keys held cannot use the stage's rate between them (their own tiers cap
+        them), enough for the rest of that rate over two seconds."""
+        if not self.recallable:
+            return 0
+        pacer = self.in_force.pacer
+        assert pacer is not None
+        held = len(self.inbox) + len(received)
+        stage_rate = pacer.stage.rate_per_s(now)
+        usable = sum(pacer.rate_per_s(now, None if k == NO_KEY else k) for k in self.inbox.keys())
+        missing = max(0.0, stage_rate - usable) if not received else 0.0
+        return max(target // 2 - held, math.ceil(2 * missing) if math.isfinite(missing) else 0)
+
+    def recall(self, now: float, wanted: int) -> bool:
+        """The queue looks empty and the run cannot use the stage with what it holds: the rates guessed for
+        the keys whose groups it hid were too low (other keys drained meanwhile). Bring back the groups due
+        soonest of keys not held here, about `wanted` messages, in the order they were due (each key keeps
+        its turns); False when there is nothing to bring."""
+        while self.recallable and self.recallable[0][0] <= now + RECALL_MARGIN_S:
+            heapq.heappop(self.recallable)  # back by itself soon (or already received again)
+        if wanted <= 0 or not self.recallable:
+            return False
+        held = self.inbox.by_key
+        receipts: list[str] = []
+        passed: list[tuple[float, str, int, str]] = []
+        while self.recallable and wanted > 0 and len(passed) < RECALL_SCAN:
+            entry = heapq.heappop(self.recallable)
+            if entry[3] in held:
+                passed.append(entry)  # its key has work here already: it would add none of the rate missing
+                continue
+            receipts.append(entry[1])
+            wanted -= entry[2]
+        for entry in passed:
+            heapq.heappush(self.recallable, entry)
+        if not receipts:
+            return False
+        self.queue.change_visibility([(r, 0.0) for r in receipts])  # a failed one comes back when it was due
+        self.summary.recalled += len(receipts)
+        return True
 
     def hide_waiting(self, key_next: dict[str, float | None], now: float, planned: frozenset[str] = frozenset()) -> None:
         """Hide the groups of keys whose next slot is far. Not the groups of the batch being planned: hiding a
@@ -236,12 +311,13 @@ class Receiver:
             self.returns_at[key] = float(seen.get("returns_at") or 0.0) if isinstance(seen, dict) else 0.0
         return self.returns_at[key]
 
-    def hide(self, key: str, groups: list[str], until: float | None, now: float, stagger_s: float = 0.0) -> None:
+    def hide(
+        self, key: str, groups: list[str], until: float | None, now: float, stagger_s: float = 0.0
+    ) -> list[tuple[float, str]]:
         count = sum(len(self.inbox.groups.get(g, ())) for g in groups)
-        entries = [e for e in self.hidden.get(key, []) if e[0] > now]
-        entries.append((until if until is not None else now + 300.0, count))
-        self.hidden[key] = entries
-        self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now, stagger_s)
+        back_at = (until if until is not None else now + 300.0) + len(groups) * stagger_s
+        self.hidden.add(key, back_at, count, self.in_force.weight(key), now)
+        return self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now, stagger_s)
 
     def keys_summary(self, now: float) -> dict[str, Any] | None:
         """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""
@@ -251,7 +327,7 @@ class Receiver:
         backlog: dict[str, dict[str, Any]] = {}
         for key in set(self.inbox.keys()) | set(self.hidden):
             held = self.inbox.held_of_key(key)
-            hidden = sum(c for until, c in self.hidden.get(key, []) if until > now)
+            hidden = self.hidden.messages(key, now)
             if held or hidden:
                 backlog[key] = {"held": held, "hidden": hidden, "seen_at": round(now, 3)}
                 if self.returns_at.get(key, 0.0) > now:

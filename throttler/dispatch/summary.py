@@ -56,6 +56,7 @@ class RunSummary:
     skipped: int = 0
     missed_slots: int = 0
     hidden: int = 0
+    recalled: int = 0  # groups hidden for their key's share brought back sooner (the queue looked empty)
     released: int = 0
     reservations: int = 0
     reservation_conflicts: int = 0

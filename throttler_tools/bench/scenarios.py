@@ -159,10 +159,12 @@ def keys_scenario(
     api_latency: ApiLatency | None = None,
     jobs_per_group: int = 2,
     client_ms: dict[str, float] | None = None,
+    least: int | None = None,
 ) -> dict[str, Any]:
-    """A Zipf backlog over `keys` keys (heaviest / rank jobs each, at least one) with a stage tier and a
-    per-key tier, some keys weighing 2 or 3; jobs enqueued shuffled (each group's order kept)."""
-    backlog = zipf_backlog(keys, heaviest)
+    """A Zipf backlog over `keys` keys (heaviest / rank jobs each, at least `least`) with a stage tier and a
+    per-key tier, some keys weighing 2 or 3; jobs enqueued shuffled (each group's order kept). The lightest
+    tenth has one job each (the light keys whose wait is measured)."""
+    backlog = [max(least or 1, jobs) for jobs in zipf_backlog(keys, heaviest)]
     for rank in range(max(1, keys - max(1, keys // 10)), keys):  # the lightest tenth: one job each
         backlog[rank] = 1
     names = [f"k{rank:05d}" for rank in range(1, keys + 1)]
@@ -219,7 +221,8 @@ def keys_scenario(
     if window and backlogged:
         capacity = sum(served[k] for k in backlogged)
         # Each key's fair share: weighted, at most its own tier's rate, and at most what it had to send.
-        caps = [min(key_rate * window, float(backlog[names.index(k)])) for k in backlogged]
+        rank_of = {name: i for i, name in enumerate(names)}  # names.index per key was quadratic in the keys
+        caps = [min(key_rate * window, float(backlog[rank_of[k]])) for k in backlogged]
         shares = water_fill(capacity, caps, [float(weights[k]) for k in backlogged])
         fairness = jain([served[k] / s for k, s in zip(backlogged, shares, strict=True) if s > 0])
         detail = {k: (served[k], round(s, 1), weights[k]) for k, s in zip(backlogged, shares, strict=True)}
