@@ -221,3 +221,18 @@ def test_a_pause_that_cannot_be_mirrored_at_once_is_mirrored_at_the_next_read_an
     assert mirrors[:2] == ["failed", "written"]
     assert world.deaths == []
     assert [at for _, at in world.calls if at > paused_at + 5.0] == []
+
+
+def test_a_keys_surplus_groups_are_never_hidden_for_no_time() -> None:
+    """SPEC promise 4 (found by the review of the per-key hiding). A key capped by its own tier (`10s=1`) with
+    more groups than its share: its one surplus group was hidden until `now` (the spread of its groups over at
+    most 60 s left no time for the first), received again in the same step and hidden again, 1,000 times in a
+    second: SQS's redrive moved ten waiting jobs to the DLQ 12 s in."""
+    world = World(WorldConfig(quotas={"second": 5, "margin_ms": 20, "keys": {"slow": {"10s": 1}}}, api_tiers=[],
+                              default_latency="low"))
+    world.enqueue(_keyed_jobs("slow", 400, 40) + _keyed_jobs("busy", 600, 50))
+    world.start_schedule()
+    world.run_for(60)
+    assert world.sqs.redrive_moves == []
+    worst = max(len(times) for times in world.received_at.values())
+    assert worst <= 5, f"a waiting job was received {worst} times in a minute"

@@ -34,6 +34,7 @@ MAX_HORIZON_S = 5.0
 # A key's surplus groups come back within this: its expected rate is a guess (keys drain, weights change), and a
 # group back too early costs one receive and one hide, one back too late may leave the stage idle.
 SURPLUS_HIDE_MAX_S = 60.0
+SURPLUS_HIDE_MIN_S = 2.0
 # ... and at twice its fair share of the stage: keys drain and leave their share to the rest, and a group back
 # too late leaves the stage idle (at the share itself: 93% of the stage used with 10 keys, 99.3% at twice).
 SURPLUS_RATE_SLACK = 2.0
@@ -234,9 +235,16 @@ class Receiver:
             fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
             expected = min(fastest, 1000.0, max(0.01, fair))
             per_group = sum(len(self.inbox.groups.get(g, ())) for g in surplus) / len(surplus)
-            stagger = min(per_group / expected, SURPLUS_HIDE_MAX_S / len(surplus))
+            # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
+            # hour (back within a minute, a key with hours of backlog would have its messages received every
+            # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
+            span = HOLD_AT_MOST_S if fastest <= fair else SURPLUS_HIDE_MAX_S
+            stagger = min(per_group / expected, span / len(surplus))
             first = max(now + share / expected, self._returns_at(key))
-            first = min(first, now + SURPLUS_HIDE_MAX_S - len(surplus) * stagger)
+            first = min(first, now + span - len(surplus) * stagger)
+            # Never back sooner than SURPLUS_HIDE_MIN_S: back at once, the group was received again in the same
+            # step and hidden again, a loop that moved waiting jobs to the DLQ within seconds.
+            first = max(first, now + SURPLUS_HIDE_MIN_S)
             self.returns_at[key] = first + len(surplus) * stagger
             self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
             count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
