@@ -236,3 +236,19 @@ def test_a_keys_surplus_groups_are_never_hidden_for_no_time() -> None:
     assert world.sqs.redrive_moves == []
     worst = max(len(times) for times in world.received_at.values())
     assert worst <= 5, f"a waiting job was received {worst} times in a minute"
+
+
+def test_a_key_capped_by_its_own_tier_and_queued_first_does_not_hold_the_stage_back() -> None:
+    """SPEC promises 2 and 9 (found by the review of the per-key hiding): a key capped at 1 call a second with
+    2,000 jobs over 200 groups, enqueued before a second key: every message a run held was the first key's, so
+    the stage (5 a second) sent 1 a second and the second key was never called in 4 minutes. A run that holds
+    one key capped below the stage's rate now leaves room in what it holds for one more."""
+    world = World(WorldConfig(quotas={"second": 5, "margin_ms": 20, "keys": {"slow": {"second": 1}}}, api_tiers=[],
+                              default_latency="low"))
+    world.enqueue(_keyed_jobs("slow", 2000, 200) + _keyed_jobs("busy", 1000, 50))
+    start = world.loop.now
+    world.start_schedule()
+    world.run_for(120)
+    calls = [(spec.key, at) for spec, at in world.calls if at > start + 30]
+    assert sum(1 for key, _ in calls if key == "busy") >= 0.9 * 4 * 90, "the second key should get the rest of the stage"
+    assert len(calls) >= 0.9 * 5 * 90

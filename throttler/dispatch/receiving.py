@@ -218,14 +218,22 @@ class Receiver:
         AWS requests per job, the run receiving in a loop)."""
         keys = self.inbox.keys()
         target = self.held_target()
-        if len(keys) < 2 or len(self.inbox) < target:
+        if not keys or len(self.inbox) < target:
             return
         pacer = self.in_force.pacer
         assert pacer is not None
+        stage_rate = pacer.stage.rate_per_s(now)
         weights = {k: self.in_force.weight(k) for k in keys}
         total_w = sum(weights.values())
+        if len(keys) == 1:
+            # One key held, and its own tiers keep it below the stage's rate: keys queued behind its groups
+            # (SQS FIFO serves the oldest first) would wait for its whole backlog while the stage idles. Its
+            # share leaves room for one more key.
+            [only] = keys
+            if only == NO_KEY or pacer.rate_per_s(now, only) >= stage_rate:
+                return
+            total_w += 1
         backlogged_w = total_w + self.hidden.weight_besides(now, weights)
-        stage_rate = pacer.stage.rate_per_s(now)
         for key in keys:
             share = max(1, math.floor(target * weights[key] / total_w))
             surplus = self.intake.surplus_groups(key, share)
