@@ -20,6 +20,11 @@ import itertools
 from collections.abc import Iterable
 
 NO_KEY = ""  # jobs without a key share the stage as one more key (weight 1)
+
+
+def quota_key(fair_key: str) -> str | None:
+    """The quota key of a fair key (None: the jobs without a key, which the global tiers alone limit)."""
+    return None if fair_key == NO_KEY else fair_key
 # A backlogged key keeps its credit across the gaps its own tier's spacing leaves (25/s: 40 ms), not across
 # a spent window: that would bunch the keys' windows and leave the stage idle (test_per_key_planning).
 CREDIT_S = 0.1

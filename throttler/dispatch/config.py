@@ -7,7 +7,7 @@ import logging
 import math
 from typing import Any
 
-from throttler.core.fairness import NO_KEY, FairShare
+from throttler.core.fairness import FairShare, quota_key
 from throttler.core.pacing import Pacer
 from throttler.core.quotas import QuotaConfig
 from throttler.dispatch.control import LAST_GOOD, STATE_TABLE, QuotaInForce, resolve_quotas
@@ -74,7 +74,7 @@ class InForce:
         if config is None:
             return
         self.pacer = Pacer(config, self.usage.stage, self.usage.key_meter)
-        self.planner = Planner(self.pacer, self.fair, lambda key: config.key_quota(None if key == NO_KEY else key).weight)
+        self.planner = Planner(self.pacer, self.fair, lambda key: config.key_quota(quota_key(key)).weight)
         for key in self.usage.keys:
             self.note_key(key)
 
@@ -109,7 +109,7 @@ class InForce:
 
     def weight(self, key: str) -> int:
         config = self.config
-        return config.key_quota(None if key == NO_KEY else key).weight if config is not None else 1
+        return config.key_quota(quota_key(key)).weight if config is not None else 1
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.quota.source if self.quota else None, "quotas": self.config.describe() if self.config else None}

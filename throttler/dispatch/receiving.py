@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from throttler.core.clock import Clock
-from throttler.core.fairness import NO_KEY
+from throttler.core.fairness import NO_KEY, quota_key
 from throttler.dispatch.config import InForce
 from throttler.dispatch.hidden import HiddenKeys
 from throttler.dispatch.inbox import Held, Inbox
@@ -239,10 +239,11 @@ class Receiver:
             surplus = self.intake.surplus_groups(key, share)
             if not surplus:
                 continue
-            fastest = max(0.1, pacer.rate_per_s(now, None if key == NO_KEY else key))
+            fastest = max(0.1, pacer.rate_per_s(now, quota_key(key)))
             fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
             expected = min(fastest, 1000.0, max(0.01, fair))
-            per_group = sum(len(self.inbox.groups.get(g, ())) for g in surplus) / len(surplus)
+            count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
+            per_group = count / len(surplus)
             # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
             # hour (back within a minute, a key with hours of backlog would have its messages received every
             # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
@@ -255,7 +256,6 @@ class Receiver:
             first = max(first, now + SURPLUS_HIDE_MIN_S)
             self.returns_at[key] = first + len(surplus) * stagger
             self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
-            count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
             for back_at, receipt in self.hide(key, surplus, first, now, stagger):
                 heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
 
@@ -269,7 +269,7 @@ class Receiver:
         assert pacer is not None
         held = len(self.inbox) + len(received)
         stage_rate = pacer.stage.rate_per_s(now)
-        usable = sum(pacer.rate_per_s(now, None if k == NO_KEY else k) for k in self.inbox.keys())
+        usable = sum(pacer.rate_per_s(now, quota_key(k)) for k in self.inbox.keys())
         missing = max(0.0, stage_rate - usable) if not received else 0.0
         return max(target // 2 - held, math.ceil(2 * missing) if math.isfinite(missing) else 0)
 
@@ -311,7 +311,7 @@ class Receiver:
             groups = [g for g in self.intake.groups_headed_by(key) if g not in planned]
             if groups:
                 # Its slots come one at a time: its groups come back one slot apart, not all at the first.
-                rate = pacer.rate_per_s(now, None if key == NO_KEY else key) if pacer is not None else 0.0
+                rate = pacer.rate_per_s(now, quota_key(key)) if pacer is not None else 0.0
                 stagger = 1.0 / rate if 0 < rate < math.inf else 0.0
                 if when is not None and stagger:
                     # After the groups this run already hid for the key: each returns near a slot of its own.

@@ -512,12 +512,13 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         # ThrottleSignal.replaces, as a condition on the signal's own scope: of two the later end stays; one
         # dated implausibly far ahead (a clock gone wrong, a forged write) gives way to a real 429.
-        fields = {f"#{name}": name for name in throttle_fields(signal)}
-        values = {f":{name}": _SER.serialize(_ddb(v)) for name, v in throttle_fields(signal).items()}
+        stored = throttle_fields(signal)
+        fields = {f"#{name}": name for name in stored}
+        values = {f":{name}": _SER.serialize(_ddb(v)) for name, v in stored.items()}
         ahead = _n(max(signal.at, now or signal.at) + THROTTLE_SKEW_S)
         if signal.key is None:
             # The stage's signal is the item's top level (an older format's key signal there gives way).
-            sets = ", ".join(f"#{name} = :{name}" for name in throttle_fields(signal))
+            sets = ", ".join(f"#{name} = :{name}" for name in stored)
             removes = " REMOVE #key" + ("" if signal.retry_after_s is not None else ", #retry_after_s")
             self._conditional(
                 "update_item",
@@ -540,7 +541,7 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
             ConditionExpression="attribute_not_exists(#k) OR #k.#at > :ahead OR #k.#ends < :ends",
             ExpressionAttributeNames={"#k": KEY_SIGNAL_PREFIX + signal.key, "#at": "at", "#ends": "ends"},
             ExpressionAttributeValues={
-                ":signal": _SER.serialize(_ddb(throttle_fields(signal))),
+                ":signal": _SER.serialize(_ddb(stored)),
                 ":ahead": ahead,
                 ":ends": _n(signal.ends_at),
             },
