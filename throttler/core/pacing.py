@@ -137,9 +137,6 @@ class Ledger:
                 return t
         return t
 
-    def to_data(self) -> list[list[int]]:
-        return [list(e) for e in self.entries]
-
     @classmethod
     def from_data(cls, window_s: int, aligned: bool, data: Iterable[Iterable[int]]) -> Ledger:
         ledger = cls(window_s, aligned)
