@@ -366,10 +366,8 @@ class Checker:
                 if i < len(resumes) and resumes[i] < until:
                     until = resumes[i]  # `resume` lifts a 429's pause too
                 r.checked["6 the API's word wins"] += 1
-                lo = bisect.bisect_left(sends, t_r)
-                hi = bisect.bisect_left(sends, until)
-                if hi > lo:
-                    last = sends[hi - 1] - t_r
+                last = last_send_into(sends, t_r, until)
+                if last is not None:
                     worst = max(worst, last)
                     if last > AFTER_429_S:
                         r.fail("6 the API's word wins", f"a call left {last:.3f}s after a 429 reached a worker at {self.t(t_r)}"
@@ -388,10 +386,8 @@ class Checker:
         worst = 0.0
         for start, end in self.tl.pauses:
             r.checked["6 operator pause"] += 1
-            lo = bisect.bisect_left(sends, start)
-            hi = bisect.bisect_left(sends, end)
-            if hi > lo:
-                last = sends[hi - 1] - start
+            last = last_send_into(sends, start, end)
+            if last is not None:
                 worst = max(worst, last)
                 if last > PAUSE_GRACE_S:
                     r.fail("6 operator pause", f"a call left {last:.3f}s into a pause from {self.t(start)} to {self.t(end)}")
@@ -464,3 +460,10 @@ def _window_sums(times: list[tuple[float, int]], window_s: int, aligned: bool) -
             total -= times[start][1]
             start += 1
         yield a, total
+
+
+def last_send_into(sends: list[float], start: float, end: float) -> float | None:
+    """How far into [start, end) the last call left (`sends` sorted), or None when none left in it."""
+    lo = bisect.bisect_left(sends, start)
+    hi = bisect.bisect_left(sends, end)
+    return sends[hi - 1] - start if hi > lo else None
