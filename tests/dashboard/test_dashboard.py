@@ -5,7 +5,6 @@ test_browser.py."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from typing import Any
@@ -288,13 +287,12 @@ def test_the_dashboard_command_stops_on_sigint(run: Cli, monkeypatch: pytest.Mon
 
         def start(self) -> None:
             self.started = True
+            signal.raise_signal(signal.SIGINT)  # once serving (the handlers are in place by then): no timer race
 
         def stop(self) -> None:
             self.stopped = True
 
     server = Server()
-    timer = threading.Timer(0.2, lambda: signal.raise_signal(signal.SIGINT))
-    timer.start()
     command._serve_until_signal(server)
     assert server.started and server.stopped
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
