@@ -111,6 +111,9 @@ class KeyQuota:
     weight: int = 1
 
 
+NO_KEY_QUOTA = KeyQuota()  # jobs without a key: nothing of their own
+
+
 @dataclass(frozen=True)
 class QuotaConfig:
     tiers: tuple[Tier, ...]
@@ -128,7 +131,7 @@ class QuotaConfig:
     def key_quota(self, key: str | None) -> KeyQuota:
         """What applies to a job's key: its override, else the per-key default (no key: nothing of its own)."""
         if key is None:
-            return KeyQuota()
+            return NO_KEY_QUOTA
         found = self.keys.get(key)
         return found if found is not None else KeyQuota(self.per_key, 1)
 
