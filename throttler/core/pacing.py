@@ -109,7 +109,13 @@ class Ledger:
             self._append(idx, n)
         else:
             self.add_index(idx, n)
-        self.prune(slot, margin_s)
+            entries = self.entries  # an out-of-order add may have sorted them into a new deque
+        # prune(slot, margin_s), inline
+        horizon, bucket_s, rows = slot - self.window_s - margin_s - self.bucket_s, self.bucket_s, self.rows
+        while (entries[0][0] + 1) * bucket_s <= horizon if entries else False:
+            self.total -= entries.popleft()[1]
+            if rows:
+                rows.popleft()
 
     def prune(self, now: float, margin_s: float = 0.0) -> None:
         """Forget buckets that can no longer touch any window containing `now` or later."""
@@ -572,6 +578,8 @@ class Scope:
         for _ in range(10_000):
             moved = False
             for lim in limits:
+                if lim.ledger.total + cost <= lim.limit:
+                    continue  # the whole ledger has room for it: so has every window (and period) it holds
                 if lim.aligned:
                     allowed = lim.ledger.earliest_aligned(t, lim.margin_s, lim.limit, cost)
                 else:
@@ -677,6 +685,8 @@ class Pacer:
     def __init__(self, config: QuotaConfig, stage_meter: Meter, key_meter: Callable[[str], Meter] | None = None):
         self.config = config
         self.stage = Scope(stage_meter, config.tiers, _standing(config))
+        overrides = (t for quota in config.keys.values() for t in quota.tiers)
+        self._learns = any(t.is_auto for t in (*config.tiers, *config.per_key, *overrides))  # an auto tier anywhere
         self._key_meter = key_meter
         self._key_scopes: dict[str, Scope] = {}
 
@@ -759,6 +769,8 @@ class Pacer:
     # -------------------------------------------------------------------------------- what calls taught
     def observe_success(self, now: float, key: str | None, sent_at: float | None = None, planned_at: float | None = None) -> None:
         """Raise learned limits that have had a window of successes in use."""
+        if not self._learns:
+            return  # no auto tier anywhere: nothing to raise (asked for every success)
         for scope in (self.stage, self.key_scope(key)):
             if scope is None:
                 continue

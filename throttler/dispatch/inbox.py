@@ -24,14 +24,13 @@ class Held:
     spec_bytes: int  # what this job adds to a batch request, in the bytes Lambda counts
     visible_until: float
     received_at: float
+    # Read a dozen times per job while it is planned, sent and settled: kept, not derived each time.
+    group: str = field(init=False)  # the message's group (a message received again keeps its group)
+    fair_key: str = field(init=False)  # the key it is shared fairly under (jobs without a key: NO_KEY)
 
-    @property
-    def group(self) -> str:
-        return self.msg.group
-
-    @property
-    def fair_key(self) -> str:
-        return self.key if self.key is not None else NO_KEY
+    def __post_init__(self) -> None:
+        self.group = self.msg.group
+        self.fair_key = self.key if self.key is not None else NO_KEY
 
 
 @dataclass
