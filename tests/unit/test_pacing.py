@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -230,3 +231,41 @@ def test_a_huge_cost_correction_counts_at_most_the_largest_limit() -> None:
 def test_a_tier_of_zero_holds_jobs_instead_of_refusing_their_cost() -> None:
     config = parse_quota_item({"second": 10, "per_key": {"minute": 0}, "keys": {"a": {"second": 0}}})
     assert config.max_cost("a") == 10 and config.max_cost("b") == 10
+
+
+# A meter is written to the usage item after every batch: each ledger keeps its entries encoded (promise 1 rests on
+# what the next run reads back, so the text must be exactly the entries, whatever happened to them).
+ledger_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["take", "correct", "release", "aligned"]),
+        st.floats(min_value=0, max_value=5, allow_nan=False),
+        st.integers(min_value=1, max_value=5),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(ops=ledger_ops)
+def test_a_meter_is_written_as_exactly_its_entries_after_any_takes_corrections_and_releases(ops: list) -> None:
+    pacer = Pacer(parse_quota_item({"second": 5, "minute": 100, "day": 1000, "aligned": ["day"]}), Meter())
+    slot, taken = 1.7e9 - 7.0, []
+    for op, step, cost in ops:
+        if op == "take" or op == "aligned" or not taken:
+            # "aligned": take just before midnight, when a call may arrive in the next day and counts in both
+            slot = max(slot + step, 1.7e9 + 16 * 3600 - 0.01) if op == "aligned" else slot + step
+            slot = pacer.next_slot(slot, None, cost) or slot
+            pacer.take(slot, None, cost)
+            taken.append((slot, cost))
+        elif op == "correct":
+            pacer.correct(taken[-1][0], None, cost)
+        else:
+            released, units = taken.pop(0)
+            pacer.release(released, None, units)
+        meter = pacer.stage.meter
+        for ledger in meter.ledgers.values():
+            assert ledger.to_json() == json.dumps(list(ledger.entries), separators=(",", ":"))
+        again = Meter.from_json(meter.to_json())  # (an emptied bucket is not read back: it counts nothing)
+        assert {k: [e for e in lg.entries if e[1]] for k, lg in again.ledgers.items()} == {
+            k: [e for e in lg.entries if e[1]] for k, lg in meter.ledgers.items()}
+        assert (again.last_slot, again.last_cost) == (meter.last_slot, meter.last_cost)

@@ -5,6 +5,7 @@ capacity is used, and backlogged keys share it in proportion to their weights.""
 from __future__ import annotations
 
 import bisect
+import json
 from collections import Counter, defaultdict
 
 from hypothesis import example, given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from throttler.core.fairness import NO_KEY, FairShare
 from throttler.core.pacing import Meter, Pacer
-from throttler.core.protocol import MAX_BATCH_BYTES, JobSpec
+from throttler.core.protocol import MAX_BATCH_BYTES, JobSpec, encode
 from throttler.core.quotas import QuotaConfig, parse_quota_item
 from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.planner import Planner, PlanRequest
@@ -167,6 +168,19 @@ def test_a_batch_is_sized_in_the_bytes_lambda_counts() -> None:
         bench.inbox.add(Held(msg, f"j{n}", None, 1, JobSpec(f"j{n}", f"g{n}", body, 0.0, 0.0).size_bytes(), 1e12, 0.0))
     plan = bench.planner.plan(bench.inbox, PlanRequest(0.0, 1.0, latency_s=0.0))
     assert plan.full and 0 < plan.bytes <= MAX_BATCH_BYTES
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    text=st.text(st.characters(blacklist_categories=["Cs"]), max_size=40),
+    slot=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    key=st.none() | st.text(min_size=1, max_size=8),
+    cost=st.integers(1, 10**12),
+)
+def test_a_job_is_sized_as_exactly_the_bytes_of_its_json(text: str, slot: float, key: str | None, cost: int) -> None:
+    body = json.dumps({"task": "http", "payload": {"json": text}}, ensure_ascii=False)
+    for spec in (JobSpec(text or "j", "g" + text, body, slot, slot + 0.0125, key, cost), JobSpec("j", "g", body, 0.0, 0.0)):
+        assert spec.size_bytes() == len(encode(spec.to_dict())) + 1
 
 
 def test_a_key_with_a_day_tier_still_sends_a_few_jobs_at_its_finest_rate() -> None:

@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import parse_url
 
 from throttler.core.errors import ConfigError, InvalidJob
-from throttler.tasks.url import AllowedHost, AllowList, check_url, connect_target, endpoint_target
+from throttler.tasks.url import AllowedHost, AllowList, check_url, connect_target, endpoint_target, url_target
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 PROD = AllowList.parse(["api.example.com", "partner.example:8443"], "prod")
@@ -336,6 +336,44 @@ def test_any_accepted_url_connects_to_an_allowed_host_port_and_scheme(url: str) 
     # And requests, given the job's own URL, would have gone to the same place: the check does not "repair" a
     # URL into an allowed one.
     assert where_requests_connects(url) == (scheme, host, port)
+
+
+# Producers and the throttler check a job's URL with `url_target`, whose verdict on an origin (scheme and authority)
+# the allow-list keeps for every later job of that origin; the worker sends what `check_url` rebuilds.
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
+@given(url=st.one_of(urls(), st.text(max_size=60).map(lambda t: "https://api.example.com" + t)))
+def test_the_validation_and_the_worker_accept_and_refuse_the_same_urls_for_the_same_reason(url: str) -> None:
+    fresh = AllowList.parse(["api.example.com", "partner.example:8443", "http://127.0.0.1:*", "http://localhost:8080",
+                             "[::1]:*", "b\u00fccher.example"], "dev")
+    try:
+        target = url_target(url, ORACLE_ALLOW)  # a shared allow-list: most origins were judged before
+    except InvalidJob as exc:
+        with pytest.raises(InvalidJob) as info:
+            check_url(url, fresh)
+        assert str(info.value) == str(exc)
+        return
+    checked = check_url(url, fresh)
+    assert (checked.scheme, checked.host, checked.port) == target
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://api.example.com/a b", "whitespace"),
+        ("https://api.example.com/a\\@evil.example", "backslash"),
+        ("https://api.example.com/\u200b", "control character"),
+        ("https://api.example.com:8443/ok", "port 8443"),
+        ("http://api.example.com/ok", "plain http"),
+        ("https://api.example.com@evil.example/ok", "userinfo"),
+    ],
+)
+def test_a_target_judged_before_does_not_let_an_unfit_url_of_it_pass(url: str, reason: str) -> None:
+    allow = AllowList.parse(["api.example.com"], "prod")
+    assert url_target("https://api.example.com/ok", allow) == API
+    with pytest.raises(InvalidJob, match=reason):
+        url_target(url, allow)
+    with pytest.raises(InvalidJob, match=reason):
+        check_url(url, allow)
 
 
 # Found by the security review: the local allow-list `http://127.0.0.1:*` also covered the emulator itself (a job

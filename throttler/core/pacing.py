@@ -14,6 +14,7 @@ meter and in the key's meter at once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import deque
@@ -46,7 +47,7 @@ def default_margin_s(window_s: float) -> float:
 class Ledger:
     """Units per time bucket for one window length."""
 
-    __slots__ = ("aligned", "bucket_s", "entries", "total", "window_s")
+    __slots__ = ("aligned", "bucket_s", "entries", "rows", "total", "window_s")
 
     def __init__(self, window_s: int, aligned: bool = False):
         self.window_s = window_s
@@ -54,6 +55,10 @@ class Ledger:
         self.bucket_s = float(window_s) if aligned else window_s / BUCKETS_PER_WINDOW
         self.entries: deque[list[int]] = deque()  # [bucket index, units], ascending
         self.total = 0
+        # The JSON of every entry but the last, in order (None: to be written again). Entries change only at the
+        # right, where slots are reserved, and leave at the left: the usage item is written after every batch, and
+        # encoding hundreds of entries each time cost the throttler more than planning them.
+        self.rows: deque[str] | None = deque()
 
     def index(self, t: float) -> int:
         return math.floor(t / self.bucket_s + _EPS)
@@ -70,9 +75,9 @@ class Ledger:
             self.total += last[1] - before
         elif last is None or last[0] < idx:
             if n > 0:
-                entries.append([idx, n])
-                self.total += n
+                self._append(idx, n)
         else:  # out of order: a cost correction, or a ledger seeded from another: rare and small
+            self.rows = None
             for entry in entries:
                 if entry[0] == idx:
                     before = entry[1]
@@ -84,12 +89,52 @@ class Ledger:
                 self.total += n
                 self.entries = deque(sorted(entries))
 
+    def _append(self, idx: int, n: int) -> None:
+        entries = self.entries
+        if entries and self.rows is not None:
+            last = entries[-1]
+            self.rows.append(f"[{last[0]},{last[1]}]")  # it can no longer change in order
+        entries.append([idx, n])
+        self.total += n
+
+    def count(self, slot: float, n: int, margin_s: float = 0.0) -> None:
+        """A reserved call: `add(slot, n)`, then `prune(slot, margin_s)` (slots only move on), in one call: it is
+        made for each ledger of each call planned."""
+        idx = math.floor(slot / self.bucket_s + _EPS)
+        entries = self.entries
+        if n > 0 and entries and entries[-1][0] == idx:
+            entries[-1][1] += n
+            self.total += n
+        elif n > 0 and (not entries or entries[-1][0] < idx):
+            self._append(idx, n)
+        else:
+            self.add_index(idx, n)
+            entries = self.entries  # an out-of-order add may have sorted them into a new deque
+        # prune(slot, margin_s), inline
+        horizon, bucket_s, rows = slot - self.window_s - margin_s - self.bucket_s, self.bucket_s, self.rows
+        while (entries[0][0] + 1) * bucket_s <= horizon if entries else False:
+            self.total -= entries.popleft()[1]
+            if rows:
+                rows.popleft()
+
     def prune(self, now: float, margin_s: float = 0.0) -> None:
         """Forget buckets that can no longer touch any window containing `now` or later."""
         horizon = now - self.window_s - margin_s - self.bucket_s
-        entries = self.entries
+        entries, rows = self.entries, self.rows
         while entries and (entries[0][0] + 1) * self.bucket_s <= horizon:
             self.total -= entries.popleft()[1]
+            if rows:  # rows holds all entries but the last: empty once one is left
+                rows.popleft()
+
+    def to_json(self) -> str:
+        """The entries as compact JSON (what `json.dumps(list(self.entries), separators=(",", ":"))` writes)."""
+        entries = self.entries
+        if not entries:
+            return "[]"
+        if self.rows is None:
+            self.rows = deque(f"[{i},{n}]" for i, n in itertools.islice(entries, len(entries) - 1))
+        last = entries[-1]
+        return "[" + ",".join((*self.rows, f"[{last[0]},{last[1]}]")) + "]"
 
     def count_at(self, idx: int) -> int:
         for entry in reversed(self.entries):
@@ -102,7 +147,12 @@ class Ledger:
     def used(self, now: float, span_s: float) -> int:
         """Units in the buckets touching (now - span, now]."""
         lower = now - span_s
-        return sum(c for i, c in self.entries if (i + 1) * self.bucket_s > lower and i * self.bucket_s <= now)
+        entries, bucket_s = self.entries, self.bucket_s
+        if not entries:
+            return 0
+        if (entries[0][0] + 1) * bucket_s > lower and entries[-1][0] * bucket_s <= now:
+            return self.total  # the buckets are in order: when the first and the last touch the span, all do
+        return sum(c for i, c in entries if (i + 1) * bucket_s > lower and i * bucket_s <= now)
 
     def earliest_sliding(self, t: float, span_s: float, limit: int, cost: int = 1) -> float:
         """Earliest time >= t at which `cost` more units keep every `span_s` window within `limit`."""
@@ -393,9 +443,8 @@ class Meter:
         return found
 
     def to_json(self) -> str:
-        # The rows as they are (encoded at once, never kept): a copy of each would be hundreds of new lists per
-        # commit, and the garbage collections they set off cost more than the encoding.
-        data: dict[str, Any] = {"l": {k: list(lg.entries) for k, lg in self.ledgers.items()}}
+        # {"l": {window: entries, ...}, the rest}: each ledger writes its own entries (it keeps them encoded).
+        data: dict[str, Any] = {}
         if self.last_slot is not None:
             data["s"], data["c"] = self.last_slot, self.last_cost
         if self.learned:
@@ -403,7 +452,9 @@ class Meter:
         api = self.api.to_data()
         if api:
             data["api"] = api
-        return json.dumps(data, separators=(",", ":"))
+        ledgers = ",".join(f"{json.dumps(k)}:{lg.to_json()}" for k, lg in self.ledgers.items())
+        rest = json.dumps(data, separators=(",", ":"))
+        return '{"l":{' + ledgers + "}" + ("," + rest[1:] if data else "}")
 
     @classmethod
     def from_json(cls, text: str | None) -> Meter:
@@ -527,6 +578,8 @@ class Scope:
         for _ in range(10_000):
             moved = False
             for lim in limits:
+                if lim.ledger.total + cost <= lim.limit:
+                    continue  # the whole ledger has room for it: so has every window (and period) it holds
                 if lim.aligned:
                     allowed = lim.ledger.earliest_aligned(t, lim.margin_s, lim.limit, cost)
                 else:
@@ -562,13 +615,14 @@ class Scope:
         for key in self._standing_keys:
             ledger = meter.ledgers[key]
             if id(ledger) not in force.ledger_ids:
-                ledger.add(slot, cost)
-                ledger.prune(slot)
+                ledger.count(slot, cost)
         for ledger, aligned, margin_s, widest_margin_s in force.counted:
-            ledger.add(slot, cost)
             if aligned and ledger.index(slot + margin_s) != ledger.index(slot):
+                ledger.add(slot, cost)
                 ledger.add(slot + margin_s, cost)  # it may arrive in the next period: count it there too
-            ledger.prune(slot, widest_margin_s)
+                ledger.prune(slot, widest_margin_s)
+            else:
+                ledger.count(slot, cost, widest_margin_s)
         meter.last_slot, meter.last_cost = slot, cost
         meter.recent.append((slot, cost))
         if meter.api.budget is not None:
@@ -631,6 +685,8 @@ class Pacer:
     def __init__(self, config: QuotaConfig, stage_meter: Meter, key_meter: Callable[[str], Meter] | None = None):
         self.config = config
         self.stage = Scope(stage_meter, config.tiers, _standing(config))
+        overrides = (t for quota in config.keys.values() for t in quota.tiers)
+        self._learns = any(t.is_auto for t in (*config.tiers, *config.per_key, *overrides))  # an auto tier anywhere
         self._key_meter = key_meter
         self._key_scopes: dict[str, Scope] = {}
 
@@ -713,6 +769,8 @@ class Pacer:
     # -------------------------------------------------------------------------------- what calls taught
     def observe_success(self, now: float, key: str | None, sent_at: float | None = None, planned_at: float | None = None) -> None:
         """Raise learned limits that have had a window of successes in use."""
+        if not self._learns:
+            return  # no auto tier anywhere: nothing to raise (asked for every success)
         for scope in (self.stage, self.key_scope(key)):
             if scope is None:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from throttler.core.outcome import JobResult
@@ -23,7 +24,17 @@ def encode(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-@dataclass(frozen=True)
+def text_bytes(text: str) -> int:
+    """Bytes of a string in the JSON that `encode` writes: quoted and escaped (as `ensure_ascii=False` escapes), UTF-8."""
+    escaped: str = encode_basestring(text)
+    return len(escaped) if escaped.isascii() else len(escaped.encode("utf-8"))
+
+
+# A JobSpec's JSON (`to_dict`, encoded) without its values.
+_JOB_FRAME_BYTES = len('{"id":,"group":,"body":,"nb":,"na":}')
+
+
+@dataclass(slots=True)  # not frozen: one per job sent, and a frozen dataclass takes 4 times as long to make
 class JobSpec:
     """One job of a batch: send it inside `[not_before, not_after]` or not at all."""
 
@@ -62,8 +73,16 @@ class JobSpec:
         )
 
     def size_bytes(self) -> int:
-        """Bytes this job adds to a batch request (its JSON, plus a separator)."""
-        return len(encode(self.to_dict())) + 1
+        """Bytes this job adds to a batch request: `len(encode(self.to_dict())) + 1` (its JSON, plus a separator),
+        added up field by field: the throttler sizes every message it receives, and encoding each as a whole
+        would cost it more than reading the message did."""
+        size = _JOB_FRAME_BYTES + text_bytes(self.id) + text_bytes(self.group) + text_bytes(self.body)
+        size += len(repr(self.not_before)) + len(repr(self.not_after))  # how json writes a (finite) number
+        if self.key is not None:
+            size += len(',"key":') + text_bytes(self.key)
+        if self.cost != 1:
+            size += len(',"cost":') + len(repr(self.cost))
+        return size + 1
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ MAX_MARGIN_MS = 60_000.0
 MAX_WINDOW_S = 31 * 86400
 MAX_LIMIT = 10**12  # a limit beyond any real API, and within what DynamoDB and floats hold exactly
 MAX_WEIGHT = 1000
+MAX_COSTS_KEPT = 4096  # keys whose largest cost a configuration remembers
 AUTO = re.compile(r"^auto:([0-9]{1,13})$")
 KEY_NAME = re.compile(r"^[\x20-\x7e]{1,128}$")
 LATENCY_MODES = ("low", "cost")
@@ -110,6 +111,9 @@ class KeyQuota:
     weight: int = 1
 
 
+NO_KEY_QUOTA = KeyQuota()  # jobs without a key: nothing of their own
+
+
 @dataclass(frozen=True)
 class QuotaConfig:
     tiers: tuple[Tier, ...]
@@ -121,11 +125,13 @@ class QuotaConfig:
     cost_header: str | None = None
     signals_scope: str = "stage"
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # max_cost per key: the throttler asks for every message it receives, and the answer depends on the tiers alone.
+    _max_costs: dict[str | None, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def key_quota(self, key: str | None) -> KeyQuota:
         """What applies to a job's key: its override, else the per-key default (no key: nothing of its own)."""
         if key is None:
-            return KeyQuota()
+            return NO_KEY_QUOTA
         found = self.keys.get(key)
         return found if found is not None else KeyQuota(self.per_key, 1)
 
@@ -145,8 +151,13 @@ class QuotaConfig:
     def max_cost(self, key: str | None) -> int:
         """The largest cost a job of this key can ever have: the smallest ceiling of the tiers that apply. A tier
         of 0 stops dispatch (the job waits for an operator), so it bounds nothing here."""
-        ceilings = [t.ceiling for t in (*self.tiers, *self.key_quota(key).tiers) if t.ceiling > 0]
-        return min(ceilings) if ceilings else MAX_LIMIT
+        found = self._max_costs.get(key)
+        if found is None:
+            if len(self._max_costs) >= MAX_COSTS_KEPT:
+                self._max_costs.clear()
+            ceilings = [t.ceiling for t in (*self.tiers, *self.key_quota(key).tiers) if t.ceiling > 0]
+            found = self._max_costs[key] = min(ceilings) if ceilings else MAX_LIMIT
+        return found
 
     def describe(self) -> str:
         parts = [t.describe() for t in self.tiers]

@@ -24,14 +24,13 @@ class Held:
     spec_bytes: int  # what this job adds to a batch request, in the bytes Lambda counts
     visible_until: float
     received_at: float
+    # Read a dozen times per job while it is planned, sent and settled: kept, not derived each time.
+    group: str = field(init=False)  # the message's group (a message received again keeps its group)
+    fair_key: str = field(init=False)  # the key it is shared fairly under (jobs without a key: NO_KEY)
 
-    @property
-    def group(self) -> str:
-        return self.msg.group
-
-    @property
-    def fair_key(self) -> str:
-        return self.key if self.key is not None else NO_KEY
+    def __post_init__(self) -> None:
+        self.group = self.msg.group
+        self.fair_key = self.key if self.key is not None else NO_KEY
 
 
 @dataclass
@@ -54,9 +53,20 @@ class Inbox:
     def add(self, held: Held) -> None:
         """A newly received message: it goes behind the messages of its group already held."""
         self.by_message[held.msg.message_id] = held
-        self.groups.setdefault(held.group, deque()).append(held)
-        self.by_key.setdefault(held.fair_key, OrderedDict())[held.group] = None
-        self.group_keys.setdefault(held.group, set()).add(held.fair_key)
+        group, key = held.group, held.fair_key
+        # (get, not setdefault: setdefault's default would be built for every message)
+        queue = self.groups.get(group)
+        if queue is None:
+            queue = self.groups[group] = deque()
+        queue.append(held)
+        keys = self.group_keys.get(group)
+        if keys is None:
+            keys = self.group_keys[group] = set()
+        keys.add(key)
+        groups = self.by_key.get(key)
+        if groups is None:
+            groups = self.by_key[key] = OrderedDict()
+        groups[group] = None
 
     def refresh_receipt(self, msg: QueuedMessage, visible_until: float) -> None:
         """The same message received again (its visibility ran out while held): keep the newest receipt."""

@@ -95,8 +95,12 @@ class Outbox:
         """`signals_known_at`: when the run last read the shared throttle record (it knows every 429 published
         before that; the worker must stop for any later one). Defaults to `now`."""
         specs = []
+        late_s: dict[str | None, float] = {}  # the tolerance depends on the job's key alone
         for held, slot in plan.jobs:
-            specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + tolerance(held), held.key, held.cost))
+            slack = late_s.get(held.key)
+            if slack is None:
+                slack = late_s[held.key] = tolerance(held)
+            specs.append(JobSpec(held.job_id, held.group, held.msg.body, slot, slot + slack, held.key, held.cost))
         known = now if signals_known_at is None else min(now, signals_known_at)
         request = BatchRequest(
             batch_id, self.owner, tuple(specs), watch, known, pool_size, cost_header, key_scoped, watch_throttle, api_policy

@@ -140,7 +140,12 @@ class Planner:
         if plan.bytes + held.spec_bytes > request.max_bytes:
             plan.full = True
             return _STOP
-        slot, stage_alone = self.pacer.next_slot_and_stage(stage_slot, held.key, held.cost)
+        if held.cost == 1 and self.pacer.key_scope(held.key) is None:
+            # The stage's earliest slot for one unit was just asked (nothing changed since): the pacer would say it again.
+            slot: float | None = stage_slot
+            stage_alone = stage_slot
+        else:
+            slot, stage_alone = self.pacer.next_slot_and_stage(stage_slot, held.key, held.cost)
         if slot is None:
             plan.key_next[key] = None
             return None

@@ -83,7 +83,9 @@ def settle(sent: SentBatch, response: BatchResponse | None, results: list[JobRes
     groups: dict[str, GroupSettlement] = {}
     duplicates = 0
     for held, slot in sent.jobs:
-        out = groups.setdefault(held.group, GroupSettlement(held.group))
+        out = groups.get(held.group)
+        if out is None:
+            out = groups[held.group] = GroupSettlement(held.group)
         result = by_id.get(held.job_id) or JobResult(held.job_id, Outcome.SKIPPED, trouble or "no result")
         outcome = result.outcome
         if result.attempted:

@@ -1,6 +1,6 @@
 """The built-in `http` task: one request with `requests`, to the checked URL only, classified per SPEC.
 
-The task owns its payload model and its checks (`validate_http_payload`, registered as the task's validator so
+The task owns its payload model and its checks (`check_http_payload`, registered as the task's validator so
 that the throttler refuses a bad payload before any call), the session factory (`new_session`, one per batch)
 and the call itself: the request goes to the URL rebuilt by `check_url`, redirects are never followed, headers
 are validated and merged case-insensitively, the response body is read up to a cap, and each call has one total
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
@@ -41,7 +41,7 @@ from throttler.core.errors import (
 )
 from throttler.core.ratelimit import parse_retry_after
 from throttler.tasks.registry import TaskContext, TaskResult, ValidationContext, default_registry
-from throttler.tasks.url import MAX_URL_CHARS, CheckedUrl, check_url, connect_target
+from throttler.tasks.url import MAX_URL_CHARS, CheckedUrl, check_url, connect_target, url_target
 
 MAX_TIMEOUT_S = 30.0
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -89,12 +89,6 @@ class HttpPayload(BaseModel):
         if value.upper() not in HTTP_METHODS:
             raise ValueError(f"method must be one of {', '.join(HTTP_METHODS)}")
         return value.upper()
-
-    @model_validator(mode="after")
-    def _one_body(self) -> HttpPayload:
-        if self.json_body is not None and self.data is not None:
-            raise ValueError("give json or data, not both")
-        return self
 
 
 @dataclass(frozen=True)
@@ -144,20 +138,30 @@ def check_headers(headers: Mapping[str, str], secret_names: frozenset[str]) -> N
             raise InvalidJob(f"header {_shown(name)} value {problem}")
 
 
-def validate_http_payload(payload: dict[str, Any], validation: ValidationContext) -> HttpRequest:
-    """The `http` task's validator (registered with the task): raises InvalidJob with a one-line reason."""
+def check_http_payload(payload: dict[str, Any], validation: ValidationContext) -> HttpPayload:
+    """The `http` task's validator (registered with the task): every check the call itself makes before it is sent,
+    without rebuilding the URL (producers and the throttler only need the verdict); raises InvalidJob with a
+    one-line reason."""
     try:
         model = HttpPayload.model_validate(payload)
     except ValidationError as exc:
         raise InvalidJob(f"http payload {reason_from(exc)}") from None
-    checked = check_url(model.url, validation.allow_list)
+    if model.json_body is not None and model.data is not None:  # (here, not a model validator: a third cheaper)
+        raise InvalidJob("http payload: give json or data, not both")
+    url_target(model.url, validation.allow_list)
     check_headers(model.headers, validation.secret_header_names)
     if model.json_body is not None:
         try:
             json.dumps(model.json_body, allow_nan=False)
         except ValueError:
             raise InvalidJob("http payload json holds NaN or Infinity, which JSON cannot carry") from None
-    return HttpRequest(model, checked)
+    return model
+
+
+def validate_http_payload(payload: dict[str, Any], validation: ValidationContext) -> HttpRequest:
+    """`check_http_payload`, and the URL rebuilt from the checked parts: what `http_task` sends."""
+    model = check_http_payload(payload, validation)
+    return HttpRequest(model, check_url(model.url, validation.allow_list))
 
 
 # --------------------------------------------------------------------------------------------- the session
@@ -484,4 +488,4 @@ def http_task(payload: dict[str, Any], ctx: TaskContext) -> TaskResult:
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-default_registry.register("http", http_task, validate=validate_http_payload)
+default_registry.register("http", http_task, validate=check_http_payload)

@@ -5,11 +5,13 @@ parses with that same function, refuses what parsers are known to read different
 whitespace and control characters, percent-encoded hosts), compares the host to the allow-list as a string
 (exact match: no DNS, no suffixes, no IP arithmetic) and hands back a URL rebuilt from the checked parts only,
 which is the URL the request is sent to: what was checked is what is connected to.
+
+Once a URL's characters have passed, whether it is refused depends only on its origin (scheme and authority, as
+written): the allow-list keeps its verdict per origin, so the jobs of one API cost one parse, not one each.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import unicodedata
@@ -44,7 +46,8 @@ _UNFIT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 # In ASCII text the characters `unfit_char` refuses, and the backslash: one scan in C instead of one call per character.
 _UNFIT_ASCII = re.compile(r"[\x00-\x20\x7f\\]")
 _AUTHORITY_END = re.compile(r"[/?#]")
-VERDICTS_KEPT = 4096  # (scheme, host, port) decisions an allow-list remembers
+VERDICTS_KEPT = 4096  # verdicts on origins (scheme and authority, as written) an allow-list remembers
+Target = tuple[str, str, int]  # (scheme, host, port): where a request is connected to
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ class AllowList:
     hosts: tuple[AllowedHost, ...] = ()
     any_host: bool = False
     denied: frozenset[tuple[str, int]] = ALWAYS_DENIED
-    # why_not is a pure function of the (immutable) entries and its arguments: each job of a host asks the same.
-    _verdicts: dict[tuple[str, str, int], str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # A verdict is a pure function of the (immutable) entries and the origin: each job of a target asks the same.
+    _verdicts: dict[str, Target | str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(
@@ -112,17 +115,18 @@ class AllowList:
             return scheme in DEFAULT_PORTS
         return any(e.host == host and e.permits_scheme(scheme) and e.permits_port(scheme, port) for e in self.hosts)
 
-    def why_not(self, scheme: str, host: str, port: int) -> str:
-        """A one-line reason why this target is refused ('' when it is allowed)."""
+    def verdict(self, origin: str) -> Target | str:
+        """Where a URL with this origin connects, or a one-line reason why it is refused (see `_read_origin`)."""
         verdicts = self._verdicts
-        found = verdicts.get((scheme, host, port))
+        found = verdicts.get(origin)
         if found is None:
             if len(verdicts) >= VERDICTS_KEPT:
                 verdicts.clear()
-            found = verdicts[(scheme, host, port)] = self._why_not(scheme, host, port)
+            found = verdicts[origin] = _read_origin(origin, self)
         return found
 
-    def _why_not(self, scheme: str, host: str, port: int) -> str:
+    def why_not(self, scheme: str, host: str, port: int) -> str:
+        """A one-line reason why this target is refused ('' when it is allowed)."""
         if self.permits(scheme, host, port):
             return ""
         if (host, port) in self.denied:
@@ -244,7 +248,25 @@ def unfit_char(ch: str) -> bool:
 
 
 def check_url(url: object, allow_list: AllowList) -> CheckedUrl:
-    """Check a job's URL against the allow-list; raises InvalidJob with a one-line reason.
+    """Check a job's URL against the allow-list (see `url_target`) and rebuild it from the checked parts: what the
+    request is sent to. Raises InvalidJob with a one-line reason."""
+    scheme, host, port = url_target(url, allow_list)
+    text = str(url)
+    try:  # the origin parsed as it did in `url_target` (the same parser): this adds the path and the query
+        parsed = parse_url(text)
+    except LocationParseError:
+        raise InvalidJob("url has an invalid host or port") from None
+    checked = CheckedUrl(scheme, host, port, parsed.path or "/", parsed.query)
+    # parse_url's path of a checked URL starts with "/", which ends the authority for every parser: the rebuilt URL
+    # then reads as its origin did. Anything else is read whole, to be sure.
+    if not checked.path.startswith("/") and connect_target(checked.url) != (scheme, host, port):
+        raise InvalidJob("url is ambiguous: refused")
+    return checked
+
+
+def url_target(url: object, allow_list: AllowList) -> Target:
+    """Where a job's URL connects, (scheme, host, port), if the allow-list permits it; raises InvalidJob with a
+    one-line reason (what a job's validation needs; `check_url` adds the URL that is sent).
 
     Refused: anything but an absolute http(s) URL with a host, backslashes, whitespace or control characters
     anywhere, userinfo or any `@` before the host, percent-encoded or otherwise unparsable hosts, a host, scheme
@@ -266,53 +288,55 @@ def check_url(url: object, allow_list: AllowList) -> CheckedUrl:
     scheme_match = _SCHEME.match(url)
     if scheme_match is None:
         raise InvalidJob("url must be an absolute URL starting with https://")
+    # Every parser ends the authority at the first "/", "?" or "#" (a backslash was refused above): the origin is
+    # all that decides where the URL connects.
+    end = _AUTHORITY_END.search(url, scheme_match.end())
+    found = allow_list.verdict(url if end is None else url[: end.start()])
+    if isinstance(found, str):
+        raise InvalidJob(found)
+    return found
+
+
+def _read_origin(origin: str, allow_list: AllowList) -> Target | str:
+    """The verdict on a URL's origin (`scheme://authority` as written, its characters checked already): where it
+    connects, or why it is refused."""
+    scheme_match = _SCHEME.match(origin)
+    if scheme_match is None:
+        return "url must be an absolute URL starting with https://"
     scheme = scheme_match[1].lower()
     if scheme not in DEFAULT_PORTS:
-        raise InvalidJob(f"url scheme {scheme!r} is not allowed: https only (http where ALLOWED_HOSTS says http://host)")
-    authority = _AUTHORITY_END.split(url[scheme_match.end() :], maxsplit=1)[0]
+        return f"url scheme {scheme!r} is not allowed: https only (http where ALLOWED_HOSTS says http://host)"
+    authority = origin[scheme_match.end() :]
     if not authority:
-        raise InvalidJob("url has no host")
+        return "url has no host"
     if "@" in authority:
-        raise InvalidJob("url holds userinfo ('@' before the host): refused")
+        return "url holds userinfo ('@' before the host): refused"
     if "%" in authority:
-        raise InvalidJob("url holds a percent-encoded host or port: refused")
+        return "url holds a percent-encoded host or port: refused"
     try:
-        parsed = parse_url(url)
+        parsed = parse_url(origin)
     except LocationParseError:
-        raise InvalidJob("url has an invalid host or port") from None
+        return "url has an invalid host or port"
     host = parsed.host or ""
     if parsed.scheme != scheme or parsed.auth is not None or not host or not host.isascii():
-        raise InvalidJob("url has an invalid host")
+        return "url has an invalid host"
     if parsed.port == 0:
-        raise InvalidJob("url port 0 is not allowed")
+        return "url port 0 is not allowed"
     port = parsed.port if parsed.port is not None else DEFAULT_PORTS[scheme]
     why = allow_list.why_not(scheme, host, port)
     if why:
-        raise InvalidJob(why)
-    checked = CheckedUrl(scheme, host, port, parsed.path or "/", parsed.query)
-    # Defence in depth: the rebuilt URL must read the same to urllib3 and to the standard library (which
-    # requests' adapter uses to pick the connection pool).
-    if checked.path.startswith("/"):
-        # Both parsers end the authority at the path's first "/" and nothing after it (parse_url's path and
-        # query of a URL checked above: no whitespace, backslash or "#") changes how they read or refuse it:
-        # the rebuilt URL reads as its authority and "/" do, the same for every job to that target.
-        reads_the_same = _authority_reads_the_same(scheme, host, port)
-    else:
-        reads_the_same = connect_target(checked.url) == (scheme, host, port)
-    if not reads_the_same:
-        raise InvalidJob("url is ambiguous: refused")
-    return checked
+        return why
+    # Defence in depth: the URL rebuilt from these parts must read the same to urllib3 and to the standard library
+    # (which requests' adapter uses to pick the connection pool).
+    if connect_target(CheckedUrl(scheme, host, port, "/").url) != (scheme, host, port):
+        return "url is ambiguous: refused"
+    return scheme, host, port
 
 
 def _refuse_char(position: int, ch: str) -> None:
     if ch == "\\":
         raise InvalidJob(f"url holds a backslash at position {position}")
     raise InvalidJob(f"url holds whitespace or a control character (U+{ord(ch):04X}) at position {position}")
-
-
-@functools.lru_cache(maxsize=VERDICTS_KEPT)
-def _authority_reads_the_same(scheme: str, host: str, port: int) -> bool:
-    return connect_target(CheckedUrl(scheme, host, port, "/").url) == (scheme, host, port)
 
 
 def connect_target(url: str) -> tuple[str, str, int] | None:

@@ -163,7 +163,7 @@ class World:
         self.api = FakeApi(tiers=list(cfg.api_tiers), clock=self.clock, aligned=list(cfg.api_aligned))
         self.session = session_for(self.api)
         self.registry = TaskRegistry()
-        self.registry.register("http", http_task.http_task, http_task.validate_http_payload)
+        self.registry.register("http", http_task.http_task, http_task.check_http_payload)
         self.validation = ValidationContext.build(cfg.allowed_hosts, cfg.stage)
         self.calls: list[tuple[JobSpec, float]] = []  # what workers sent, and when
         self.workers = SimWorkers(self.loop, self.clock, self.backends.records, self._setup, cfg.latency or cfg.latency_s,
