@@ -29,7 +29,7 @@ class InForce:
         self.quota: QuotaInForce | None = None
         self.pacer: Pacer | None = None
         self.planner: Planner | None = None
-        self._resolved: tuple[Any, Any, QuotaInForce] | None = None  # (quota item, last good item) read, and the result
+        self._resolved: tuple[str, QuotaInForce] | None = None  # (quota item, last good item) as read, and the result
 
     @property
     def config(self) -> QuotaConfig | None:
@@ -72,11 +72,13 @@ class InForce:
     def _resolve(self, control: Control) -> QuotaInForce:
         """`resolve_quotas`, worked out again only when the items it reads changed (they seldom do, and parsing them
         at every control read cost more than the rest of the read)."""
+        # repr, not ==: True == 1 == Decimal(1), and a BOOL typed in the console is refused where the number is not.
+        read = repr((control.quotas, control.last_good))
         cached = self._resolved
-        if cached is not None and cached[0] == control.quotas and cached[1] == control.last_good:
-            return cached[2]
+        if cached is not None and cached[0] == read:
+            return cached[1]
         quota = resolve_quotas(control, self.s.default_quotas)
-        self._resolved = (control.quotas, control.last_good, quota)
+        self._resolved = (read, quota)
         return quota
 
     def rebuild(self) -> None:
