@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from tests.conftest import World, job_body
 from throttler.store.base import LeaseState
@@ -91,3 +92,23 @@ def test_a_slow_key_with_many_groups_brings_them_back_one_slot_apart_not_all_at_
     assert counts and max(counts) <= 40, sorted(counts)[-5:]  # was 119 in these 6 hours
     assert world.sqs.redrive_moves == []
     assert len(world.api.calls) >= 0.6 * 360  # the key's slots are used, not lost to the churn
+
+
+def test_a_run_sharing_out_many_keys_sends_their_hides_ten_to_a_request(make_world: MakeWorld) -> None:
+    # Each key past its share hides a group or two: one request per key cost more than the jobs it shared out
+    # (1,000 keys: 0.40 visibility requests per job; 0.13 together).
+    world = make_world(quotas={"second": 10, "margin_ms": 20})
+    requests: list[int] = []
+    send = world.queue._change_visibility
+
+    def counted(target: Any, changes: Any) -> list[str]:
+        requests.append(len(changes))
+        return send(target, changes)
+
+    world.queue._change_visibility = counted  # type: ignore[method-assign]
+    world.enqueue([job for k in range(80) for job in keyed_jobs(f"k{k:02d}", 4, groups=4)])
+    world.start_schedule()
+    world.run_for(60)
+    assert sum(requests) >= 100  # the run did share them out
+    assert len(requests) <= sum(requests) / 5, requests  # at least 5 changes a request (one per key: 302 of 404)
+    assert world.api.violations == 0 and world.sqs.redrive_moves == []

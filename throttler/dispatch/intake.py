@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from throttler.core.envelope import Job
@@ -48,6 +49,9 @@ class Intake:
         self.received = 0
         self.refused = 0
         self.done_deleted = 0
+        # While set, hides wait here and go out together (`balance` hides a group or two of each of many keys:
+        # a request per key cost more than the jobs it shared out)
+        self._deferred: list[tuple[str, float]] | None = None
 
     def accept(
         self,
@@ -115,8 +119,23 @@ class Intake:
             changes += [(h.msg.receipt, 0.0) for h in rest]
             heads.append((now + seconds, head.msg.receipt))
         if changes:
-            self.queue.change_visibility(changes)
+            if self._deferred is not None:
+                self._deferred += changes
+            else:
+                self.queue.change_visibility(changes)
         return heads
+
+    @contextmanager
+    def hides_together(self) -> Iterator[None]:
+        """Send the hides made inside in as few requests as SQS allows (10 a request). Nothing inside may
+        receive: a group's head and the rest of it are changed in the order `hide_groups` lists them."""
+        self._deferred = []
+        try:
+            yield
+        finally:
+            changes, self._deferred = self._deferred, None
+            if changes:
+                self.queue.change_visibility(changes)
 
     def release_all(self) -> int:
         """Make every held message visible again at once (end of run, a pause, a blocked stage)."""

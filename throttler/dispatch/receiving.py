@@ -234,30 +234,39 @@ class Receiver:
                 return
             total_w += 1
         backlogged_w = total_w + self.hidden.weight_besides(now, weights)
-        for key in keys:
-            share = max(1, math.floor(target * weights[key] / total_w))
-            surplus = self.intake.surplus_groups(key, share)
-            if not surplus:
-                continue
-            fastest = max(0.1, pacer.rate_per_s(now, quota_key(key)))
-            fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
-            expected = min(fastest, 1000.0, max(0.01, fair))
-            count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
-            per_group = count / len(surplus)
-            # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
-            # hour (back within a minute, a key with hours of backlog would have its messages received every
-            # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
-            span = HOLD_AT_MOST_S if fastest <= fair else SURPLUS_HIDE_MAX_S
-            stagger = min(per_group / expected, span / len(surplus))
-            first = max(now + share / expected, self._returns_at(key))
-            first = min(first, now + span - len(surplus) * stagger)
-            # Never back sooner than SURPLUS_HIDE_MIN_S: back at once, the group was received again in the same
-            # step and hidden again, a loop that moved waiting jobs to the DLQ within seconds.
-            first = max(first, now + SURPLUS_HIDE_MIN_S)
-            self.returns_at[key] = first + len(surplus) * stagger
-            self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
-            for back_at, receipt in self.hide(key, surplus, first, now, stagger):
-                heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
+        with self.intake.hides_together():
+            for key in keys:
+                self._hide_surplus(key, now, target, weights[key], total_w, backlogged_w, stage_rate)
+
+    def _hide_surplus(
+        self, key: str, now: float, target: int, weight: int, total_w: int, backlogged_w: int, stage_rate: float
+    ) -> None:
+        """Hide the key's groups beyond its share of what the run holds, each back about when its turn comes."""
+        pacer = self.in_force.pacer
+        assert pacer is not None
+        share = max(1, math.floor(target * weight / total_w))
+        surplus = self.intake.surplus_groups(key, share)
+        if not surplus:
+            return
+        fastest = max(0.1, pacer.rate_per_s(now, quota_key(key)))
+        fair = SURPLUS_RATE_SLACK * stage_rate * weight / backlogged_w
+        expected = min(fastest, 1000.0, max(0.01, fair))
+        count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
+        per_group = count / len(surplus)
+        # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
+        # hour (back within a minute, a key with hours of backlog would have its messages received every
+        # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
+        span = HOLD_AT_MOST_S if fastest <= fair else SURPLUS_HIDE_MAX_S
+        stagger = min(per_group / expected, span / len(surplus))
+        first = max(now + share / expected, self._returns_at(key))
+        first = min(first, now + span - len(surplus) * stagger)
+        # Never back sooner than SURPLUS_HIDE_MIN_S: back at once, the group was received again in the same
+        # step and hidden again, a loop that moved waiting jobs to the DLQ within seconds.
+        first = max(first, now + SURPLUS_HIDE_MIN_S)
+        self.returns_at[key] = first + len(surplus) * stagger
+        self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
+        for back_at, receipt in self.hide(key, surplus, first, now, stagger):
+            heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
 
     def recall_wanted(self, now: float, target: int, received: list[QueuedMessage]) -> int:
         """How many messages to bring back early when the queue looks empty: up to half the target while the
