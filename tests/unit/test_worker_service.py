@@ -8,7 +8,7 @@ import time
 
 from throttler.core.clock import SystemClock
 from throttler.core.errors import SecretsUnavailable, StoreError
-from throttler.core.protocol import BatchRequest, BatchStatus, JobSpec
+from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
 from throttler.store import MemoryStateStore
 from throttler.store.base import ThrottleSignal
 from throttler.tasks import default_registry
@@ -150,3 +150,45 @@ def test_many_groups_in_parallel_keep_their_order() -> None:
     jobs = [spec(f"{g}{i}", g, "/ok", now + 0.002 * (i * 8 + k), i) for i in range(6) for k, g in enumerate("abcdefgh")]
     response = make_worker(api).run(batch(*jobs))
     assert set(outcomes(response).values()) == {"succeeded"} and api.order_violations == 0
+
+
+class FailingRecords(MemoryStateStore):
+    """A state table that refuses the batch record's writes while `failing` is set."""
+
+    failing = True
+
+    def record(self, *args: object, **kwargs: object) -> None:
+        if self.failing:
+            raise StoreError("ProvisionedThroughputExceededException (simulated)")
+        super().record(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_successes_whose_record_writes_all_failed_are_in_the_answer_as_unrecorded() -> None:
+    api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), FailingRecords()
+    now = time.time()
+    response = make_worker(api, records).run(
+        batch(spec("a0", "a", "/ok", now, 0), spec("a1", "a", "/ok", now + 1.2, 1), spec("b0", "b", "/ok", now + 0.01))
+    )
+    assert outcomes(response) == {"a0": "succeeded", "a1": "succeeded", "b0": "succeeded"}
+    # a0 and b0 went in the first (failed) periodic write: they are not dropped from the later ones
+    assert sorted(response.unrecorded) == ["a0", "a1", "b0"]
+    assert BatchResponse.from_dict(json.loads(response.to_json())).unrecorded == response.unrecorded  # as invoked
+    assert records.read_batches(["b1"])["b1"].succeeded == frozenset()  # the claim only
+
+
+def test_a_failed_periodic_record_write_goes_again_with_the_next_one() -> None:
+    api, records = FakeApi(tiers=[(1, 1000)], clock=SystemClock()), FailingRecords()
+    now = time.time()
+    worker = make_worker(api, records)
+    original = worker._record
+
+    def fail_once(*args: object) -> bool:
+        ok = original(*args)  # type: ignore[arg-type]
+        records.failing = False
+        return ok
+
+    worker._record = fail_once  # type: ignore[method-assign]
+    response = worker.run(batch(spec("a0", "a", "/ok", now, 0), spec("a1", "a", "/ok", now + 1.2, 1)))
+    assert response.unrecorded == ()
+    record = records.read_batches(["b1"])["b1"]
+    assert record.final and record.succeeded == {"a0", "a1"}

@@ -151,6 +151,9 @@ class BatchResponse:
     watched_final: tuple[str, ...] = ()  # watched batches the worker saw finish
     throttled_at: float | None = None  # when a 429 (here or in a watched batch) stopped this batch
     error: str = ""
+    # Successes the worker could not write to its batch record: the throttler records them before anything else,
+    # or a crash before their deletes would call them again.
+    unrecorded: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {
@@ -164,6 +167,8 @@ class BatchResponse:
             data["throttled_at"] = self.throttled_at
         if self.error:
             data["error"] = self.error
+        if self.unrecorded:
+            data["unrecorded"] = list(self.unrecorded)
         return encode(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,4 +184,5 @@ class BatchResponse:
             tuple(data.get("watched_final", ())),
             data.get("throttled_at"),
             str(data.get("error", "")),
+            tuple(str(j) for j in data.get("unrecorded", ())),
         )

@@ -20,6 +20,7 @@ from throttler.dispatch.control import Pauses
 from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.planner import Plan
 from throttler.dispatch.settlement import GroupSettlement, SentBatch, results_from_failure, retry_delay_s, settle
+from throttler.dispatch.timing import DONE_TTL_S
 from throttler.queue import DeadLetter, JobQueue
 from throttler.store.base import StateStore, ThrottleSignal
 from throttler.worker.invoker import Invoker, WorkerFailed, WorkerLost, WorkerNotRun
@@ -176,6 +177,10 @@ class Outbox:
             trouble = f"worker failed: {exc}"
         if response is not None and response.status is BatchStatus.DUPLICATE:
             trouble = "worker answered for a batch claimed before"
+        if response is not None and response.unrecorded:
+            # Its worker could not record these successes: before anything that may fail (an attempt count, a
+            # dead letter), or a crash before their deletes would call them again.
+            self.store.mark_done(sorted(response.unrecorded), now + DONE_TTL_S)
         if trouble and not trouble.startswith("worker not run"):
             record = self.store.read_batches([sent.batch_id]).get(sent.batch_id)
             results = results_from_failure(sent, record, now, "worker failed")

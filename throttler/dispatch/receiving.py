@@ -22,7 +22,7 @@ from throttler.dispatch.inbox import Held, Inbox
 from throttler.dispatch.intake import HOLD_MAX_S, Intake
 from throttler.dispatch.outbox import Outbox
 from throttler.dispatch.summary import RunSettings, RunSummary
-from throttler.dispatch.timing import CONTROL_REFRESH_S, Timing
+from throttler.dispatch.timing import CONTROL_REFRESH_S, DONE_TTL_S, Timing
 from throttler.dispatch.usage import UsageBook
 from throttler.queue import JobQueue, QueuedMessage
 from throttler.store.base import StateStore
@@ -42,7 +42,6 @@ SURPLUS_RATE_SLACK = 2.0
 RECALL_MARGIN_S = 1.0
 RECALL_SCAN = 1000  # hidden groups looked at per recall, at most (those of keys held here are passed over)
 HOLD_AT_MOST_S = 3600.0
-DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
 
 
 class Receiver:

@@ -12,6 +12,7 @@ CONTROL_REFRESH_S = 2.0  # configuration, pause and hand-over requests take effe
 QUIET_REFRESH_S = 4.0
 RECEIVE_AHEAD_S = 2.0  # receive only when the stage's next slot is at most this far away
 DELETE_FLUSH_S = 3.0
+DONE_TTL_S = 14 * 86400.0  # success records outlive any message (SQS keeps a message at most 14 days)
 
 
 @dataclass

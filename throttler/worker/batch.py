@@ -164,6 +164,12 @@ class BatchExecution:
         self._unrecorded_called.clear()
         return ok, called
 
+    def record_failed(self, ok: list[str], called: list[str], now: float) -> None:
+        """A record write failed: these go with the next one (the last one's failures go in the answer)."""
+        at = self._unrecorded_ok[0][0] if self._unrecorded_ok else now
+        self._unrecorded_ok[:0] = [(at, j) for j in ok]
+        self._unrecorded_called[:0] = called
+
     def ordered_results(self) -> list[JobResult]:
         return [self.results.get(j.id) or JobResult(j.id, Outcome.SKIPPED, "not run") for j in self.request.jobs]
 

@@ -115,13 +115,14 @@ class WorkerService:
             if callable(close):
                 close()
             ok, called = execution.final_record()
-            self._record(request.batch_id, ok, called, True, execution.throttled_at)
+            recorded = self._record(request.batch_id, ok, called, True, execution.throttled_at)
         return BatchResponse(
             request.batch_id,
             BatchStatus.RAN,
             execution.ordered_results(),
             tuple(sorted(execution.watched_final)),
             execution.throttled_at,
+            unrecorded=() if recorded else tuple(ok),
         )
 
     def _drive(self, execution: BatchExecution, pool: ThreadPoolExecutor, setup: CallSetup, deadline: float) -> None:
@@ -176,16 +177,19 @@ class WorkerService:
                 execution.abandon("the shared throttle record could not be read")
                 return
             execution.on_watch(signals, final, self.clock.now())
-        if step.record is not None:
-            self._record(execution.request.batch_id, *step.record, False, None)
+        if step.record is not None and not self._record(execution.request.batch_id, *step.record, False, None):
+            execution.record_failed(*step.record, self.clock.now())
 
-    def _record(self, batch_id: str, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> None:
+    def _record(self, batch_id: str, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> bool:
         try:
             self.records.record(batch_id, ok, called, final, throttled_at)
         except StoreError as exc:
-            # The calls happened: still report them, so the throttler deletes the messages. Only a throttler
-            # crash before those deletes could then repeat a call (with the same Idempotency-Key).
+            # The calls happened: still report them (as unrecorded, in the final answer), so that the throttler
+            # records and deletes them. Only both writes failing and a throttler crash before the deletes could
+            # then repeat a call (with the same Idempotency-Key).
             logger.error("batch record not written", extra={"batch": batch_id, "error": str(exc)})
+            return False
+        return True
 
     def _next_result(self, finished: queue.Queue[JobResult], wait_s: float | None) -> JobResult | None:
         try:

@@ -391,16 +391,17 @@ class _SimBatch:
                 ex.abandon("the shared throttle record could not be read")
                 return
             ex.on_watch(signals, final, self.local(w.loop.now))
-        if step.record is not None:
-            self._record(*step.record, False, None)
+        if step.record is not None and not self._record(*step.record, False, None):
+            ex.record_failed(*step.record, self.local(w.loop.now))
 
-    def _record(self, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> None:
+    def _record(self, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> bool:
         w = self.w
         try:
             w.store(lambda: w.records.record(self.request.batch_id, ok, called, final, throttled_at))
         except StoreError:
-            return  # logged by the service; the response still reports them
+            return False  # logged by the service; the response still reports them
         self.recorded.update(ok, called)
+        return True
 
     # ------------------------------------------------------------------ calls
     def _send(self, spec: JobSpec) -> None:
@@ -457,9 +458,9 @@ class _SimBatch:
         self.ticker.cancel()
         ex = self.execution
         ok, called = ex.final_record()
-        self._record(ok, called, True, ex.throttled_at)
+        recorded = self._record(ok, called, True, ex.throttled_at)
         response = BatchResponse(self.request.batch_id, BatchStatus.RAN, ex.ordered_results(),
-                                 tuple(sorted(ex.watched_final)), ex.throttled_at)
+                                 tuple(sorted(ex.watched_final)), ex.throttled_at, unrecorded=() if recorded else tuple(ok))
         if self.lost:
             self._lose_unrecorded()
             self.w.deaths.append(WorkerDeath(self.worker, self.request.batch_id, self.w.loop.now, "response lost"))
