@@ -192,3 +192,30 @@ def test_a_failed_periodic_record_write_goes_again_with_the_next_one() -> None:
     assert response.unrecorded == ()
     record = records.read_batches(["b1"])["b1"]
     assert record.final and record.succeeded == {"a0", "a1"}
+
+
+def test_a_state_table_out_of_reach_is_a_store_error_so_the_worker_still_answers() -> None:
+    # botocore raises a BotoCoreError, not a ClientError, once its retries run out on a dropped connection: the
+    # worker raised, the run read a record without the successes and called them again (review rev7)
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    from throttler.store.dynamo import DynamoWorkerRecords
+
+    class Unreachable:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def put_item(self, **kwargs: object) -> dict[str, object]:
+            return {}  # the claim got through
+
+        def update_item(self, **kwargs: object) -> None:
+            raise self.error
+
+    for error in (EndpointConnectionError(endpoint_url="https://dynamodb"), ReadTimeoutError(endpoint_url="https://dynamodb")):
+        api = FakeApi(tiers=[(1, 1000)], clock=SystemClock())
+        worker = make_worker(api)
+        worker.records = DynamoWorkerRecords(Unreachable(error), "table")
+        now = time.time()
+        response = worker.run(batch(spec("a0", "a", "/ok", now, 0), spec("a1", "a", "/ok", now + 1.2, 1)))
+        assert outcomes(response) == {"a0": "succeeded", "a1": "succeeded"}
+        assert sorted(response.unrecorded) == ["a0", "a1"]

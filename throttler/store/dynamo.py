@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from throttler.core.errors import StoreError
 from throttler.core.quotas import plain_item
@@ -108,6 +108,8 @@ class _Table:
                     f"table {self._table} does not exist: is the stage deployed (or the local stack running)?"
                 ) from exc
             raise StoreError(f"dynamodb {operation} failed: {code}") from exc
+        except BotoCoreError as exc:  # botocore's retries ran out on a dropped connection or a read timeout
+            raise StoreError(f"dynamodb {operation} failed: {type(exc).__name__}") from exc
 
     def _conditional(self, operation: str, **kwargs: Any) -> bool:
         """A write whose failed condition is an expected outcome (False)."""
@@ -118,6 +120,8 @@ class _Table:
             if exc.response["Error"]["Code"] == CONDITION_FAILED:
                 return False
             raise StoreError(f"dynamodb {operation} failed: {exc.response['Error']['Code']}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"dynamodb {operation} failed: {type(exc).__name__}") from exc
 
     def _get_many(self, pks: Sequence[str], projection: str | None = None) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -411,6 +415,8 @@ class DynamoStateStore(_DynamoControl, StateStore):
                 ):
                     return False
             raise StoreError(f"dynamodb transact_write_items failed: {error['Code']}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"dynamodb transact_write_items failed: {type(exc).__name__}") from exc
 
     def close_open_batches(self, batch_ids: Iterable[str]) -> None:
         ids = list(batch_ids)
