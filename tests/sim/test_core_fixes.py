@@ -261,3 +261,11 @@ def test_successes_whose_record_writes_failed_are_recorded_by_the_run_before_it_
     # before the deletes: the next run called four succeeded jobs again, one of them out of order.
     result = run_seed(4, 0.5, None, "chaos")
     assert result.ok, result.violations
+
+
+def test_a_failed_delivery_beside_a_running_one_leaves_its_jobs_with_the_one_that_runs() -> None:
+    # Found by review rev7 (chaos seed 139): botocore delivered an Invoke twice, the first delivery's claim failed
+    # (an error answer) while the second claimed and ran the batch; the run settled at once from the record and
+    # sent the same jobs again in its next batch.
+    result = run_seed(139, 0.5, None, "chaos")
+    assert result.ok, result.violations

@@ -23,7 +23,7 @@ from throttler.dispatch.settlement import GroupSettlement, SentBatch, results_fr
 from throttler.dispatch.timing import DONE_TTL_S
 from throttler.queue import DeadLetter, JobQueue
 from throttler.store.base import StateStore, ThrottleSignal
-from throttler.worker.invoker import Invoker, WorkerFailed, WorkerLost, WorkerNotRun
+from throttler.worker.invoker import Invoker, WorkerFailed, WorkerNotRun
 
 logger = logging.getLogger(__name__)
 ATTEMPTS_TTL_S = 14 * 86400
@@ -139,13 +139,16 @@ class Outbox:
 
     def _worker_may_run(self, flight: InFlight, now: float) -> bool:
         """True while a failed answer may hide a worker that is still calling: the invoke's connection dropped
-        (botocore would have sent it again), or this was a second delivery of a claimed batch. Until its record is
+        (botocore would have sent it again), a delivery failed while another ran, or this was a second delivery of
+        a claimed batch. Until its record is
         final or its timeout has passed, its jobs stay with it: handing them back would call them twice, out of
         order."""
         exc = flight.future.exception()
         duplicate = exc is None and flight.future.result().status is BatchStatus.DUPLICATE
-        if not (duplicate or isinstance(exc, WorkerLost)):
-            return False  # answered, never run, or ended with an error: the record (if any) is all there is
+        # An error answer (WorkerFailed) may come from one delivery while another runs: botocore sent the Invoke
+        # twice, and the first failed (its claim, say) after the second had claimed the batch.
+        if not (duplicate or isinstance(exc, WorkerFailed)):
+            return False  # answered, or never run: the record (if any) is all there is
         dead_by = flight.sent.sent_at + self.worker_timeout_s + 1.0
         if now >= dead_by:
             return False
