@@ -22,6 +22,11 @@ from collections.abc import Iterable
 NO_KEY = ""  # jobs without a key share the stage as one more key (weight 1)
 
 
+def fair_key(key: str | None) -> str:
+    """The key a job is shared fairly under (jobs without a key share NO_KEY)."""
+    return key if key is not None else NO_KEY
+
+
 def quota_key(fair_key: str) -> str | None:
     """The quota key of a fair key (None: the jobs without a key, which the global tiers alone limit)."""
     return None if fair_key == NO_KEY else fair_key

@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from throttler.core.fairness import NO_KEY
+from throttler.core.fairness import fair_key
 from throttler.queue import QueuedMessage
 
 
@@ -30,7 +30,7 @@ class Held:
 
     def __post_init__(self) -> None:
         self.group = self.msg.group
-        self.fair_key = self.key if self.key is not None else NO_KEY
+        self.fair_key = fair_key(self.key)
 
 
 @dataclass

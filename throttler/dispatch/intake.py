@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from throttler.core.envelope import Job
 from throttler.core.errors import InvalidJob
-from throttler.core.fairness import NO_KEY
 from throttler.core.protocol import JobSpec
 from throttler.core.quotas import QuotaConfig
 from throttler.dispatch.inbox import Held, Inbox
@@ -172,6 +171,3 @@ def hide_seconds(until: float | None, now: float, receive_count: int) -> float:
         seconds = until - now
     return float(max(0, min(MAX_VISIBILITY_S, math.ceil(seconds))))
 
-
-def fair_key(key: str | None) -> str:
-    return key if key is not None else NO_KEY
