@@ -80,6 +80,9 @@ class Pauses:
     keys: dict[str, float] = field(default_factory=dict)
     stage_signal_at: float = -math.inf  # the latest stage-wide signal read from the shared record
     key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal read, by key
+    # A batch whose answer was lost says in its record that it met a 429: only the shared record (which its
+    # worker wrote first) has the Retry-After. Read it before the next batch.
+    unread_429: bool = False
 
     def from_control(
         self, control: Control, now: float, auto_window_s: float | None, streak: int = 0, key_window_s: KeyWindow = None

@@ -187,6 +187,8 @@ class Outbox:
         if trouble and not trouble.startswith("worker not run"):
             record = self.store.read_batches([sent.batch_id]).get(sent.batch_id)
             results = results_from_failure(sent, record, now, "worker failed")
+            if record is not None and record.throttled_at is not None:
+                pauses.unread_429 = True
         outcome = settle(sent, response, results, trouble)
         if outcome.trouble:
             self.worker_trouble += 1

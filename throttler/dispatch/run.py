@@ -193,6 +193,7 @@ class ThrottlerRun:
     def _refresh(self, now: float) -> None:
         self.t.refreshed_at = now
         control = self.store.read_control()
+        self.pauses.unread_429 = False
         mine, successor = self.lease.check(control.lease, now)
         if not mine or (self.lease.renew_due(now) and not self.lease.renew(now)):
             logger.warning("lease lost", extra={"holder": control.lease.owner if control.lease else None})
@@ -267,9 +268,10 @@ class ThrottlerRun:
                 return Wake(now)
             return Wake(min(t.next_refresh, t.deadline), long_poll=True)
         if self.inbox and now >= t.next_plan_at:
-            if self.pauses.last_signal_at > t.refreshed_at:
-                # A 429 came back in a batch since the last read of the shared record: read it now, so that the
-                # next batch's worker does not stop for a 429 this run already knows of (it stops for any later).
+            if self.pauses.last_signal_at > t.refreshed_at or self.pauses.unread_429:
+                # A 429 came back in a batch since the last read of the shared record (or a lost answer's record
+                # says one did): read it now, so that the next batch waits out its Retry-After, and its worker
+                # does not stop for a 429 this run already knows of (it stops for any later).
                 self._refresh(now)
                 if self.phase is not Phase.RUNNING or self.pauses.until(now) is not None:
                     return Wake(now + 0.001)

@@ -357,8 +357,8 @@ class Checker:
         backoff = min([BACKOFF_BASE_S, *auto_windows])
         for job_id, calls in self.sent.items():
             for call in calls:
-                if call.status != 429 or call.answered_at is None:
-                    continue
+                if call.status != 429 or call.answered_at is None or call.timed_out:
+                    continue  # a 429 whose answer came after the worker gave up waiting never reached a worker
                 api_call = self._api_call_for(job_id, call)
                 t_r = call.answered_at
                 until = api_call.retry_at if api_call is not None and api_call.retry_at is not None else t_r + backoff
@@ -399,22 +399,34 @@ class Checker:
         worst = 0.0
         worst_job = ""
         per_day: list[float] = []
+        # A run that dies holding a message leaves it to be received again: that receive is the death's, not
+        # waiting's (a run death is an error with its own alarm; docs/reliability.md, "The bounds").
+        died_holding = {(d.owner, m) for d in self.w.deaths for m in d.held}
+        died_at = {d.owner: d.at for d in self.w.deaths}
+        lost_to_deaths = 0
         for job_id, message_id in self.message_of.items():
             receives = self.w.received_at.get(message_id, [])
             if not receives:
                 continue
+            owners = self.w.received_by.get(message_id, [])
+            # The last receive of each run that died holding the message, or in the step that received it (the
+            # receive's answer, or what the run did with it next, failed before the message was filed).
+            deaths = len({o for o, at in zip(owners, receives, strict=True)
+                          if (o, message_id) in died_holding or died_at.get(o or "") == at})
+            lost_to_deaths += deaths
             enqueued = self.enqueued_at[job_id]
             left = self.w.left_at.get(message_id, self.end)
             days = max(1.0, (left - enqueued) / 86400)
             # Real attempts need receives of their own (one each, and a retry after its backoff): not waiting.
             attempts = sum(1 for c in self.sent.get(job_id, []) if c.status != 429)
-            rate = max(0, len(receives) - attempts) / days
+            rate = max(0, len(receives) - attempts - deaths) / days
             per_day.append(rate)
             if rate > worst:
                 worst, worst_job = rate, job_id
         r.checked["4 receives while waiting"] += len(per_day)
         per_day.sort()
         r.figures["max_receives_per_day"] = round(worst, 2)
+        r.figures["receives_lost_to_run_deaths"] = lost_to_deaths
         r.figures["p99_receives_per_day"] = round(per_day[int(len(per_day) * 0.99)] if per_day else 0.0, 2)
         if worst > RECEIVES_PER_DAY:
             plan = self.jobs[worst_job]

@@ -122,6 +122,7 @@ class RunDeath:
     at: float
     error: str
     expected: bool  # an injected fault (AWS error, crash, timeout); else a bug in the run
+    held: frozenset[str] = frozenset()  # the messages it held when it died (each will be received again)
 
 
 @dataclass
@@ -154,8 +155,10 @@ class World:
         self.run_store = Faulty(self.store, "store", self.fault_rng, rf.store_error, rf.store_error_after)
         self.run_queue = Faulty(self.queue, "queue", self.fault_rng, rf.queue_error, rf.queue_error_after, QueueError)
         self.run_queue.observers.append(self._observe_queue)
-        # Per message id: when runs received it; when it left the jobs queue (deleted or dead-lettered).
+        # Per message id: when runs received it, and which; when it left the jobs queue (deleted or dead-lettered).
         self.received_at: dict[str, list[float]] = {}
+        self.received_by: dict[str, list[str | None]] = {}
+        self._stepping: str | None = None  # the run whose code runs now
         self.left_at: dict[str, float] = {}
         self._receipts: dict[str, str] = {}
         if cfg.quotas is not None:
@@ -210,6 +213,7 @@ class World:
         if op == "queue.receive":
             for message in result:
                 self.received_at.setdefault(message.message_id, []).append(now)
+                self.received_by.setdefault(message.message_id, []).append(self._stepping)
                 self._receipts[message.receipt] = message.message_id
         elif op == "queue.delete":
             failed = set(result)
@@ -273,7 +277,11 @@ class World:
 
         def begin() -> None:
             self._alive[run.owner] = run
-            run.start(self.loop.now + (budget_s if budget_s is not None else self.config.run_budget_s))
+            self._stepping = run.owner
+            try:
+                run.start(self.loop.now + (budget_s if budget_s is not None else self.config.run_budget_s))
+            finally:
+                self._stepping = None
             ticker.schedule(self.loop.now)
             self.loop.at(self.loop.now + self.config.throttler_timeout_s, lambda: self._timeout(run, ticker))
 
@@ -289,7 +297,10 @@ class World:
         self._alive.pop(run.owner, None)
         self._dead.add(run.owner)
         self._long_polling.pop(run.owner, None)
-        self.deaths.append(RunDeath(run.owner, self.loop.now, error, expected))
+        held = {h.msg.message_id for h in run.inbox}
+        held |= {h.msg.message_id for flight in run.outbox.in_flight.values() for h, _ in flight.sent.jobs}
+        held |= {self._receipts[r] for r in run.inbox.pending_deletes if r in self._receipts}
+        self.deaths.append(RunDeath(run.owner, self.loop.now, error, expected, frozenset(held)))
 
     def _step(self, run: ThrottlerRun, ticker: Ticker) -> None:
         if run.owner in self._dead or run.owner not in self._alive:
@@ -307,11 +318,13 @@ class World:
         if rf.crash and self.fault_rng.random() < rf.crash:
             self._die(run, ticker, "process died (simulated)", True)
             return
+        self._stepping = run.owner
         try:
             if self._long_polling.pop(run.owner, None) is not None:
                 run.long_poll(0)  # SQS long polling: the wait ended (a message came, or the time is up)
             wake: Wake | None = run.step(self.loop.now)
         except (Exception, ProcessDied) as exc:  # noqa: BLE001 - the run's Lambda invocation fails
+            self._stepping = None
             expected = isinstance(exc, EXPECTED_RUN_ERRORS)
             detail = f"{type(exc).__name__}: {exc}"
             if not expected:
@@ -319,6 +332,7 @@ class World:
             self.crashed[run.owner] = exc
             self._die(run, ticker, detail, expected)
             return
+        self._stepping = None
         if wake is None:
             self._alive.pop(run.owner, None)
             self.summaries.append(run.summary)
