@@ -213,6 +213,18 @@ def test_success_records_and_batch_records(store: StateStore, records: WorkerRec
     assert batch.succeeded == {"j1", "j2"} and batch.called == {"j3"} and batch.final and batch.throttled_at == 5.0
     signals, final = records.watch(["b1", "b9"])
     assert signals == [] and final == {"b1"}
+    assert batch.met_429 is None
+
+
+def test_a_batch_record_keeps_the_429_its_worker_met(store: StateStore, records: WorkerRecords) -> None:
+    # For a run that never gets the worker's answer, when the worker could not publish the 429 either.
+    assert records.claim("b1", "run", 1.0, 1000.0) and records.claim("b2", "run", 1.0, 1000.0)
+    records.record("b1", [], ["j1"], True, throttled_at=5.0, met_429=ThrottleSignal(5.5, 30.0, "b1"))
+    records.record("b2", [], ["j2"], True, throttled_at=6.0, met_429=ThrottleSignal(6.25, None, "b2", "tenant é/1"))
+    found = store.read_batches(["b1", "b2"])
+    assert found["b1"].met_429 == ThrottleSignal(5.5, 30.0, "b1")
+    assert found["b2"].met_429 == ThrottleSignal(6.25, None, "b2", "tenant é/1")
+    assert records.watch([]) == ([], set())  # the shared record is not touched
 
 
 def test_a_record_left_in_the_format_before_key_items_neither_pauses_the_stage_nor_blocks_forgetting(

@@ -95,15 +95,29 @@ def test_a_429_behind_a_slow_call_stops_the_batches_planned_after_it() -> None:
     assert late == [], f"{len(late)} calls left more than 1 s after the 429 reached a worker"
 
 
-def test_a_429_whose_answer_was_lost_still_pauses_the_batches_planned_after_it() -> None:
-    """SPEC promise 6 (chaos seed 411). A worker met a 429 and published it, but its answer to the run was lost
-    (a read timeout): the run settled the batch from its record and planned the next one a second later without
-    reading the shared record, and that batch called 1.5 s after the 429, 29 s before its Retry-After. A record
-    that says the batch met a 429 now makes the run read the shared record before its next batch."""
+@pytest.mark.parametrize(("answer_lost", "publish_refused"), [(True, False), (True, True), (False, True)])
+def test_a_429_the_run_learns_of_late_or_alone_still_pauses_the_batches_planned_after_it(
+    answer_lost: bool, publish_refused: bool
+) -> None:
+    """SPEC promise 6. A worker met a 429 (Retry-After 30 s), and:
+    - its answer to the run was lost (chaos seed 411): the run settled the batch from its record and planned
+      the next one a second later without reading the shared record (a call 1.5 s after the 429). The record
+      now has the 429, Retry-After and all, and the run pauses from it;
+    - the state table refused its publish three times too (review rev8): the shared record had nothing, so only
+      the batch record can tell (80 calls within the Retry-After);
+    - its publish was refused but its answer came (review rev8): the run paused from the answer, then read the
+      empty shared record and took it for a `resume` (120 calls). An empty record now lifts only pauses read
+      from it before."""
+    from throttler.core.errors import StoreError
     from throttler_tools.sim.engine import WorkerFaults
 
     world = World(WorldConfig(quotas={"second": 20, "margin_ms": 50}, api_tiers=[(1, 20)],
-                              faults=WorkerFaults(lost_response=1.0)))
+                              faults=WorkerFaults(lost_response=1.0 if answer_lost else 0.0)))
+    if publish_refused:
+        def refused(*_args: Any, **_kwargs: Any) -> None:
+            raise StoreError("the state table refused the publish (simulated)")
+
+        world.workers.records.throttle = refused  # type: ignore[method-assign]
     jobs = [(job_body("/throttle/delta/30", group="t", seq=0), "t", "t")]
     jobs += [(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(120)]
     late = _calls_over_a_second_after_the_429(world, jobs)

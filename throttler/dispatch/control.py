@@ -80,9 +80,10 @@ class Pauses:
     keys: dict[str, float] = field(default_factory=dict)
     stage_signal_at: float = -math.inf  # the latest stage-wide signal read from the shared record
     key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal read, by key
-    # A batch whose answer was lost says in its record that it met a 429: only the shared record (which its
-    # worker wrote first) has the Retry-After. Read it before the next batch.
-    unread_429: bool = False
+    # A batch whose answer was lost says in its record that it met a 429 (then): only the shared record (which
+    # its worker wrote first) has the Retry-After. Read it before the next batch (`check_unread_429`).
+    unread_429: float | None = None
+    record_until: float = -math.inf  # the latest end of a pause read from the shared record
 
     def from_control(
         self, control: Control, now: float, auto_window_s: float | None, streak: int = 0, key_window_s: KeyWindow = None
@@ -90,9 +91,13 @@ class Pauses:
         self.operator_until = control.pause_until if control.pause_until is not None and control.pause_until > now else None
         self.operator_reason = control.pause_reason or ""
         if control.throttle is None and not control.key_throttles:
-            # `resume` forgets the 429s: so does the run.
-            self.api_until = None
-            self.keys.clear()
+            if self.record_until > now:
+                # A signal still in force left the record: `resume` deleted the 429s, and the run forgets them too.
+                # Not otherwise: a 429 the run learnt from an answer whose worker could not publish it (the
+                # state table refused three times) stands until its end (review rev8: calls 1.3 s after it).
+                self.api_until = None
+                self.keys.clear()
+                self.record_until = -math.inf
             self.key_signal_at.clear()
             self.stage_signal_at = -math.inf
             return
@@ -102,12 +107,23 @@ class Pauses:
             signal = control.throttle.bounded(now)
             if signal.at > self.stage_signal_at:
                 self.stage_signal_at = signal.at
-                self.on_429(signal, auto_window_s, streak)
+                self.record_until = max(self.record_until, self.on_429(signal, auto_window_s, streak))
         for key, stored in control.key_throttles.items():
             signal = stored.bounded(now)
             if signal.at > self.key_signal_at.get(key, -math.inf):
                 self.key_signal_at[key] = signal.at
-                self.on_429(signal, key_window_s(key) if key_window_s is not None else auto_window_s, streak)
+                window = key_window_s(key) if key_window_s is not None else auto_window_s
+                self.record_until = max(self.record_until, self.on_429(signal, window, streak))
+
+    def check_unread_429(self, auto_window_s: float | None, streak: int = 0) -> None:
+        """After the read that `unread_429` asked for: if the shared record had no signal from then on (its worker
+        could not publish it), back off from the batch's 429 as from one without Retry-After, the whole stage."""
+        at, self.unread_429 = self.unread_429, None
+        if at is None:
+            return
+        read = max([self.stage_signal_at, *self.key_signal_at.values()])
+        if read < at:
+            self.on_429(ThrottleSignal(at, None, ""), auto_window_s, streak)
 
     def on_429(self, signal: ThrottleSignal, auto_window_s: float | None, streak: int = 0) -> float:
         """A 429 met at `signal.at`: pause until its Retry-After, or back off; returns the pause's end.

@@ -8,6 +8,7 @@ with their reason, and what the API said fed back to the pacer and the pauses.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -187,8 +188,18 @@ class Outbox:
         if trouble and not trouble.startswith("worker not run"):
             record = self.store.read_batches([sent.batch_id]).get(sent.batch_id)
             results = results_from_failure(sent, record, now, "worker failed")
-            if record is not None and record.throttled_at is not None:
-                pauses.unread_429 = True
+            if record is not None and record.met_429 is not None:
+                # Its answer never came: its record has the 429 (and the Retry-After) its worker met.
+                signal = record.met_429.bounded(now)
+                streak = 0
+                if pacer is not None:
+                    streak = pacer.stage.meter.api.note_429(signal.at)
+                    pacer.stage.meter.dirty = True
+                pauses.on_429(signal, auto_window(signal.key), streak)
+            elif record is not None and record.throttled_at is not None:
+                # Stopped by another batch's 429 (or a record without the 429's detail): that one is in the shared
+                # record, which the run reads before its next batch.
+                pauses.unread_429 = max(pauses.unread_429 or -math.inf, record.throttled_at)
         outcome = settle(sent, response, results, trouble)
         if outcome.trouble:
             self.worker_trouble += 1

@@ -193,7 +193,6 @@ class ThrottlerRun:
     def _refresh(self, now: float) -> None:
         self.t.refreshed_at = now
         control = self.store.read_control()
-        self.pauses.unread_429 = False
         mine, successor = self.lease.check(control.lease, now)
         if not mine or (self.lease.renew_due(now) and not self.lease.renew(now)):
             logger.warning("lease lost", extra={"holder": control.lease.owner if control.lease else None})
@@ -205,6 +204,7 @@ class ThrottlerRun:
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
         self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
+        self.pauses.check_unread_429(self.in_force.auto_window(None), streak)
         self._forget_ended_key_signals(control, now)
         still_paused = self.pauses.operator_until is not None
         if (newly_paused or (self.pause_unmirrored and still_paused)) and self.outbox.in_flight:
@@ -268,7 +268,7 @@ class ThrottlerRun:
                 return Wake(now)
             return Wake(min(t.next_refresh, t.deadline), long_poll=True)
         if self.inbox and now >= t.next_plan_at:
-            if self.pauses.last_signal_at > t.refreshed_at or self.pauses.unread_429:
+            if self.pauses.last_signal_at > t.refreshed_at or self.pauses.unread_429 is not None:
                 # A 429 came back in a batch since the last read of the shared record (or a lost answer's record
                 # says one did): read it now, so that the next batch waits out its Retry-After, and its worker
                 # does not stop for a 429 this run already knows of (it stops for any later).

@@ -108,6 +108,19 @@ def read_throttle_items(
     return stage, keys
 
 
+def signal_fields(signal: ThrottleSignal) -> dict[str, Any]:
+    """A signal with its key, as a batch record keeps it."""
+    return {**throttle_fields(signal), **({"key": signal.key} if signal.key is not None else {})}
+
+
+def stored_signal(fields: Mapping[str, Any] | None) -> ThrottleSignal | None:
+    """What `signal_fields` wrote (None: nothing, or not a signal)."""
+    if not isinstance(fields, Mapping) or fields.get("at") is None:
+        return None
+    key = fields.get("key")
+    return _stored_signal(fields, str(key) if key is not None else None)
+
+
 def _stored_signal(fields: Mapping[str, Any], key: str | None) -> ThrottleSignal:
     retry = fields.get("retry_after_s")
     return ThrottleSignal(float(fields["at"]), float(retry) if retry is not None else None, str(fields.get("batch", "")), key)
@@ -169,6 +182,7 @@ class BatchRecord:
     called: frozenset[str] = frozenset()  # attempted and not succeeded (or not known yet)
     final: bool = False
     throttled_at: float | None = None
+    met_429: ThrottleSignal | None = None  # the first 429 its own calls met, as its worker published it (or tried)
 
 
 class StateStore(ABC):
@@ -297,9 +311,17 @@ class WorkerRecords(ABC):
 
     @abstractmethod
     def record(
-        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+        self,
+        batch_id: str,
+        succeeded: Iterable[str],
+        called: Iterable[str],
+        final: bool,
+        throttled_at: float | None = None,
+        met_429: ThrottleSignal | None = None,
     ) -> None:
-        """Add to the batch's succeeded and called job ids (and mark it final when the batch is over)."""
+        """Add to the batch's succeeded and called job ids (and mark it final when the batch is over). `met_429`:
+        the 429 the batch met, in its record too, for a run that never gets the worker's answer (and whose
+        worker may not have published it)."""
 
     @abstractmethod
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:

@@ -43,6 +43,8 @@ from throttler.store.base import (
     UsageRecord,
     WorkerRecords,
     read_throttle_items,
+    signal_fields,
+    stored_signal,
     throttle_fields,
 )
 
@@ -481,7 +483,13 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         )
 
     def record(
-        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+        self,
+        batch_id: str,
+        succeeded: Iterable[str],
+        called: Iterable[str],
+        final: bool,
+        throttled_at: float | None = None,
+        met_429: ThrottleSignal | None = None,
     ) -> None:
         ok, tried = sorted(set(succeeded)), sorted(set(called))
         adds, sets = [], []
@@ -498,10 +506,13 @@ class DynamoWorkerRecords(_Table, WorkerRecords):
         if throttled_at is not None:
             sets.append("#th = :th")
             values[":th"] = _n(throttled_at)
+        if met_429 is not None:
+            sets.append("#m429 = :m429")
+            values[":m429"] = _SER.serialize(_ddb(signal_fields(met_429)))
         if not values:
             return
         # Names always through placeholders: FINAL and CALLED are reserved words.
-        names = {"#ok": "ok", "#called": "called", "#final": "final", "#th": "throttled_at"}
+        names = {"#ok": "ok", "#called": "called", "#final": "final", "#th": "throttled_at", "#m429": "met_429"}
         expression = " ".join(
             part for part in ("SET " + ", ".join(sets) if sets else "", "ADD " + ", ".join(adds) if adds else "") if part
         )
@@ -585,4 +596,5 @@ def _batch(item: Mapping[str, Any]) -> BatchRecord:
         frozenset(item.get("called") or ()),
         bool(item.get("final")),
         float(throttled) if throttled is not None else None,
+        stored_signal(item.get("met_429")),
     )

@@ -35,6 +35,8 @@ from throttler.store.base import (
     UsageRecord,
     WorkerRecords,
     read_throttle_items,
+    signal_fields,
+    stored_signal,
     throttle_fields,
 )
 
@@ -277,7 +279,13 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
             return True
 
     def record(
-        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+        self,
+        batch_id: str,
+        succeeded: Iterable[str],
+        called: Iterable[str],
+        final: bool,
+        throttled_at: float | None = None,
+        met_429: ThrottleSignal | None = None,
     ) -> None:
         with self._lock:
             item = self.items.setdefault(
@@ -289,6 +297,8 @@ class MemoryStateStore(_MemoryControl, StateStore, WorkerRecords):
             item["final"] = item["final"] or final
             if throttled_at is not None:
                 item["throttled_at"] = throttled_at
+            if met_429 is not None:
+                item["met_429"] = signal_fields(met_429)
 
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:
         self.publish_throttle(signal, now)
@@ -323,4 +333,5 @@ def _batch(item: Mapping[str, Any]) -> BatchRecord:
         frozenset(item.get("called", ())),
         bool(item.get("final")),
         float(throttled) if throttled is not None else None,
+        stored_signal(item.get("met_429")),
     )

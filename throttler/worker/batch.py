@@ -62,6 +62,7 @@ class BatchExecution:
         self.stopped_keys: dict[str, str] = {}  # key -> why (key-scoped 429)
         self.stop_all = ""
         self.throttled_at: float | None = None
+        self.met_429: ThrottleSignal | None = None  # the first 429 of its own calls (in its final record)
         self._unrecorded_ok: list[tuple[float, str]] = []
         self._unrecorded_called: list[str] = []
         self._to_publish: list[ThrottleSignal] = []
@@ -126,6 +127,7 @@ class BatchExecution:
             scoped = self.request.key_scoped_429 and spec.key is not None
             signal = ThrottleSignal(now, result.retry_after_s, self.request.batch_id, spec.key if scoped else None)
             self._to_publish.append(signal)
+            self.met_429 = self.met_429 or signal
             self.throttled_at = self.throttled_at or at
             if scoped:
                 assert spec.key is not None

@@ -20,7 +20,7 @@ from throttler.core.clock import Clock
 from throttler.core.errors import SecretsUnavailable, StoreError
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import BatchRequest, BatchResponse, BatchStatus, JobSpec
-from throttler.store.base import WorkerRecords
+from throttler.store.base import ThrottleSignal, WorkerRecords
 from throttler.tasks.registry import TaskRegistry, ValidationContext
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
@@ -115,7 +115,7 @@ class WorkerService:
             if callable(close):
                 close()
             ok, called = execution.final_record()
-            recorded = self._record(request.batch_id, ok, called, True, execution.throttled_at)
+            recorded = self._record(request.batch_id, ok, called, True, execution.throttled_at, execution.met_429)
         return BatchResponse(
             request.batch_id,
             BatchStatus.RAN,
@@ -180,9 +180,17 @@ class WorkerService:
         if step.record is not None and not self._record(execution.request.batch_id, *step.record, False, None):
             execution.record_failed(*step.record, self.clock.now())
 
-    def _record(self, batch_id: str, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> bool:
+    def _record(
+        self,
+        batch_id: str,
+        ok: list[str],
+        called: list[str],
+        final: bool,
+        throttled_at: float | None,
+        met_429: ThrottleSignal | None = None,
+    ) -> bool:
         try:
-            self.records.record(batch_id, ok, called, final, throttled_at)
+            self.records.record(batch_id, ok, called, final, throttled_at, met_429)
         except StoreError as exc:
             # The calls happened: still report them (as unrecorded, in the final answer), so that the throttler
             # records and deletes them. Only both writes failing and a throttler crash before the deletes could

@@ -329,14 +329,20 @@ class CountingStateStore(MemoryStateStore):
         return done
 
     def record(
-        self, batch_id: str, succeeded: Iterable[str], called: Iterable[str], final: bool, throttled_at: float | None = None
+        self,
+        batch_id: str,
+        succeeded: Iterable[str],
+        called: Iterable[str],
+        final: bool,
+        throttled_at: float | None = None,
+        met_429: ThrottleSignal | None = None,
     ) -> None:
         ok, tried = list(succeeded), list(called)
-        if not ok and not tried and not final and throttled_at is None:
+        if not ok and not tried and not final and throttled_at is None and met_429 is None:
             return  # the adapter sends nothing
         before = self._size(BATCH_PREFIX + batch_id)
         with self.meter.section(TWIN):
-            super().record(batch_id, ok, tried, final, throttled_at)
+            super().record(batch_id, ok, tried, final, throttled_at, met_429)
         self._write("UpdateItem", BATCH_PREFIX + batch_id, before)
 
     def throttle(self, signal: ThrottleSignal, now: float | None = None) -> None:

@@ -399,27 +399,37 @@ class Checker:
         worst = 0.0
         worst_job = ""
         per_day: list[float] = []
-        # A run that dies holding a message leaves it to be received again: that receive is the death's, not
+        # A run that dies holding a message leaves it to be received again: that next receive is the death's, not
         # waiting's (a run death is an error with its own alarm; docs/reliability.md, "The bounds").
-        died_holding = {(d.owner, m) for d in self.w.deaths for m in d.held}
-        died_at = {d.owner: d.at for d in self.w.deaths}
+        died: dict[str, tuple[float, frozenset[str]]] = {d.owner: (d.at, d.held) for d in self.w.deaths}
         lost_to_deaths = 0
         for job_id, message_id in self.message_of.items():
             receives = self.w.received_at.get(message_id, [])
             if not receives:
                 continue
-            owners = self.w.received_by.get(message_id, [])
-            # The last receive of each run that died holding the message, or in the step that received it (the
-            # receive's answer, or what the run did with it next, failed before the message was filed).
-            deaths = len({o for o, at in zip(owners, receives, strict=True)
-                          if (o, message_id) in died_holding or died_at.get(o or "") == at})
+            owners = self.w.received_by.get(message_id, [None] * len(receives))
+            # Each receive is an attempt's (a call other than a 429 went out before the next receive), a death's
+            # (the run that received it before died holding it, or in the step that received it, before this
+            # receive), or waiting's. One each: a death's receive that leads to a retry is not counted twice.
+            spent = set()
+            for call in self.sent.get(job_id, []):
+                if call.status != 429:
+                    i = bisect.bisect_right(receives, call.sent_at) - 1
+                    if i >= 0:
+                        spent.add(i)
+            deaths = 0
+            for i in range(1, len(receives)):
+                death = died.get(owners[i - 1] or "")
+                if i in spent or death is None or death[0] > receives[i]:
+                    continue
+                if message_id in death[1] or death[0] == receives[i - 1]:
+                    spent.add(i)
+                    deaths += 1
             lost_to_deaths += deaths
             enqueued = self.enqueued_at[job_id]
             left = self.w.left_at.get(message_id, self.end)
             days = max(1.0, (left - enqueued) / 86400)
-            # Real attempts need receives of their own (one each, and a retry after its backoff): not waiting.
-            attempts = sum(1 for c in self.sent.get(job_id, []) if c.status != 429)
-            rate = max(0, len(receives) - attempts - deaths) / days
+            rate = (len(receives) - len(spent)) / days
             per_day.append(rate)
             if rate > worst:
                 worst, worst_job = rate, job_id

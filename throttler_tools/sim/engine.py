@@ -24,7 +24,7 @@ from typing import Any
 from throttler.core.errors import StoreError
 from throttler.core.outcome import JobResult, Outcome
 from throttler.core.protocol import LAMBDA_PAYLOAD_LIMIT, BatchRequest, BatchResponse, BatchStatus, JobSpec
-from throttler.store.base import WorkerRecords
+from throttler.store.base import ThrottleSignal, WorkerRecords
 from throttler.worker.batch import BatchExecution, Step
 from throttler.worker.calls import CallSetup, call_job
 from throttler.worker.invoker import WorkerFailed, WorkerLost, WorkerNotRun
@@ -394,10 +394,11 @@ class _SimBatch:
         if step.record is not None and not self._record(*step.record, False, None):
             ex.record_failed(*step.record, self.local(w.loop.now))
 
-    def _record(self, ok: list[str], called: list[str], final: bool, throttled_at: float | None) -> bool:
+    def _record(self, ok: list[str], called: list[str], final: bool, throttled_at: float | None,
+                met_429: ThrottleSignal | None = None) -> bool:
         w = self.w
         try:
-            w.store(lambda: w.records.record(self.request.batch_id, ok, called, final, throttled_at))
+            w.store(lambda: w.records.record(self.request.batch_id, ok, called, final, throttled_at, met_429))
         except StoreError:
             return False  # logged by the service; the response still reports them
         self.recorded.update(ok, called)
@@ -458,7 +459,7 @@ class _SimBatch:
         self.ticker.cancel()
         ex = self.execution
         ok, called = ex.final_record()
-        recorded = self._record(ok, called, True, ex.throttled_at)
+        recorded = self._record(ok, called, True, ex.throttled_at, ex.met_429)
         response = BatchResponse(self.request.batch_id, BatchStatus.RAN, ex.ordered_results(),
                                  tuple(sorted(ex.watched_final)), ex.throttled_at, unrecorded=() if recorded else tuple(ok))
         if self.lost:
