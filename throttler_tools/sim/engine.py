@@ -226,6 +226,7 @@ class SimWorkers:
     batches: dict[str, list[int]] = field(default_factory=dict)  # batch id -> the workers that ran it
     planned: dict[str, list[str]] = field(default_factory=dict)  # batch id -> its job ids
     unheard: set[str] = field(default_factory=set)  # batches whose invoke ended in WorkerFailed
+    record_failures: dict[str, list[float]] = field(default_factory=dict)  # batch id -> when a record write failed
     _workers: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -400,6 +401,7 @@ class _SimBatch:
         try:
             w.store(lambda: w.records.record(self.request.batch_id, ok, called, final, throttled_at, met_429))
         except StoreError:
+            w.record_failures.setdefault(self.request.batch_id, []).append(w.loop.now)
             return False  # logged by the service; the response still reports them
         self.recorded.update(ok, called)
         return True
