@@ -316,6 +316,9 @@ CHAOS_SEEDS = {
     # A batch's final record write was refused and its answer lost: its two successes were called again, in order,
     # after the later one had gone (the deviation the README states). The checker took it for an ordering break.
     896: "a lost success called again after the later job that went with it is the stated deviation",
+    # An hour of 429s while runs died every few minutes: the streak that lengthens a storm's pauses was lost with
+    # each run (the test above), and a waiting job gained 13 receives.
+    525: "a storm's streak outlives the runs that die during its pauses",
 }
 
 
@@ -323,3 +326,19 @@ CHAOS_SEEDS = {
 def test_a_chaos_seed_that_once_broke_a_promise_keeps_every_one(seed: int) -> None:
     result = run_seed(seed, 0.5, None, "chaos")
     assert result.ok, [CHAOS_SEEDS[seed], *result.violations]
+
+
+def test_a_429s_streak_is_written_when_the_run_pauses_not_when_it_ends() -> None:
+    """SPEC promise 4 (chaos seed 525). A storm's pauses lengthen with the 429s in a row across runs (the streak,
+    in the usage item), which a run wrote only with its next batch or at its end: runs that died during their
+    pauses (an outage beside the storm) lost it, the pauses stayed at 5 to 10 minutes, and a waiting job gained
+    13 receives in an hour."""
+    from throttler.core.pacing import Meter
+
+    world = World(WorldConfig(quotas={"second": 10, "margin_ms": 50}, api_tiers=[(1, 10)]))
+    world.enqueue([(job_body("/throttle/delta/30", group="t", seq=0), "t", "t")]
+                  + [(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(5)])
+    world.start_run()
+    world.run_for(5)  # the 429 came back and the run waits out its 30 s
+    assert [c.status for c in world.workers.sent].count(429) == 1
+    assert Meter.from_json(world.store.load_usage().stage_meter).api.streak == 1

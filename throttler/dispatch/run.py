@@ -244,6 +244,10 @@ class ThrottlerRun:
         paused_until = self.pauses.until(now)
         if paused_until is not None:
             self.summary.paused_until = paused_until
+            if self.usage.stage.dirty and self.pauses.api_until == paused_until:
+                # The 429 streak that lengthens a storm's pauses (promise 4) lives in the usage item: written now,
+                # not at the next batch or the run's end, which a run that dies during the pause never reaches.
+                self.usage.commit(now)
             if not self.released_for_pause and not self._hold_through(paused_until, now):
                 self.summary.released += self.intake.release_all()
                 self.released_for_pause = True
