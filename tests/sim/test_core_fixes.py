@@ -125,6 +125,32 @@ def test_a_429_the_run_learns_of_late_or_alone_still_pauses_the_batches_planned_
     assert len(world.workers.sent) < 120, "the 429 was met early, while most jobs were still to go"
 
 
+@pytest.mark.parametrize("answer_lost", [False, True])
+def test_a_429_its_worker_could_not_publish_holds_the_next_run_too(answer_lost: bool) -> None:
+    """SPEC promise 6 (review rev9). The state table refused a worker's publish of a 429 (Retry-After 60 s) three
+    times: the run paused from the worker's answer (or its batch record), but the pause lived in its memory only,
+    and the next run called 10 s after the 429. The run now writes such a 429 to the shared record itself."""
+    from throttler.core.errors import StoreError
+    from throttler_tools.sim.engine import WorkerFaults
+
+    world = World(WorldConfig(quotas={"second": 20, "margin_ms": 50}, api_tiers=[(1, 20)], run_budget_s=8.0,
+                              schedule_every_s=10.0, faults=WorkerFaults(lost_response=1.0 if answer_lost else 0.0)))
+
+    def refused(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreError("the state table refused the publish (simulated)")
+
+    world.workers.records.throttle = refused  # type: ignore[method-assign]
+    world.enqueue([(job_body("/throttle/delta/60", group="t", seq=0), "t", "t")]
+                  + [(job_body("/ok", group=f"g{i}", seq=0), f"g{i}", f"j{i}") for i in range(300)])
+    world.start_schedule()
+    world.run_for(80)
+    answered = [c.answered_at for c in world.workers.sent if c.status == 429]
+    assert len(answered) == 1 and answered[0] is not None
+    late = [c for c in world.workers.sent if answered[0] + 1.0 < c.sent_at < answered[0] + 60]
+    assert late == [], f"{len(late)} calls within the Retry-After, the first by {late[0].batch_id}"
+    assert len({c.batch_id.split("-b")[0] for c in world.workers.sent}) >= 2, "another run took over meanwhile"
+
+
 def test_a_stream_of_short_429_pauses_costs_a_waiting_job_no_receive_per_pause() -> None:
     """SPEC promise 4 (issue 11, break 1: "a stream of 429 Retry-After: 1 ... moved the first jobs to the DLQ
     within 18-25 minutes"). Every pause released all held messages at visibility 0 and received them again a

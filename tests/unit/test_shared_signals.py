@@ -47,3 +47,34 @@ def test_an_empty_record_lifts_only_pauses_read_from_it_while_in_force() -> None
     # the run keeps the 429 it knows (the safe way; README, "Deviations").
     pauses.from_control(control(), 31.0, None)
     assert pauses.until(31.0) == 40.0
+
+
+def test_a_signal_that_replaced_one_dated_later_is_applied_and_resume_lifts_it() -> None:
+    # Review rev9: a worker whose clock ran 3 s ahead published a 429 (Retry-After 1 s); a real one dated earlier
+    # (Retry-After 300 s) took its place in the record. The run applied only signals dated later than the last it
+    # read: it never paused for the second, and an operator's `resume` then did not lift the answer's copy of it.
+    pauses = Pauses()
+    pauses.from_control(control(ThrottleSignal(103.0, 1.0, "b1")), 100.6, None)
+    pauses.from_control(control(ThrottleSignal(100.5, 300.0, "b2")), 101.0, None)
+    assert pauses.until(104.5) == 400.5
+    pauses.from_control(control(), 110.0, None)  # `resume`
+    assert pauses.until(110.0) is None
+
+
+def test_a_key_signal_forgotten_after_its_end_is_not_a_resume() -> None:
+    # Review rev9: the run forgets a key's ended signal (its end + 10 s) while the key's backoff still runs; the
+    # empty record then lifted every pause, a stage 429 learnt from an answer (Retry-After 60 s) too.
+    pauses = Pauses()
+    pauses.from_worker(ThrottleSignal(0.0, 60.0, "b0"), None)
+    pauses.from_control(control(A=ThrottleSignal(1.0, None, "b1", "A")), 1.1, None, streak=6)
+    pauses.from_control(control(), 11.5, None, streak=6)
+    assert pauses.until(11.5) == 60.0 and "A" in pauses.key_paused(11.5)
+
+
+def test_429s_learnt_from_workers_that_the_record_lacks_are_the_runs_to_publish() -> None:
+    pauses = Pauses()
+    published, refused = ThrottleSignal(5.0, 30.0, "b1"), ThrottleSignal(6.0, 20.0, "b2", "A")
+    pauses.from_worker(published, None)
+    pauses.from_worker(refused, None)
+    pauses.from_control(control(published), 6.5, None)
+    assert pauses.unpublished() == [refused] and pauses.unpublished() == []  # compared once

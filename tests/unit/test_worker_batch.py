@@ -147,3 +147,16 @@ def test_successes_are_recorded_within_a_second_and_all_before_the_end() -> None
     ex.step(2.5)
     ex.on_result(JobResult("b1", Outcome.RETRYABLE, "http 503", sent_at=2.5), 2.6)
     assert ex.final_record() == ([], ["b1"])
+
+
+def test_the_record_keeps_the_429_that_ends_last_and_the_stages_for_two_keys() -> None:
+    # Review rev9: two 429s in one batch (Retry-After 1 s, then 30 s), its answer lost and its publishes refused:
+    # the record kept the first, and the run called again 1.5 s later.
+    jobs = [spec("a1", "a", 1.0, key="A"), spec("b1", "b", 1.0, key="A"), spec("c1", "c", 1.0, key="B")]
+    ex = BatchExecution(request(*jobs, key_scoped=True))
+    assert {s.id for s in ex.step(1.0).start} == {"a1", "b1", "c1"}
+    ex.on_result(JobResult("a1", Outcome.THROTTLED, retry_after_s=1, sent_at=1.0), 1.2)
+    ex.on_result(JobResult("b1", Outcome.THROTTLED, retry_after_s=30, sent_at=1.0), 1.3)
+    assert ex.met_429 == ThrottleSignal(1.3, 30.0, "b1", "A")
+    ex.on_result(JobResult("c1", Outcome.THROTTLED, retry_after_s=5, sent_at=1.0), 1.4)  # another key's
+    assert ex.met_429 == ThrottleSignal(1.3, 30.0, "b1", None)  # the record pauses the stage

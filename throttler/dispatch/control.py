@@ -13,7 +13,7 @@ from typing import Any
 
 from throttler.core.errors import ConfigError
 from throttler.core.quotas import QuotaConfig, defaults_item, parse_quota_item, plain_item
-from throttler.store.base import OPERATOR_SIGNAL, Control, ThrottleSignal
+from throttler.store.base import KEY_SIGNAL_KEEP_S, OPERATOR_SIGNAL, Control, ThrottleSignal
 
 STATE_TABLE = "state table"
 STAGE_DEFAULT = "stage default"
@@ -67,6 +67,18 @@ def resolve_quotas(control: Control, stage_defaults: str) -> QuotaInForce:
     return QuotaInForce(None, "none", error, item)
 
 
+# A worker publishes a 429 at its arrival, and the run dates the one in its answer from the call's start and
+# duration: the same 429 may differ by this much.
+PUBLISHED_SLACK_S = 0.05
+
+
+@dataclass(frozen=True)
+class _Read:
+    signal: ThrottleSignal  # as read (bounded)
+    until: float  # the pause it made
+    forgettable_at: float  # from then on a run may remove it from the record (a key's, ended); never, the stage's
+
+
 @dataclass
 class Pauses:
     """The operator's pause, the API's (a 429 anywhere in the stage) and per-key ones (key-scoped signals)."""
@@ -78,42 +90,64 @@ class Pauses:
     consecutive_429: int = 0
     last_signal_at: float = 0.0
     keys: dict[str, float] = field(default_factory=dict)
-    stage_signal_at: float = -math.inf  # the latest stage-wide signal read from the shared record
-    key_signal_at: dict[str, float] = field(default_factory=dict)  # the latest key-scoped signal read, by key
-    # A batch whose answer was lost says in its record that it met a 429 (then): only the shared record (which
-    # its worker wrote first) has the Retry-After. Read it before the next batch (`check_unread_429`).
+    # What the shared record held at the last read, by scope (None: the stage; else a key).
+    read: dict[str | None, _Read] = field(default_factory=dict)
+    # A batch whose answer was lost was stopped by another batch's 429 (then), which is in the shared record only:
+    # read it before the next batch (`check_unread_429`).
     unread_429: float | None = None
-    record_until: float = -math.inf  # the latest end of a pause read from the shared record
+    learnt: list[ThrottleSignal] = field(default_factory=list)  # from workers' answers and records, not yet compared
 
     def from_control(
         self, control: Control, now: float, auto_window_s: float | None, streak: int = 0, key_window_s: KeyWindow = None
     ) -> None:
         self.operator_until = control.pause_until if control.pause_until is not None and control.pause_until > now else None
         self.operator_reason = control.pause_reason or ""
-        if control.throttle is None and not control.key_throttles:
-            if self.record_until > now:
-                # A signal still in force left the record: `resume` deleted the 429s, and the run forgets them too.
-                # Not otherwise: a 429 the run learnt from an answer whose worker could not publish it (the
-                # state table refused three times) stands until its end (review rev8: calls 1.3 s after it).
+        stored: dict[str | None, ThrottleSignal] = {}
+        stored.update(control.key_throttles)
+        if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
+            stored[None] = control.throttle
+        if not stored:
+            if any(r.until > now and r.forgettable_at > now for r in self.read.values()):
+                # A signal still in force left the record, where nothing but `resume` could remove it: the run
+                # forgets the 429s too. Not otherwise: a 429 the run learnt from a worker's answer or record whose
+                # worker could not publish it (the state table refused three times) stands until its end (review
+                # rev8: calls 1.3 s after it), and so does one whose signal ended and was forgotten (review rev9).
                 self.api_until = None
                 self.keys.clear()
-                self.record_until = -math.inf
-            self.key_signal_at.clear()
-            self.stage_signal_at = -math.inf
+            self.read.clear()
             return
-        if control.throttle is not None and control.throttle.batch_id != OPERATOR_SIGNAL:
-            # Not compared with `last_signal_at`: a key's 429 dated later (another worker's clock runs ahead)
-            # must not hide the stage's (found by the review of the key-scoped record: calls went on 6 s).
-            signal = control.throttle.bounded(now)
-            if signal.at > self.stage_signal_at:
-                self.stage_signal_at = signal.at
-                self.record_until = max(self.record_until, self.on_429(signal, auto_window_s, streak))
-        for key, stored in control.key_throttles.items():
-            signal = stored.bounded(now)
-            if signal.at > self.key_signal_at.get(key, -math.inf):
-                self.key_signal_at[key] = signal.at
-                window = key_window_s(key) if key_window_s is not None else auto_window_s
-                self.record_until = max(self.record_until, self.on_429(signal, window, streak))
+        for scope in [s for s in self.read if s not in stored]:  # ended and forgotten (a key's), or replaced
+            del self.read[scope]
+        for scope, entry in stored.items():
+            signal = entry.bounded(now)
+            seen = self.read.get(scope)
+            if seen is not None and seen.signal == signal:
+                continue  # read before: applied once
+            # Applied whenever the entry changed, not only when dated later: a worker's clock may run ahead (up to
+            # THROTTLE_SKEW_S), and a real 429 dated earlier then takes its place (review rev9).
+            window = auto_window_s if scope is None or key_window_s is None else key_window_s(scope)
+            until = self.on_429(signal, window, streak)
+            forgettable_at = math.inf if scope is None else signal.ends_at + KEY_SIGNAL_KEEP_S
+            self.read[scope] = _Read(signal, until, forgettable_at)
+
+    def from_worker(self, signal: ThrottleSignal, auto_window_s: float | None, streak: int = 0) -> float:
+        """A 429 from a worker's answer (or its batch's record): paused from at once; compared with the shared
+        record at the next read (`unpublished`)."""
+        self.learnt.append(signal)
+        return self.on_429(signal, auto_window_s, streak)
+
+    def unpublished(self) -> list[ThrottleSignal]:
+        """After a read: the 429s learnt from workers that the shared record lacks (their workers could not
+        publish them, the state table refused three times). The run writes them there, so that a successor, and
+        the workers of long batches, pause for them too (review rev9: the next run called within the
+        Retry-After)."""
+        learnt, self.learnt = self.learnt, []
+        out = []
+        for signal in learnt:
+            seen = self.read.get(signal.key)
+            if seen is None or seen.signal.ends_at < signal.ends_at - PUBLISHED_SLACK_S:
+                out.append(signal)
+        return out
 
     def check_unread_429(self, auto_window_s: float | None, streak: int = 0) -> None:
         """After the read that `unread_429` asked for: if the shared record had no signal from then on (its worker
@@ -121,8 +155,7 @@ class Pauses:
         at, self.unread_429 = self.unread_429, None
         if at is None:
             return
-        read = max([self.stage_signal_at, *self.key_signal_at.values()])
-        if read < at:
+        if max((r.signal.at for r in self.read.values()), default=-math.inf) < at:
             self.on_429(ThrottleSignal(at, None, ""), auto_window_s, streak)
 
     def on_429(self, signal: ThrottleSignal, auto_window_s: float | None, streak: int = 0) -> float:

@@ -195,7 +195,7 @@ class Outbox:
                 if pacer is not None:
                     streak = pacer.stage.meter.api.note_429(signal.at)
                     pacer.stage.meter.dirty = True
-                pauses.on_429(signal, auto_window(signal.key), streak)
+                pauses.from_worker(signal, auto_window(signal.key), streak)
             elif record is not None and record.throttled_at is not None:
                 # Stopped by another batch's 429 (or a record without the 429's detail): that one is in the shared
                 # record, which the run reads before its next batch.
@@ -232,7 +232,7 @@ class Outbox:
             streak = pacer.stage.meter.api.note_429(at, result.sent_at) if pacer is not None else 0
             if pacer is not None:
                 pacer.stage.meter.dirty = True
-            pauses.on_429(
+            pauses.from_worker(
                 ThrottleSignal(at, result.retry_after_s, "", held.key if pauses_keyed(pacer) else None), window, streak
             )
             logger.warning(

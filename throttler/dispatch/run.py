@@ -205,6 +205,7 @@ class ThrottlerRun:
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
         self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
         self.pauses.check_unread_429(self.in_force.auto_window(None), streak)
+        self._publish(self.pauses.unpublished(), now)
         self._forget_ended_key_signals(control, now)
         still_paused = self.pauses.operator_until is not None
         if (newly_paused or (self.pause_unmirrored and still_paused)) and self.outbox.in_flight:
@@ -221,6 +222,15 @@ class ThrottlerRun:
         if successor is not None:
             self.successor = successor
             self._begin_end("successor")
+
+    def _publish(self, signals: list[ThrottleSignal], now: float) -> None:
+        """Write 429s the workers could not to the shared record (the one that ends later stays there)."""
+        for signal in signals:
+            try:
+                self.store.publish_throttle(signal, now)
+            except StoreError as exc:  # compared again at the next read
+                logger.error("could not publish a 429 its worker could not", extra={"error": str(exc)})
+                self.pauses.learnt.append(signal)
 
     def _forget_ended_key_signals(self, control: Control, now: float) -> None:
         """Key-scoped 429s ended a while ago leave the shared record, a few at a time, so that it stays small
@@ -366,6 +376,10 @@ class ThrottlerRun:
         """Stop planning: release what is held, write the last reservations, hand over or release the lease."""
         self.summary.released += self.intake.release_all()
         self.receiver.flush(now)
+        # 429s learnt since the last read: the successor must pause for them too, published by their workers or not.
+        learnt, self.pauses.learnt = self.pauses.learnt, []
+        self._publish(learnt, now)
+        self.pauses.learnt.clear()  # not this run's to retry any more
         if not self.lease_lost:
             if self.usage.to_close or self.usage.stage.dirty or any(m.dirty for m in self.usage.keys.values()):
                 self.usage.commit(now)

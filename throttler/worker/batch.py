@@ -62,7 +62,7 @@ class BatchExecution:
         self.stopped_keys: dict[str, str] = {}  # key -> why (key-scoped 429)
         self.stop_all = ""
         self.throttled_at: float | None = None
-        self.met_429: ThrottleSignal | None = None  # the first 429 of its own calls (in its final record)
+        self.met_429: ThrottleSignal | None = None  # the 429 of its own calls that ends last (in its final record)
         self._unrecorded_ok: list[tuple[float, str]] = []
         self._unrecorded_called: list[str] = []
         self._to_publish: list[ThrottleSignal] = []
@@ -127,13 +127,23 @@ class BatchExecution:
             scoped = self.request.key_scoped_429 and spec.key is not None
             signal = ThrottleSignal(now, result.retry_after_s, self.request.batch_id, spec.key if scoped else None)
             self._to_publish.append(signal)
-            self.met_429 = self.met_429 or signal
+            self._keep_429(signal)
             self.throttled_at = self.throttled_at or at
             if scoped:
                 assert spec.key is not None
                 self.stopped_keys[spec.key] = "the API answered 429 to a job of the same key"
             else:
                 self.stop_all = self.stop_all or "the API answered 429 to another job of the batch"
+
+    def _keep_429(self, signal: ThrottleSignal) -> None:
+        """The 429 its record keeps: the one that ends last; of several scopes (two keys' 429s), the stage's."""
+        kept = self.met_429
+        if kept is None:
+            self.met_429 = signal
+            return
+        latest = signal if signal.ends_at > kept.ends_at else kept
+        key = latest.key if signal.key == kept.key else None
+        self.met_429 = ThrottleSignal(latest.at, latest.retry_after_s, latest.batch_id, key)
 
     def on_watch(self, signals: Sequence[ThrottleSignal], final: set[str], now: float) -> None:
         self._last_watch = now
