@@ -345,6 +345,9 @@ CHAOS_SEEDS = {
     # An hour of 429s while runs died every few minutes: the streak that lengthens a storm's pauses was lost with
     # each run (the test above), and a waiting job gained 13 receives.
     525: "a storm's streak outlives the runs that die during its pauses",
+    # Botocore delivered an invoke twice: one delivery could not read its secrets and answered that the batch did
+    # not run, before claiming it, while the other claimed and ran it; the run sent the job again (called twice).
+    822: "a delivery that cannot read its secrets has claimed the batch first",
 }
 
 

@@ -85,14 +85,17 @@ class WorkerService:
         deadline = start + (remaining_s if remaining_s is not None else 40.0) - STOP_BEFORE_TIMEOUT_S
         if not request.jobs:
             return BatchResponse(request.batch_id, BatchStatus.RAN)
+        # Claimed first: botocore may deliver this invoke twice, and an answer that the batch did not run (its
+        # secrets unreadable) must not come from one delivery while the other runs it (chaos seed 822: the run
+        # sent the batch's job again, and the API had it twice).
+        if not self.records.claim(request.batch_id, request.run_id, start, start + BATCH_RECORD_TTL_S):
+            logger.warning("batch already claimed", extra={"batch": request.batch_id})
+            return BatchResponse(request.batch_id, BatchStatus.DUPLICATE)
         try:
             secrets = self.secret_headers()
         except SecretsUnavailable as exc:
             logger.error("secrets unavailable", extra={"batch": request.batch_id, "error": str(exc)})
             return BatchResponse(request.batch_id, BatchStatus.SECRETS_UNAVAILABLE, error=str(exc))
-        if not self.records.claim(request.batch_id, request.run_id, start, start + BATCH_RECORD_TTL_S):
-            logger.warning("batch already claimed", extra={"batch": request.batch_id})
-            return BatchResponse(request.batch_id, BatchStatus.DUPLICATE)
         parallel = max(
             1, min(self.config.max_parallel, request.pool_size or self.config.max_parallel, len({j.group for j in request.jobs}))
         )

@@ -323,9 +323,7 @@ class _SimBatch:
     # ------------------------------------------------------------------ start, death
     def begin(self) -> None:
         w = self.w
-        if w.rng.random() < w.faults.secrets:
-            w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.SECRETS_UNAVAILABLE, error="ssm failed"))
-            return
+        secrets_fail = w.rng.random() < w.faults.secrets  # drawn first, as before the claim moved ahead of it
         now = self.local(w.loop.now)
         try:
             claimed = w.store(lambda: w.records.claim(self.request.batch_id, self.request.run_id, now, now + 14 * 86400))
@@ -334,6 +332,9 @@ class _SimBatch:
             return
         if not claimed:
             w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.DUPLICATE))
+            return
+        if secrets_fail:
+            w._answer(self.answer, BatchResponse(self.request.batch_id, BatchStatus.SECRETS_UNAVAILABLE, error="ssm failed"))
             return
         self.setup = w.setup(self.request)
         if self.crash_at is not None:
