@@ -78,3 +78,14 @@ def test_429s_learnt_from_workers_that_the_record_lacks_are_the_runs_to_publish(
     pauses.from_worker(refused, None)
     pauses.from_control(control(published), 6.5, None)
     assert pauses.unpublished() == [refused] and pauses.unpublished() == []  # compared once
+
+
+def test_a_429_that_resume_lifted_is_not_written_back() -> None:
+    # Review rev10: the worker's answer came after the run had read its published 429; the next read found the
+    # record empty (`resume`) and lifted it, and the run then wrote its own copy back, re-creating the pause.
+    pauses = Pauses()
+    signal = ThrottleSignal(5.0, 60.0, "b1")
+    pauses.from_control(control(signal), 5.5, None)
+    pauses.from_worker(signal, None)  # the answer, after the read
+    pauses.from_control(control(), 7.0, None)  # `resume`
+    assert pauses.until(7.0) is None and pauses.unpublished() == []

@@ -114,6 +114,7 @@ class Pauses:
                 # rev8: calls 1.3 s after it), and so does one whose signal ended and was forgotten (review rev9).
                 self.api_until = None
                 self.keys.clear()
+                self.learnt.clear()  # lifted too: never written back (review rev10: the run re-created the pause)
             self.read.clear()
             return
         for scope in [s for s in self.read if s not in stored]:  # ended and forgotten (a key's), or replaced

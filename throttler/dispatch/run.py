@@ -377,9 +377,15 @@ class ThrottlerRun:
         self.summary.released += self.intake.release_all()
         self.receiver.flush(now)
         # 429s learnt since the last read: the successor must pause for them too, published by their workers or not.
-        learnt, self.pauses.learnt = self.pauses.learnt, []
-        self._publish(learnt, now)
-        self.pauses.learnt.clear()  # not this run's to retry any more
+        # Compared with the record first: a `resume` since the last read lifted them (review rev10).
+        if self.pauses.learnt:
+            try:
+                control = self.store.read_control()
+                self.pauses.from_control(control, now, self.in_force.auto_window(None), 0, self.in_force.auto_window)
+                self._publish(self.pauses.unpublished(), now)
+            except StoreError as exc:  # the successor may then miss a 429 whose worker could not publish it
+                logger.error("could not compare the 429s learnt with the shared record", extra={"error": str(exc)})
+            self.pauses.learnt.clear()  # not this run's to retry any more
         if not self.lease_lost:
             if self.usage.to_close or self.usage.stage.dirty or any(m.dirty for m in self.usage.keys.values()):
                 self.usage.commit(now)
