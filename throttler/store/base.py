@@ -182,7 +182,7 @@ class BatchRecord:
     called: frozenset[str] = frozenset()  # attempted and not succeeded (or not known yet)
     final: bool = False
     throttled_at: float | None = None
-    met_429: ThrottleSignal | None = None  # the first 429 its own calls met, as its worker published it (or tried)
+    met_429: ThrottleSignal | None = None  # the 429 of its own calls that ends last, as published (or tried)
 
 
 class StateStore(ABC):
