@@ -91,7 +91,10 @@ def test_a_slow_key_with_many_groups_brings_them_back_one_slot_apart_not_all_at_
     counts = [m.receive_count for m in world.sqs.messages(world.env["JOBS_QUEUE_URL"])]
     assert counts and max(counts) <= 40, sorted(counts)[-5:]  # was 119 in these 6 hours
     assert world.sqs.redrive_moves == []
-    assert len(world.api.calls) >= 0.6 * 360  # the key's slots are used, not lost to the churn
+    # The key's slots are used, not lost to the churn: the run brought back its hidden groups early ("the queue
+    # looks empty"), though the key's own tier had no slot for them, and hid them again after all the others:
+    # 46 minutes without a call, 222 calls (now 251).
+    assert len(world.api.calls) >= 0.68 * 360
 
 
 def test_a_run_sharing_out_many_keys_sends_their_hides_ten_to_a_request(make_world: MakeWorld) -> None:

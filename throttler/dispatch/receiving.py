@@ -291,12 +291,20 @@ class Receiver:
         if wanted <= 0 or not self.recallable:
             return False
         held = self.inbox.by_key
+        pacer = self.in_force.pacer
+        capped: dict[str, bool] = {}
         receipts: list[str] = []
         passed: list[tuple[float, str, int, str]] = []
         while self.recallable and wanted > 0 and len(passed) < RECALL_SCAN:
             entry = heapq.heappop(self.recallable)
-            if entry[3] in held:
-                passed.append(entry)  # its key has work here already: it would add none of the rate missing
+            key = entry[3]
+            if key not in capped:
+                # A key whose own tiers have no slot soon would only be hidden again, after all its other groups,
+                # hours later (a key of one call a minute lost 46 minutes of slots that way).
+                slot = pacer.next_slot(now + self.t.lead_s, quota_key(key)) if pacer is not None else now
+                capped[key] = slot is None or slot > now + self.t.lead_s + RECALL_MARGIN_S
+            if key in held or capped[key]:
+                passed.append(entry)  # its key has work here already, or no room: it would add none of the rate
                 continue
             receipts.append(entry[1])
             wanted -= entry[2]
