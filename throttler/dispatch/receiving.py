@@ -302,7 +302,7 @@ class Receiver:
                 # A key whose own tiers have no slot soon would only be hidden again, after all its other groups,
                 # hours later (a key of one call a minute lost 46 minutes of slots that way).
                 slot = pacer.next_slot(now + self.t.lead_s, quota_key(key)) if pacer is not None else now
-                capped[key] = slot is None or slot > now + self.t.lead_s + RECALL_MARGIN_S
+                capped[key] = slot is None or slot > now + HOLD_MAX_S  # a nearer slot: held until then (intake)
             if key in held or capped[key]:
                 passed.append(entry)  # its key has work here already, or no room: it would add none of the rate
                 continue
