@@ -89,12 +89,15 @@ def test_a_slow_key_with_many_groups_brings_them_back_one_slot_apart_not_all_at_
     world.start_schedule()
     world.run_for(6 * 3600)
     counts = [m.receive_count for m in world.sqs.messages(world.env["JOBS_QUEUE_URL"])]
-    assert counts and max(counts) <= 40, sorted(counts)[-5:]  # was 119 in these 6 hours
+    # Was 119 in these 6 hours, then 36: each run lined up the key's groups from the same start (the last run's
+    # line was not written as it ended), so a few came back at each slot, one was called, the rest hidden again.
+    assert counts and max(counts) <= 20, sorted(counts)[-5:]
     assert world.sqs.redrive_moves == []
-    # The key's slots are used, not lost to the churn: the run brought back its hidden groups early ("the queue
-    # looks empty"), though the key's own tier had no slot for them, and hid them again after all the others:
-    # 46 minutes without a call, 222 calls (now 251).
-    assert len(world.api.calls) >= 0.68 * 360
+    # The key's slots are used, not lost to the churn. 222 calls: the run brought back its hidden groups early
+    # ("the queue looks empty") though the key's own tier had no slot for them, and hid them again after all the
+    # others (46 minutes without a call). 251: a group back at its slot came just after the scheduled run had
+    # found the queue empty and ended (latency=cost); an idle run now waits 2 s for groups due back. Now 328.
+    assert len(world.api.calls) >= 0.85 * 360
 
 
 def test_a_run_sharing_out_many_keys_sends_their_hides_ten_to_a_request(make_world: MakeWorld) -> None:

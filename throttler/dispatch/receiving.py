@@ -65,6 +65,7 @@ class Receiver:
         self.hidden = HiddenKeys()  # fair key -> its groups hidden in SQS, until when
         self.returns_at: dict[str, float] = {}  # fair key -> when its next hidden group is due back
         self.keys_written_at = -math.inf
+        self.returns_written: dict[str, float] = {}  # returns_at as last written in the keys' summary
         self.surplus_back_at = -math.inf  # the last group hidden for its key's share is back then
         # (back at, head's receipt, messages, key) of those groups
         self.recallable: list[tuple[float, str, int, str]] = []
@@ -336,6 +337,13 @@ class Receiver:
                 self.hide(key, groups, when, now, stagger)
                 self.summary.hidden += len(groups)
 
+    def groups_due_back(self, now: float) -> bool:
+        """Whether groups hidden for their key (by this run, or by the runs before it) are still to come back."""
+        if any(back > now for back in self.returns_at.values()):
+            return True
+        seen = self.usage.keys_seen.values()
+        return any(isinstance(key, dict) and float(key.get("returns_at") or 0.0) > now for key in seen)
+
     def _returns_at(self, key: str) -> float:
         """When the key's next hidden group is due back: this run's own, else what the last run wrote."""
         if key not in self.returns_at:
@@ -351,11 +359,15 @@ class Receiver:
         self.hidden.add(key, back_at, count, self.in_force.weight(key), now)
         return self.intake.hide_groups(groups, until - self.t.lead_s if until is not None else None, now, stagger_s)
 
-    def keys_summary(self, now: float) -> dict[str, Any] | None:
-        """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s."""
-        if now - self.keys_written_at < 5.0:
+    def keys_summary(self, now: float, last: bool = False) -> dict[str, Any] | None:
+        """The busiest keys' backlog as this run sees it (held here, hidden in SQS), at most every 5 s; and as the
+        run ends, if it hid groups since: the next run hides a key's groups after these, not at the same times
+        (each run lined up its key's groups from the same start: a few came back at each slot, one was called,
+        the rest were received and hidden again)."""
+        if (self.returns_at == self.returns_written) if last else (now - self.keys_written_at < 5.0):
             return None
         self.keys_written_at = now
+        self.returns_written = dict(self.returns_at)
         backlog: dict[str, dict[str, Any]] = {}
         for key in set(self.inbox.keys()) | set(self.hidden):
             held = self.inbox.held_of_key(key)

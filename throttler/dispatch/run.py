@@ -41,6 +41,7 @@ from throttler.worker.invoker import Invoker
 
 logger = logging.getLogger(__name__)
 LONG_POLL_S = 2.0
+IDLE_POLL_S = 2.0  # latency=cost: how long an idle run waits on the queue for groups due back (once a run)
 # Ended key signals removed from the shared record per control read (one conditional write).
 FORGET_AT_ONCE = 100
 FORGET_ONE_BY_ONE = 5
@@ -126,6 +127,7 @@ class ThrottlerRun:
         self.lease_lost = False
         self.pause_unmirrored = False  # the operator's pause could not be written to the shared record yet
         self.released_for_pause = False
+        self.idle_polled = False  # latency=cost: this run has waited once on the queue before ending idle
         self.end_reason = ""
 
     @property
@@ -278,6 +280,12 @@ class ThrottlerRun:
             self.receiver.top_up(now)
         if not self.inbox and not self.outbox.in_flight and t.queue_empty:
             if self.in_force.latency() == "cost":
+                if not self.idle_polled and self.receiver.groups_due_back(now):
+                    # A key's groups hidden for its own slots come back about now: one at its slot would find the
+                    # run ended (a key of one call a minute lost one slot in three to that). Wait for it on the
+                    # queue a moment: one receive, a second or two of the run's time.
+                    self.idle_polled = True
+                    return Wake(now + IDLE_POLL_S, long_poll=True)
                 self._begin_end("idle")
                 return Wake(now)
             return Wake(min(t.next_refresh, t.deadline), long_poll=True)
@@ -387,8 +395,10 @@ class ThrottlerRun:
                 logger.error("could not compare the 429s learnt with the shared record", extra={"error": str(exc)})
             self.pauses.learnt.clear()  # not this run's to retry any more
         if not self.lease_lost:
-            if self.usage.to_close or self.usage.stage.dirty or any(m.dirty for m in self.usage.keys.values()):
-                self.usage.commit(now)
+            keys_summary = self.receiver.keys_summary(now, last=True)
+            dirty = self.usage.to_close or self.usage.stage.dirty or any(m.dirty for m in self.usage.keys.values())
+            if dirty or keys_summary is not None:
+                self.usage.commit(now, keys_summary=keys_summary)
             if self.successor is not None and self.lease.hand_over(self.successor, now):
                 self.summary.handed_over_to = self.successor
             else:
