@@ -69,6 +69,8 @@ class Receiver:
         self.surplus_back_at = -math.inf  # the last group hidden for its key's share is back then
         # (back at, head's receipt, messages, key) of those groups
         self.recallable: list[tuple[float, str, int, str]] = []
+        self.recalled: dict[str, tuple[float, int]] = {}  # key -> (when, how many groups) of its last recall
+        self.waiting_back: dict[str, list[float]] = {}  # key -> when its groups hidden for its own slots come back
         # Settled batches stay listed as open until their successes are deleted: if the run dies before the
         # deletes, a later run reads their records and never calls those jobs again.
         self.settled: list[tuple[str, int]] = []  # (batch, deletes_sent once its successes are deleted)
@@ -292,21 +294,20 @@ class Receiver:
         if wanted <= 0 or not self.recallable:
             return False
         held = self.inbox.by_key
-        pacer = self.in_force.pacer
-        capped: dict[str, bool] = {}
+        room: dict[str, float] = {}  # groups each key may still bring back: what its slots within HOLD_MAX_S use
         receipts: list[str] = []
         passed: list[tuple[float, str, int, str]] = []
         while self.recallable and wanted > 0 and len(passed) < RECALL_SCAN:
             entry = heapq.heappop(self.recallable)
             key = entry[3]
-            if key not in capped:
-                # A key whose own tiers have no slot soon would only be hidden again, after all its other groups,
-                # hours later (a key of one call a minute lost 46 minutes of slots that way).
-                slot = pacer.next_slot(now + self.t.lead_s, quota_key(key)) if pacer is not None else now
-                capped[key] = slot is None or slot > now + HOLD_MAX_S  # a nearer slot: held until then (intake)
-            if key in held or capped[key]:
+            if key not in room:
+                room[key] = self._recall_room(key, now)
+            if key in held or room[key] < 1:
                 passed.append(entry)  # its key has work here already, or no room: it would add none of the rate
                 continue
+            room[key] -= 1
+            at, count = self.recalled.get(key, (now, 0))
+            self.recalled[key] = (at, count + 1)
             receipts.append(entry[1])
             wanted -= entry[2]
         for entry in passed:
@@ -316,6 +317,29 @@ class Receiver:
         self.queue.change_visibility([(r, 0.0) for r in receipts])  # a failed one comes back when it was due
         self.summary.recalled += len(receipts)
         return True
+
+    def _recall_room(self, key: str, now: float) -> float:
+        """How many of a key's hidden groups a recall may bring back: none when its own tiers have no slot within
+        HOLD_MAX_S, else as many as its rate uses in HOLD_MAX_S (at least one), less those recalled in the last
+        HOLD_MAX_S (a run recalls at every step while the queue looks empty). Any more would only be hidden
+        again after all the key's other groups, hours later (a key of one call a minute lost 46 minutes of slots
+        to the first, 17 to the second)."""
+        pacer = self.in_force.pacer
+        if pacer is None:
+            return math.inf
+        slot = pacer.next_slot(now + self.t.lead_s, quota_key(key))
+        if slot is None or slot > now + HOLD_MAX_S:  # (a group received for a nearer slot is held until then)
+            return 0.0
+        waiting = self.waiting_back.get(key)
+        while waiting and waiting[0] <= now - HOLD_MAX_S:
+            heapq.heappop(waiting)  # back long ago: received and held, called, or hidden again
+        if waiting and waiting[0] <= now + HOLD_MAX_S:
+            return 0.0  # a group hidden until this slot comes back by itself: one more would be hidden again
+        at, count = self.recalled.get(key, (-math.inf, 0))
+        if now - at >= HOLD_MAX_S:  # the groups of its last recall have been received (and held, or called)
+            self.recalled[key] = (now, 0)
+            count = 0
+        return max(1.0, pacer.rate_per_s(now, quota_key(key)) * HOLD_MAX_S) - count
 
     def hide_waiting(self, key_next: dict[str, float | None], now: float, planned: frozenset[str] = frozenset()) -> None:
         """Hide the groups of keys whose next slot is far. Not the groups of the batch being planned: hiding a
@@ -334,7 +358,11 @@ class Receiver:
                     # After the groups this run already hid for the key: each returns near a slot of its own.
                     when = max(when, self._returns_at(key))
                     self.returns_at[key] = when + len(groups) * stagger
-                self.hide(key, groups, when, now, stagger)
+                heads = self.hide(key, groups, when, now, stagger)
+                if when is not None:
+                    waiting = self.waiting_back.setdefault(key, [])
+                    for back_at, _ in heads:
+                        heapq.heappush(waiting, back_at)
                 self.summary.hidden += len(groups)
 
     def groups_due_back(self, now: float) -> bool:
