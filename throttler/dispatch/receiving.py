@@ -369,15 +369,17 @@ class Receiver:
         """Whether groups hidden for their key (by this run, or by the runs before it) are still to come back."""
         if any(back > now for back in self.returns_at.values()):
             return True
-        seen = self.usage.keys_seen.values()
-        return any(isinstance(key, dict) and float(key.get("returns_at") or 0.0) > now for key in seen)
+        return any(self._written_returns_at(key) > now for key in self.usage.keys_seen)
 
     def _returns_at(self, key: str) -> float:
         """When the key's next hidden group is due back: this run's own, else what the last run wrote."""
         if key not in self.returns_at:
-            seen = self.usage.keys_seen.get(key)
-            self.returns_at[key] = float(seen.get("returns_at") or 0.0) if isinstance(seen, dict) else 0.0
+            self.returns_at[key] = self._written_returns_at(key)
         return self.returns_at[key]
+
+    def _written_returns_at(self, key: str) -> float:
+        seen = self.usage.keys_seen.get(key)
+        return float(seen.get("returns_at") or 0.0) if isinstance(seen, dict) else 0.0
 
     def hide(
         self, key: str, groups: list[str], until: float | None, now: float, stagger_s: float = 0.0
@@ -392,7 +394,8 @@ class Receiver:
         run ends, if it hid groups since: the next run hides a key's groups after these, not at the same times
         (each run lined up its key's groups from the same start: a few came back at each slot, one was called,
         the rest were received and hidden again)."""
-        if (self.returns_at == self.returns_written) if last else (now - self.keys_written_at < 5.0):
+        due = self.returns_at != self.returns_written if last else now - self.keys_written_at >= 5.0
+        if not due:
             return None
         self.keys_written_at = now
         self.returns_written = dict(self.returns_at)

@@ -205,9 +205,8 @@ class ThrottlerRun:
             self.t.next_plan_at, self.t.quiet_until = min(self.t.next_plan_at, now), -math.inf  # plan with it now
         newly_paused = control.pause_until is not None and control.pause_until > now and self.pauses.operator_until is None
         streak = self.pacer.stage.meter.api.streak if self.pacer is not None else 0
-        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
+        self._read_signals(control, now, streak)
         self.pauses.check_unread_429(self.in_force.auto_window(None), streak)
-        self._publish(self.pauses.unpublished(), now)
         self._forget_ended_key_signals(control, now)
         still_paused = self.pauses.operator_until is not None
         if (newly_paused or (self.pause_unmirrored and still_paused)) and self.outbox.in_flight:
@@ -224,6 +223,11 @@ class ThrottlerRun:
         if successor is not None:
             self.successor = successor
             self._begin_end("successor")
+
+    def _read_signals(self, control: Control, now: float, streak: int) -> None:
+        """Pause for the 429s and pauses the record holds, then write there the 429s learnt from workers it lacks."""
+        self.pauses.from_control(control, now, self.in_force.auto_window(None), streak, self.in_force.auto_window)
+        self._publish(self.pauses.unpublished(), now)
 
     def _publish(self, signals: list[ThrottleSignal], now: float) -> None:
         """Write 429s the workers could not to the shared record (the one that ends later stays there)."""
@@ -388,9 +392,7 @@ class ThrottlerRun:
         # Compared with the record first: a `resume` since the last read lifted them (review rev10).
         if self.pauses.learnt:
             try:
-                control = self.store.read_control()
-                self.pauses.from_control(control, now, self.in_force.auto_window(None), 0, self.in_force.auto_window)
-                self._publish(self.pauses.unpublished(), now)
+                self._read_signals(self.store.read_control(), now, 0)
             except StoreError as exc:  # the successor may then miss a 429 whose worker could not publish it
                 logger.error("could not compare the 429s learnt with the shared record", extra={"error": str(exc)})
             self.pauses.learnt.clear()  # not this run's to retry any more
