@@ -30,6 +30,10 @@ REGRESSION: tuple[Case, ...] = (
          "before the short-pause fix); promise 6 / break 2: slow calls beside 429s, no call 1 s after a 429"),
     Case(963, "bursts", "promise 5: a worker answered after its messages' visibility lapsed; the deletes of its "
          "successes failed and the next run called them again (now recorded as done, looked up on every receive again)"),
+    Case(9501, "edits", "promise 1 (the simulation's fidelity): an operator set second=0, then wrote an invalid item; "
+         "the idle runs the simulation skipped would have read the first and recorded it as the last good one, so "
+         "the stage fell back to an older second=5 and the checker saw calls under second=0 (idle runs after an "
+         "edit are no longer skipped)", days=0.5),
     # One seed per break of issue 11 that the checker covers.
     Case(4, "daily", "break 1: a spent day tier; the backlog waits for the next day's window with few receives"),
     Case(3, "edits", "break 3: tiers added (also longer than a day), lowered, removed and set to 0, no window over"),

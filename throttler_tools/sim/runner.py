@@ -109,7 +109,7 @@ class Simulation:
             w.start_run()
 
     def set_quotas(self, item: dict[str, Any]) -> None:
-        self.world.store.put_quotas(item)
+        self.world.quotas_written(item)
         self.timeline.quotas.append((self.world.loop.now, dict(item)))
 
     def _end_pause(self, now: float) -> None:

@@ -81,7 +81,8 @@ class WorldConfig:
     # The simulation's coarser idle step: a scheduled run is not started while the stage is idle (the queue
     # empty: nothing visible, in flight or delayed) and no job arrives within its budget. Such a run would
     # only take the lease, find nothing and end (or long-poll an empty queue, latency=low, while the run
-    # before it does the same); skipping it keeps an idle day cheap.
+    # before it does the same); skipping it keeps an idle day cheap. A run after an edit of the quota item is
+    # never skipped: it reads the item and records it as the last good one (see World.quotas_written).
     skip_idle_runs: bool = False
     schedule_jitter_s: tuple[float, float] = (0.05, 0.6)  # EventBridge starts a run this late
     run_budget_s: float = 290.0  # serverless.yml's RUN_BUDGET_S
@@ -180,6 +181,7 @@ class World:
         self.idle_runs_skipped = 0
         self._arrivals: list[float] = []  # when enqueue_at jobs arrive (sorted)
         self._alive: dict[str, ThrottlerRun] = {}
+        self._quotas_unread = False  # the quota item was edited since the last run started
         self._dead: set[str] = set()
         self._frozen_until: dict[str, float] = {}
         self._long_polling: dict[str, Ticker] = {}
@@ -276,6 +278,7 @@ class World:
         run.outbox.on_done = lambda: None if run.owner in self._dead else ticker.schedule(self.loop.now)
 
         def begin() -> None:
+            self._quotas_unread = False  # this run, or the one holding the lease, reads the quota item
             self._alive[run.owner] = run
             self._stepping = run.owner
             try:
@@ -358,9 +361,15 @@ class World:
         bisect.insort(self._arrivals, at)
         self.loop.at(at, lambda: self.enqueue(jobs))
 
+    def quotas_written(self, item: dict[str, Any]) -> None:
+        """An operator's edit of the quota item: the next scheduled run reads it, idle or not (skipped, the last
+        good item stayed an older one, and an invalid item written next fell back to it: seed 9501)."""
+        self.store.put_quotas(item)
+        self._quotas_unread = True
+
     def _idle(self, now: float) -> bool:
         """Nothing for a run to do now or within its budget (see WorldConfig.skip_idle_runs)."""
-        if self.depth() != 0:
+        if self.depth() != 0 or self._quotas_unread:
             return False
         i = bisect.bisect_left(self._arrivals, now)
         return i == len(self._arrivals) or self._arrivals[i] > now + self.config.run_budget_s
