@@ -269,3 +269,16 @@ def test_a_meter_is_written_as_exactly_its_entries_after_any_takes_corrections_a
         assert {k: [e for e in lg.entries if e[1]] for k, lg in again.ledgers.items()} == {
             k: [e for e in lg.entries if e[1]] for k, lg in meter.ledgers.items()}
         assert (again.last_slot, again.last_cost) == (meter.last_slot, meter.last_cost)
+
+
+def test_a_scopes_slot_rate_is_what_its_windows_of_up_to_an_hour_allow() -> None:
+    # The line a key taking turns hides its groups in follows this rate (a minute tier under a 10 s one spaced it 10 s
+    # apart; a day tier, counted, spaced a key of one call every 10 s a quarter of an hour apart while the day had room).
+    def slot_rate(item: dict) -> float:
+        return Pacer(parse_quota_item(item), Meter()).slot_rate_per_s(0.0)
+
+    assert abs(slot_rate({"10s": 1, "minute": 1}) - 1 / 60) < 1e-3
+    assert abs(slot_rate({"10s": 1, "day": 100}) - 0.1) < 1e-2
+    assert abs(slot_rate({"hour": 60}) - 1 / 60) < 1e-3
+    assert abs(slot_rate({"day": 100}) - 100 / 86400) < 1e-5  # a day tier alone spaces its calls over the day
+    assert slot_rate({"second": 0}) == 0.0

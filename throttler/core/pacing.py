@@ -33,6 +33,7 @@ API_POLICY_TTL_S = 120.0  # the API's policy stays in force this long after a re
 MAX_API_POLICIES = 8  # policies the API stated that are followed at once (each has a ledger in the usage item)
 MAX_API_RESET_S = 86400.0
 STEADY_WINDOW_S = 10  # a key's calls are spaced evenly over its windows up to this long (Scope.steady)
+SLOT_RATE_WINDOW_S = 3600  # Scope.slot_rate_per_s: the windows that space a scope's slots over minutes
 _EPS = 1e-9
 
 
@@ -644,6 +645,15 @@ class Scope:
     def rate_per_s(self, now: float) -> float:
         return self._in_force(now).rate_per_s
 
+    def slot_rate_per_s(self, now: float) -> float:
+        """Calls per second that its windows of up to an hour allow: how far apart its slots come over minutes (a
+        day tier spaces nothing until it is spent; then no slot comes for hours)."""
+        force = self._in_force(now)
+        if force.rate_per_s <= 0 or math.isinf(force.rate_per_s):
+            return force.rate_per_s
+        hourly = [lim.limit / lim.span_s for lim in force.limits if lim.window_s <= SLOT_RATE_WINDOW_S]
+        return min([*hourly, 1.0 / force.spacing_s]) if hourly else force.rate_per_s
+
     def burst_rate_per_s(self, now: float) -> float:
         """Calls per second while the finest window has room (a minute tier may go at the second tier's rate
         for a while, then wait); inf without limits."""
@@ -765,6 +775,12 @@ class Pacer:
         rate = self.stage.rate_per_s(now)
         key_scope = self.key_scope(key)
         return min(rate, key_scope.rate_per_s(now)) if key_scope is not None else rate
+
+    def slot_rate_per_s(self, now: float, key: str | None = None) -> float:
+        """How many slots a second this key gets over minutes (see Scope.slot_rate_per_s)."""
+        rate = self.stage.slot_rate_per_s(now)
+        key_scope = self.key_scope(key)
+        return min(rate, key_scope.slot_rate_per_s(now)) if key_scope is not None else rate
 
     # -------------------------------------------------------------------------------- what calls taught
     def observe_success(self, now: float, key: str | None, sent_at: float | None = None, planned_at: float | None = None) -> None:

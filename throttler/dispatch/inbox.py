@@ -38,6 +38,8 @@ class Inbox:
     groups: OrderedDict[str, deque[Held]] = field(default_factory=OrderedDict)
     # key -> its groups with held messages, in round-robin order (the next to serve first)
     by_key: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
+    # key -> those of its groups served since they came: a key that takes turns through SQS hides them again
+    served: dict[str, set[str]] = field(default_factory=dict)
     by_message: dict[str, Held] = field(default_factory=dict)
     group_keys: dict[str, set[str]] = field(default_factory=dict)
     pending_deletes: list[str] = field(default_factory=list)
@@ -93,6 +95,7 @@ class Inbox:
         groups = self.by_key.get(key)
         if groups is not None and group in groups:
             groups.move_to_end(group)
+            self.served.setdefault(key, set()).add(group)
 
     def take(self, group: str, count: int) -> list[Held]:
         """Remove the first `count` messages of a group (they were dispatched)."""
@@ -119,6 +122,7 @@ class Inbox:
             groups = self.by_key.setdefault(item.fair_key, OrderedDict())
             groups[group] = None
             groups.move_to_end(group, last=False)
+            self._unserve(item.fair_key, group)
             self.group_keys.setdefault(group, set()).add(item.fair_key)
 
     def remove_group(self, group: str) -> list[Held]:
@@ -136,6 +140,7 @@ class Inbox:
         removed = list(self.by_message.values())
         self.groups.clear()
         self.by_key.clear()
+        self.served.clear()
         self.by_message.clear()
         self.group_keys.clear()
         return removed
@@ -154,3 +159,11 @@ class Inbox:
                 del groups[group]
                 if not groups:
                     del self.by_key[key]
+            self._unserve(key, group)
+
+    def _unserve(self, key: str, group: str) -> None:
+        served = self.served.get(key)
+        if served is not None and group in served:
+            served.discard(group)
+            if not served:
+                del self.served[key]

@@ -42,6 +42,14 @@ SURPLUS_RATE_SLACK = 2.0
 RECALL_MARGIN_S = 1.0
 RECALL_SCAN = 1000  # hidden groups looked at per recall, at most (those of keys held here are passed over)
 HOLD_AT_MOST_S = 3600.0
+TURNS_SPAN_S = 11 * 3600.0  # a key taking turns lines its groups up over at most this (SQS hides up to 12 h)
+
+
+def takes_turns(key_slots_per_s: float, stage_slots_per_s: float) -> bool:
+    """A key whose own tiers give it fewer than two slots in HOLD_MAX_S takes turns through SQS: it holds only what
+    its next slot uses, and each of its groups waits hidden until its turn (kept, a group took the slot of the
+    next one back, which was received and hidden again for a whole turn: promise 4, review rev13)."""
+    return key_slots_per_s * HOLD_MAX_S < 2 and key_slots_per_s < stage_slots_per_s
 
 
 class Receiver:
@@ -236,31 +244,46 @@ class Receiver:
                 return
             total_w += 1
         backlogged_w = total_w + self.hidden.weight_besides(now, weights)
+        # A key whose own tiers give it fewer than two slots in HOLD_MAX_S takes turns through SQS, one call per
+        # group: it keeps what its next slot uses, its other groups come back one slot apart, and the keys that can
+        # use more share the rest of what the run holds (each group it kept beyond that was hidden again, one slot
+        # at a time, and its messages were received again at each: promise 4, review rev13).
+        rates = {k: max(0.1, pacer.rate_per_s(now, quota_key(k))) for k in keys}
+        slots = {k: pacer.slot_rate_per_s(now, quota_key(k)) for k in keys}  # how far apart its slots come
+        turns = {k for k in keys if takes_turns(slots[k], pacer.stage.slot_rate_per_s(now))}
+        shares = {k: min(math.floor(target * weights[k] / total_w), math.ceil(slots[k] * HOLD_MAX_S)) for k in turns}
+        rest_w = total_w - sum(weights[k] for k in turns)
+        for k in keys:
+            if k not in turns:
+                shares[k] = math.floor((target - sum(shares[t] for t in turns)) * weights[k] / rest_w)
         with self.intake.hides_together():
             for key in keys:
-                self._hide_surplus(key, now, target, weights[key], total_w, backlogged_w, stage_rate)
+                fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
+                self._hide_surplus(key, now, max(1, shares[key]), rates[key], fair, slots[key] if key in turns else None)
 
     def _hide_surplus(
-        self, key: str, now: float, target: int, weight: int, total_w: int, backlogged_w: int, stage_rate: float
+        self, key: str, now: float, share: int, fastest: float, fair: float, turns: float | None
     ) -> None:
-        """Hide the key's groups beyond its share of what the run holds, each back about when its turn comes."""
-        pacer = self.in_force.pacer
-        assert pacer is not None
-        share = max(1, math.floor(target * weight / total_w))
+        """Hide the key's groups beyond its share of what the run holds, each back about when its turn comes (for a
+        key taking turns, `turns` is its slots' rate: one slot apart)."""
         surplus = self.intake.surplus_groups(key, share)
         if not surplus:
             return
-        fastest = max(0.1, pacer.rate_per_s(now, quota_key(key)))
-        fair = SURPLUS_RATE_SLACK * stage_rate * weight / backlogged_w
         expected = min(fastest, 1000.0, max(0.01, fair))
         count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
         per_group = count / len(surplus)
-        # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
-        # hour (back within a minute, a key with hours of backlog would have its messages received every
-        # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
-        span = HOLD_AT_MOST_S if fastest <= fair else SURPLUS_HIDE_MAX_S
-        stagger = min(per_group / expected, span / len(surplus))
-        first = max(now + share / expected, self._returns_at(key))
+        if turns:
+            # One slot apart, over as long as SQS hides a message (a line cut to an hour brought the groups of a key
+            # of one call every 10 s with 1,200 groups back faster than its slots: each received and hidden again).
+            span = TURNS_SPAN_S
+            stagger, due = min(1.0 / turns, span / len(surplus)), now + share / turns
+        else:
+            # A key held back by its own tiers has a rate known for sure: its groups may wait in SQS up to an
+            # hour (back within a minute, a key with hours of backlog would have its messages received every
+            # minute, and SQS's redrive would move them to the DLQ); a fair share of the stage is only a guess.
+            span = HOLD_AT_MOST_S if fastest <= fair else SURPLUS_HIDE_MAX_S
+            stagger, due = min(per_group / expected, span / len(surplus)), now + share / expected
+        first = max(due, self._returns_at(key))
         first = min(first, now + span - len(surplus) * stagger)
         # Never back sooner than SURPLUS_HIDE_MIN_S: back at once, the group was received again in the same
         # step and hidden again, a loop that moved waiting jobs to the DLQ within seconds.
@@ -268,7 +291,10 @@ class Receiver:
         self.returns_at[key] = first + len(surplus) * stagger
         self.surplus_back_at = max(self.surplus_back_at, self.returns_at[key])
         for back_at, receipt in self.hide(key, surplus, first, now, stagger):
-            heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
+            if turns is not None:  # back at its slots: recalled, they would lose them
+                heapq.heappush(self.waiting_back.setdefault(key, []), back_at)
+            else:
+                heapq.heappush(self.recallable, (back_at, receipt, max(1, count // len(surplus)), key))
 
     def recall_wanted(self, now: float, target: int, received: list[QueuedMessage]) -> int:
         """How many messages to bring back early when the queue looks empty: up to half the target while the
@@ -347,12 +373,20 @@ class Receiver:
         succeeded (its delete then failed on the old receipt: a second call)."""
         pacer = self.in_force.pacer
         for key, when in key_next.items():
-            if when is not None and when - now <= HOLD_MAX_S:
+            near = when is not None and when - now <= HOLD_MAX_S
+            served = self.inbox.served.get(key, set()) if near else set()
+            if near and not served:
                 continue
+            rate = pacer.slot_rate_per_s(now, quota_key(key)) if pacer is not None else 0.0
             groups = [g for g in self.intake.groups_headed_by(key) if g not in planned]
+            if near:
+                # Its next slot goes to the group whose turn it is. A key taking turns whose groups wait hidden for
+                # theirs sends the groups it served to the back of its line: kept, one took the slot of the next
+                # group back, which was hidden again for a whole turn (promise 4, review rev13).
+                turns = pacer is not None and takes_turns(rate, pacer.stage.slot_rate_per_s(now))
+                groups = [g for g in groups if g in served] if turns and self._returns_at(key) > now else []
             if groups:
                 # Its slots come one at a time: its groups come back one slot apart, not all at the first.
-                rate = pacer.rate_per_s(now, quota_key(key)) if pacer is not None else 0.0
                 stagger = 1.0 / rate if 0 < rate < math.inf else 0.0
                 if when is not None and stagger:
                     # After the groups this run already hid for the key: each returns near a slot of its own.
@@ -371,11 +405,30 @@ class Receiver:
             return True
         return any(self._written_returns_at(key) > now for key in self.usage.keys_seen)
 
+    def slot_due_before(self, now: float, before: float) -> bool:
+        """Whether a key whose groups wait hidden in SQS for its slots (hidden by this run, or by the runs before it)
+        has a slot before `before`: a group comes back for it (its line follows its slots), so the stage has a
+        backlog, not nothing to do. A key whose tiers are spent for hours has no slot soon."""
+        pacer = self.in_force.pacer
+        if pacer is None:
+            return False
+        keys = {k for k, back in self.returns_at.items() if back > now}
+        keys |= {k for k in self.usage.keys_seen if self._written_returns_at(k) > now}
+        for key in keys:
+            slot = pacer.next_slot(now, quota_key(key))
+            if slot is not None and slot < before:
+                return True
+        return False
+
     def _returns_at(self, key: str) -> float:
         """When the key's next hidden group is due back: this run's own, else what the last run wrote."""
         if key not in self.returns_at:
             self.returns_at[key] = self._written_returns_at(key)
         return self.returns_at[key]
+
+    def _line_end(self, key: str) -> float:
+        """When the last of the key's hidden groups is due back: this run's line, or the one the runs before wrote."""
+        return max(self.returns_at.get(key, 0.0), self._written_returns_at(key))
 
     def _written_returns_at(self, key: str) -> float:
         seen = self.usage.keys_seen.get(key)
@@ -400,11 +453,18 @@ class Receiver:
         self.keys_written_at = now
         self.returns_written = dict(self.returns_at)
         backlog: dict[str, dict[str, Any]] = {}
-        for key in set(self.inbox.keys()) | set(self.hidden):
+        # The lines the runs before hid are carried on until they are back: dropped, the next run lined a key's groups
+        # up from its next slot, among those still to come back, and a group came back at each slot after another
+        # had taken it (received every 30 s for 20 minutes, review rev14).
+        lines = {k: at for k in set(self.returns_at) | set(self.usage.keys_seen) if (at := self._line_end(k)) > now}
+        for key in set(self.inbox.keys()) | set(self.hidden) | set(lines):
             held = self.inbox.held_of_key(key)
             hidden = self.hidden.messages(key, now)
-            if held or hidden:
+            seen = self.usage.keys_seen.get(key)
+            if key in lines and not hidden and key not in self.hidden and isinstance(seen, dict):
+                hidden = int(seen.get("hidden") or 0)  # hidden by the runs before, not back yet (as they saw it)
+            if held or hidden or key in lines:
                 backlog[key] = {"held": held, "hidden": hidden, "seen_at": round(now, 3)}
-                if self.returns_at.get(key, 0.0) > now:
-                    backlog[key]["returns_at"] = round(self.returns_at[key], 3)
+                if key in lines:
+                    backlog[key]["returns_at"] = round(lines[key], 3)
         return dict(sorted(backlog.items(), key=lambda kv: -(kv[1]["held"] + kv[1]["hidden"]))[:50])

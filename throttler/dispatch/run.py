@@ -41,6 +41,9 @@ from throttler.worker.invoker import Invoker
 
 logger = logging.getLogger(__name__)
 LONG_POLL_S = 2.0
+# latency=cost: a run with nothing held stays while a key whose groups wait hidden for its slots has one within this
+# (the schedule's period: later, the next scheduled run is there for it).
+STAY_FOR_GROUP_S = 60.0
 IDLE_POLL_S = 2.0  # latency=cost: how long an idle run waits on the queue for groups due back (once a run)
 # Ended key signals removed from the shared record per control read (one conditional write).
 FORGET_AT_ONCE = 100
@@ -284,6 +287,11 @@ class ThrottlerRun:
             self.receiver.top_up(now)
         if not self.inbox and not self.outbox.in_flight and t.queue_empty:
             if self.in_force.latency() == "cost":
+                if self.receiver.slot_due_before(now, min(t.deadline, now + STAY_FOR_GROUP_S)):
+                    # Not idle: a key's groups wait hidden in SQS for its slots, and one comes back before the next
+                    # scheduled run would (ended, the run left a key of one call every 10 s with a third of its
+                    # slots); a key held back for hours keeps no run waiting (review rev14).
+                    return Wake(min(t.next_refresh, t.deadline), long_poll=True)
                 if not self.idle_polled and self.receiver.groups_due_back(now):
                     # A key's groups hidden for its own slots come back about now: one at its slot would find the
                     # run ended (a key of one call a minute lost one slot in three to that). Wait for it on the
