@@ -248,9 +248,9 @@ class Receiver:
         # group: it keeps what its next slot uses, its other groups come back one slot apart, and the keys that can
         # use more share the rest of what the run holds (each group it kept beyond that was hidden again, one slot
         # at a time, and its messages were received again at each: promise 4, review rev13).
-        rates = {k: max(0.1, pacer.rate_per_s(now, quota_key(k))) for k in keys}
         slots = {k: pacer.slot_rate_per_s(now, quota_key(k)) for k in keys}  # how far apart its slots come
-        turns = {k for k in keys if takes_turns(slots[k], pacer.stage.slot_rate_per_s(now))}
+        stage_slots = pacer.stage.slot_rate_per_s(now)
+        turns = {k for k in keys if takes_turns(slots[k], stage_slots)}
         shares = {k: min(math.floor(target * weights[k] / total_w), math.ceil(slots[k] * HOLD_MAX_S)) for k in turns}
         rest_w = total_w - sum(weights[k] for k in turns)
         for k in keys:
@@ -259,16 +259,17 @@ class Receiver:
         with self.intake.hides_together():
             for key in keys:
                 fair = SURPLUS_RATE_SLACK * stage_rate * weights[key] / backlogged_w
-                self._hide_surplus(key, now, max(1, shares[key]), rates[key], fair, slots[key] if key in turns else None)
+                self._hide_surplus(key, now, max(1, shares[key]), fair, slots[key] if key in turns else None)
 
-    def _hide_surplus(
-        self, key: str, now: float, share: int, fastest: float, fair: float, turns: float | None
-    ) -> None:
+    def _hide_surplus(self, key: str, now: float, share: int, fair: float, turns: float | None) -> None:
         """Hide the key's groups beyond its share of what the run holds, each back about when its turn comes (for a
         key taking turns, `turns` is its slots' rate: one slot apart)."""
         surplus = self.intake.surplus_groups(key, share)
         if not surplus:
             return
+        pacer = self.in_force.pacer
+        assert pacer is not None
+        fastest = max(0.1, pacer.rate_per_s(now, quota_key(key)))
         expected = min(fastest, 1000.0, max(0.01, fair))
         count = sum(len(self.inbox.groups.get(g, ())) for g in surplus)
         per_group = count / len(surplus)
@@ -374,17 +375,18 @@ class Receiver:
         pacer = self.in_force.pacer
         for key, when in key_next.items():
             near = when is not None and when - now <= HOLD_MAX_S
-            served = self.inbox.served.get(key, set()) if near else set()
+            served = self.inbox.served.get(key) if near else None
             if near and not served:
                 continue
             rate = pacer.slot_rate_per_s(now, quota_key(key)) if pacer is not None else 0.0
             groups = [g for g in self.intake.groups_headed_by(key) if g not in planned]
-            if near:
+            if served:
                 # Its next slot goes to the group whose turn it is. A key taking turns whose groups wait hidden for
                 # theirs sends the groups it served to the back of its line: kept, one took the slot of the next
                 # group back, which was hidden again for a whole turn (promise 4, review rev13).
-                turns = pacer is not None and takes_turns(rate, pacer.stage.slot_rate_per_s(now))
-                groups = [g for g in groups if g in served] if turns and self._returns_at(key) > now else []
+                if pacer is None or not takes_turns(rate, pacer.stage.slot_rate_per_s(now)) or self._returns_at(key) <= now:
+                    continue
+                groups = [g for g in groups if g in served]
             if groups:
                 # Its slots come one at a time: its groups come back one slot apart, not all at the first.
                 stagger = 1.0 / rate if 0 < rate < math.inf else 0.0
@@ -401,9 +403,7 @@ class Receiver:
 
     def groups_due_back(self, now: float) -> bool:
         """Whether groups hidden for their key (by this run, or by the runs before it) are still to come back."""
-        if any(back > now for back in self.returns_at.values()):
-            return True
-        return any(self._written_returns_at(key) > now for key in self.usage.keys_seen)
+        return bool(self._lines(now))
 
     def slot_due_before(self, now: float, before: float) -> bool:
         """Whether a key whose groups wait hidden in SQS for its slots (hidden by this run, or by the runs before it)
@@ -412,9 +412,7 @@ class Receiver:
         pacer = self.in_force.pacer
         if pacer is None:
             return False
-        keys = {k for k, back in self.returns_at.items() if back > now}
-        keys |= {k for k in self.usage.keys_seen if self._written_returns_at(k) > now}
-        for key in keys:
+        for key in self._lines(now):
             slot = pacer.next_slot(now, quota_key(key))
             if slot is not None and slot < before:
                 return True
@@ -426,9 +424,12 @@ class Receiver:
             self.returns_at[key] = self._written_returns_at(key)
         return self.returns_at[key]
 
-    def _line_end(self, key: str) -> float:
-        """When the last of the key's hidden groups is due back: this run's line, or the one the runs before wrote."""
-        return max(self.returns_at.get(key, 0.0), self._written_returns_at(key))
+    def _lines(self, now: float) -> dict[str, float]:
+        """The keys whose hidden groups are still to come back, and when the last is due: this run's line, or the
+        one the runs before wrote."""
+        keys = {*self.returns_at, *self.usage.keys_seen}
+        ends = {k: max(self.returns_at.get(k, 0.0), self._written_returns_at(k)) for k in keys}
+        return {k: at for k, at in ends.items() if at > now}
 
     def _written_returns_at(self, key: str) -> float:
         seen = self.usage.keys_seen.get(key)
@@ -456,7 +457,7 @@ class Receiver:
         # The lines the runs before hid are carried on until they are back: dropped, the next run lined a key's groups
         # up from its next slot, among those still to come back, and a group came back at each slot after another
         # had taken it (received every 30 s for 20 minutes, review rev14).
-        lines = {k: at for k in set(self.returns_at) | set(self.usage.keys_seen) if (at := self._line_end(k)) > now}
+        lines = self._lines(now)
         for key in set(self.inbox.keys()) | set(self.hidden) | set(lines):
             held = self.inbox.held_of_key(key)
             hidden = self.hidden.messages(key, now)
